@@ -1,0 +1,49 @@
+//! Exit codes shared by both binaries, so that a PaaS backend can tell
+//! failures apart without parsing logs. Documented in the README.
+
+/// Why a run ended. The numeric values are part of the public interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Exit {
+    /// Success.
+    Ok = 0,
+    /// An unexpected internal or I/O error.
+    Internal = 1,
+    /// Bad command line (clap uses 2 as well).
+    Usage = 2,
+    /// The input (source tar, slug, Procfile, `.release`, env file ...) is malformed or unsafe.
+    BadInput = 10,
+    /// No buildpack applies to the app, or an explicitly chosen one refused it.
+    NoBuildpack = 11,
+    /// A buildpack could not be fetched (clone, download, missing directory).
+    BuildpackFetch = 12,
+    /// A buildpack's `bin/compile` failed.
+    CompileFailed = 13,
+    /// A buildpack's `bin/release` failed or printed invalid YAML.
+    ReleaseInvalid = 14,
+    /// The slug could not be packed or written, or is too large.
+    PackFailed = 15,
+    /// The build ran out of time.
+    Timeout = 16,
+    /// The build was interrupted by SIGTERM or SIGINT.
+    Interrupted = 17,
+    /// The slug could not be downloaded (SLUG_URL).
+    SlugFetch = 20,
+    /// `start TYPE` named a process type the app does not have.
+    UnknownProcessType = 21,
+    /// The process could not be started (exec failed, privileges could not be dropped).
+    SpawnFailed = 22,
+}
+
+impl Exit {
+    /// The numeric process exit status.
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+}
+
+impl From<Exit> for std::process::ExitCode {
+    fn from(e: Exit) -> Self {
+        std::process::ExitCode::from(e.code())
+    }
+}

@@ -1,0 +1,45 @@
+//! Shared helpers for the end-to-end tests: where the real binaries are,
+//! fixture buildpacks and apps, and small builders for tar archives.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// Root of the repository.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// Directory with fixture buildpacks and apps.
+pub fn fixtures() -> PathBuf {
+    repo_root().join("tests/fixtures")
+}
+
+/// Path of a workspace binary (`slugbuilder` or `slugrunner`), built once per
+/// test process so that the tests always drive the current code.
+pub fn bin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        // target/<profile>/deps/<test-binary> -> target/<profile>
+        let exe = std::env::current_exe().expect("current_exe");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test binary lives in target/<profile>/deps")
+            .to_path_buf();
+        let profile = profile_dir.file_name().unwrap().to_string_lossy().to_string();
+        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.current_dir(repo_root())
+            .args(["build", "--quiet", "-p", "slugbuilder", "-p", "slugrunner"]);
+        if profile == "release" {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "cargo build of the binaries failed");
+        profile_dir
+    });
+    dir.join(name)
+}
