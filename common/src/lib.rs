@@ -5,6 +5,8 @@
 //! buildpack API, the Procfile, the release YAML, the dyno environment and
 //! process supervision. The two binaries are thin wrappers around this crate.
 
+pub mod archive;
 pub mod exit;
-pub mod release;
 pub mod procfile;
+pub mod release;
+pub mod rootdir;

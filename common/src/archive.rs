@@ -1,0 +1,742 @@
+//! The slug and source archives: safe unpacking and reproducible packing.
+//!
+//! Unpacking accepts gzip-compressed or plain tar (told apart by magic
+//! bytes), streams entries straight to disk through [`RootDir`] (so nothing
+//! is written outside the destination and links are never followed), keeps
+//! only regular files, directories, symlinks and inside hard links, drops
+//! special mode bits and archive owners, and enforces [`Limits`].
+//!
+//! Packing walks a directory in byte order and writes a deterministic tar:
+//! owners 0:0 with no names, modes normalised like git (0755 / 0644),
+//! mtimes clamped to an epoch, symlinks stored as links, hard links once.
+
+use std::collections::{BTreeSet, HashMap};
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use flate2::bufread::MultiGzDecoder;
+use flate2::{Compression, GzBuilder};
+use tar::{EntryType, Header};
+
+use crate::rootdir::{components, Owner, RootDir, RootError};
+
+/// Bounds on what an archive may make us do. Defaults are generous for real
+/// apps and small enough that a hostile archive fails fast.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Total bytes of file content (apparent size).
+    pub max_bytes: u64,
+    /// Number of entries.
+    pub max_entries: u64,
+    /// Length of one path, in bytes.
+    pub max_path_len: usize,
+    /// Number of components in one path.
+    pub max_depth: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_bytes: 4 << 30,
+            max_entries: 1_000_000,
+            max_path_len: 4096,
+            max_depth: 256,
+        }
+    }
+}
+
+/// How to unpack.
+#[derive(Debug, Clone, Default)]
+pub struct UnpackOptions {
+    /// Owner (uid, gid) for every created entry; `None` keeps the caller's.
+    pub owner: Owner,
+    pub limits: Limits,
+}
+
+/// What an unpack saw.
+#[derive(Debug, Clone, Default)]
+pub struct UnpackSummary {
+    /// Entries created.
+    pub entries: u64,
+    /// Bytes of file content written.
+    pub bytes: u64,
+    /// Newest mtime among the entries (a deterministic default epoch for a
+    /// source archive: `git archive` stamps every entry with the commit time).
+    pub newest_mtime: Option<u64>,
+    /// `comment` of a pax global header: `git archive` puts the commit id there.
+    pub pax_comment: Option<String>,
+    /// Whether the archive was gzip-compressed.
+    pub gzip: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error("the archive is empty")]
+    Empty,
+    #[error("not a tar archive (and not gzip): {0}")]
+    NotTar(String),
+    #[error("corrupt archive: {0}")]
+    Corrupt(String),
+    #[error(transparent)]
+    Unsafe(#[from] RootError),
+    #[error(
+        "{path:?}: unsupported entry type {kind} (only files, directories and links are allowed)"
+    )]
+    UnsupportedType { path: PathBuf, kind: String },
+    #[error("archive exceeds the limit of {limit} {what}")]
+    Limit { what: &'static str, limit: u64 },
+    #[error("{path:?}: path is longer or deeper than allowed")]
+    PathTooLong { path: PathBuf },
+    #[error("{path:?}: hard link target leaves the destination")]
+    LinkEscapes { path: PathBuf },
+    #[error("writing {path:?}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("reading {path:?}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn corrupt(e: io::Error) -> ArchiveError {
+    ArchiveError::Corrupt(e.to_string())
+}
+
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+
+/// Wrap `reader` in a gzip decoder when it starts with the gzip magic.
+/// Returns the (possibly decompressing) reader and whether it was gzip.
+pub fn decompressed(reader: impl Read + 'static) -> Result<(Box<dyn Read>, bool), ArchiveError> {
+    let mut buffered = BufReader::with_capacity(256 * 1024, reader);
+    let head = buffered.fill_buf().map_err(corrupt)?;
+    if head.is_empty() {
+        return Err(ArchiveError::Empty);
+    }
+    if head.len() >= 2 && head[..2] == GZIP_MAGIC {
+        Ok((
+            Box::new(BufReader::with_capacity(
+                256 * 1024,
+                MultiGzDecoder::new(buffered),
+            )),
+            true,
+        ))
+    } else {
+        Ok((Box::new(buffered), false))
+    }
+}
+
+/// Unpack a gzip or plain tar stream into `dest` (created if missing).
+pub fn unpack(
+    reader: impl Read + 'static,
+    dest: &Path,
+    opts: &UnpackOptions,
+) -> Result<UnpackSummary, ArchiveError> {
+    let (reader, gzip) = decompressed(reader)?;
+    let mut root = RootDir::open(dest, opts.owner)?;
+    let mut summary = unpack_tar(reader, &mut root, &opts.limits, &mut |_| {})?;
+    summary.gzip = gzip;
+    Ok(summary)
+}
+
+/// Unpack a slug into `app_dir`, accepting both layouts in the wild:
+/// rooted at `./` (herokuish, Deis) and at `./app/` (Heroku's platform API).
+/// An `./app/`-rooted slug is recognised when `app` is its only top-level
+/// entry, and its contents are moved up into `app_dir`.
+pub fn unpack_slug(
+    reader: impl Read + 'static,
+    app_dir: &Path,
+    opts: &UnpackOptions,
+) -> Result<UnpackSummary, ArchiveError> {
+    let (reader, gzip) = decompressed(reader)?;
+    let mut root = RootDir::open(app_dir, opts.owner)?;
+    let mut top_level: BTreeSet<Vec<u8>> = BTreeSet::new();
+    let mut summary = unpack_tar(reader, &mut root, &opts.limits, &mut |comps| {
+        if let Some(first) = comps.first() {
+            if top_level.len() < 2 {
+                top_level.insert(first.as_bytes().to_vec());
+            }
+        }
+    })?;
+    summary.gzip = gzip;
+    if top_level.len() == 1 && top_level.contains(b"app".as_slice()) && app_dir.join("app").is_dir()
+    {
+        hoist(app_dir)?;
+    }
+    Ok(summary)
+}
+
+/// Move `dir/app/*` up into `dir`.
+fn hoist(dir: &Path) -> Result<(), ArchiveError> {
+    let write_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ArchiveError::Write { path, source }
+    };
+    let staging = dir.join(format!(".slug-app-{}", std::process::id()));
+    std::fs::rename(dir.join("app"), &staging).map_err(write_err(dir))?;
+    for child in std::fs::read_dir(&staging).map_err(write_err(&staging))? {
+        let child = child.map_err(write_err(&staging))?;
+        let target = dir.join(child.file_name());
+        if let Ok(meta) = target.symlink_metadata() {
+            if meta.is_dir() {
+                std::fs::remove_dir_all(&target).map_err(write_err(&target))?;
+            } else {
+                std::fs::remove_file(&target).map_err(write_err(&target))?;
+            }
+        }
+        std::fs::rename(child.path(), &target).map_err(write_err(&target))?;
+    }
+    std::fs::remove_dir(&staging).map_err(write_err(&staging))
+}
+
+/// Mode for a created file: no setuid/setgid/sticky, no world write.
+fn sanitize_file_mode(mode: u32) -> u32 {
+    mode & 0o775
+}
+
+/// Mode for a created directory: as the file rule, and always traversable
+/// and writable by its owner so the rest of the archive can be unpacked.
+fn sanitize_dir_mode(mode: u32) -> u32 {
+    (mode & 0o775) | 0o700
+}
+
+fn unpack_tar(
+    reader: Box<dyn Read>,
+    root: &mut RootDir,
+    limits: &Limits,
+    on_entry: &mut dyn FnMut(&[&OsStr]),
+) -> Result<UnpackSummary, ArchiveError> {
+    let mut archive = tar::Archive::new(reader);
+    let mut summary = UnpackSummary::default();
+    let mut seen_any = false;
+    let entries = archive
+        .entries()
+        .map_err(|e| ArchiveError::NotTar(e.to_string()))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| {
+            if seen_any {
+                corrupt(e)
+            } else {
+                ArchiveError::NotTar(e.to_string())
+            }
+        })?;
+        seen_any = true;
+        let header = entry.header();
+        let kind = header.entry_type();
+        if kind == EntryType::XGlobalHeader {
+            let mut data = Vec::new();
+            (&mut entry)
+                .take(64 * 1024)
+                .read_to_end(&mut data)
+                .map_err(corrupt)?;
+            if let Some(comment) = pax_value(&data, "comment") {
+                summary.pax_comment = Some(comment);
+            }
+            continue;
+        }
+        let path_bytes = entry.path_bytes().into_owned();
+        let display = || PathBuf::from(OsStr::from_bytes(&path_bytes));
+        if path_bytes.len() > limits.max_path_len {
+            return Err(ArchiveError::PathTooLong { path: display() });
+        }
+        let comps = components(&path_bytes)?;
+        if comps.len() > limits.max_depth {
+            return Err(ArchiveError::PathTooLong { path: display() });
+        }
+        summary.entries += 1;
+        if summary.entries > limits.max_entries {
+            return Err(ArchiveError::Limit {
+                what: "entries",
+                limit: limits.max_entries,
+            });
+        }
+        let mode = header.mode().map_err(corrupt)?;
+        let mtime = header.mtime().ok();
+        if let Some(m) = mtime {
+            summary.newest_mtime = Some(summary.newest_mtime.map_or(m, |n| n.max(m)));
+        }
+        on_entry(&comps);
+        match kind {
+            EntryType::Directory => root.create_dir(&comps, sanitize_dir_mode(mode))?,
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+                let size = entry.size();
+                if summary.bytes.saturating_add(size) > limits.max_bytes {
+                    return Err(ArchiveError::Limit {
+                        what: "bytes unpacked",
+                        limit: limits.max_bytes,
+                    });
+                }
+                let mut file = root.create_file(&comps, sanitize_file_mode(mode))?;
+                let written = io::copy(&mut entry, &mut file).map_err(|e| match e.kind() {
+                    io::ErrorKind::UnexpectedEof
+                    | io::ErrorKind::InvalidData
+                    | io::ErrorKind::Other => corrupt(e),
+                    _ => ArchiveError::Write {
+                        path: display(),
+                        source: e,
+                    },
+                })?;
+                if written != size {
+                    return Err(ArchiveError::Corrupt(format!(
+                        "{:?}: truncated ({written} of {size} bytes)",
+                        display()
+                    )));
+                }
+                if let Some(m) = mtime {
+                    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(m);
+                    // Best effort: a wrong mtime is not worth failing an unpack.
+                    let _ = file.set_modified(t);
+                }
+                summary.bytes += size;
+            }
+            EntryType::Symlink => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| {
+                        ArchiveError::Corrupt(format!("{:?}: symlink without target", display()))
+                    })?
+                    .into_owned();
+                if target.is_empty() || target.contains(&0) {
+                    return Err(ArchiveError::Corrupt(format!(
+                        "{:?}: invalid symlink target",
+                        display()
+                    )));
+                }
+                root.create_symlink(&comps, OsStr::from_bytes(&target))?;
+            }
+            EntryType::Link => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| {
+                        ArchiveError::Corrupt(format!("{:?}: hard link without target", display()))
+                    })?
+                    .into_owned();
+                let target_comps = components(&target)
+                    .map_err(|_| ArchiveError::LinkEscapes { path: display() })?;
+                root.create_hardlink(&comps, &target_comps)?;
+            }
+            other => {
+                return Err(ArchiveError::UnsupportedType {
+                    path: display(),
+                    kind: entry_type_name(other),
+                })
+            }
+        }
+    }
+    if !seen_any {
+        return Err(ArchiveError::NotTar("no entries found".into()));
+    }
+    Ok(summary)
+}
+
+fn entry_type_name(kind: EntryType) -> String {
+    match kind {
+        EntryType::Char => "character device".into(),
+        EntryType::Block => "block device".into(),
+        EntryType::Fifo => "FIFO".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Find `key` in pax extended header records (`"<len> key=value\n"`).
+fn pax_value(data: &[u8], key: &str) -> Option<String> {
+    let mut rest = data;
+    while !rest.is_empty() {
+        let space = rest.iter().position(|&b| b == b' ')?;
+        let len: usize = std::str::from_utf8(&rest[..space]).ok()?.parse().ok()?;
+        if len <= space || len > rest.len() {
+            return None;
+        }
+        let record = &rest[space + 1..len];
+        let record = record.strip_suffix(b"\n").unwrap_or(record);
+        if let Some(eq) = record.iter().position(|&b| b == b'=') {
+            if &record[..eq] == key.as_bytes() {
+                return String::from_utf8(record[eq + 1..].to_vec()).ok();
+            }
+        }
+        rest = &rest[len..];
+    }
+    None
+}
+
+/// How to pack.
+#[derive(Debug, Clone, Default)]
+pub struct PackOptions {
+    /// Clamp every mtime to at most this (SOURCE_DATE_EPOCH semantics);
+    /// `None` keeps mtimes as they are.
+    pub mtime_clamp: Option<u64>,
+    /// Leave out the root `.git` directory.
+    pub skip_root_git: bool,
+}
+
+/// What a pack wrote.
+#[derive(Debug, Clone, Default)]
+pub struct PackSummary {
+    pub entries: u64,
+    /// Bytes of file content (uncompressed).
+    pub bytes: u64,
+    /// Paths of sockets and other special files that were left out.
+    pub skipped: Vec<PathBuf>,
+}
+
+/// Write `dir` as an uncompressed, deterministic tar to `out`, rooted at `./`.
+pub fn pack_tar(
+    dir: &Path,
+    out: impl Write,
+    opts: &PackOptions,
+) -> Result<PackSummary, ArchiveError> {
+    let mut builder = tar::Builder::new(out);
+    builder.follow_symlinks(false);
+    let mut packer = Packer {
+        builder,
+        opts,
+        summary: PackSummary::default(),
+        hardlinks: HashMap::new(),
+    };
+    let root_meta = std::fs::symlink_metadata(dir).map_err(|source| ArchiveError::Read {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    packer.append_dir_header(Path::new("./"), &root_meta)?;
+    packer.walk(dir, Path::new("."), true)?;
+    packer
+        .builder
+        .finish()
+        .map_err(|source| ArchiveError::Write {
+            path: PathBuf::from("<archive>"),
+            source,
+        })?;
+    Ok(packer.summary)
+}
+
+/// Write `dir` as a deterministic gzip-compressed tar to `out`.
+pub fn pack_gzip(
+    dir: &Path,
+    out: impl Write,
+    level: u32,
+    opts: &PackOptions,
+) -> Result<PackSummary, ArchiveError> {
+    // A fixed header (no name, mtime 0) so that equal trees give equal bytes.
+    let gz = GzBuilder::new()
+        .mtime(0)
+        .write(out, Compression::new(level.min(9)));
+    let mut gz = io::BufWriter::with_capacity(256 * 1024, gz);
+    let summary = pack_tar(dir, &mut gz, opts)?;
+    let gz = gz.into_inner().map_err(|e| ArchiveError::Write {
+        path: PathBuf::from("<archive>"),
+        source: e.into_error(),
+    })?;
+    gz.finish().map_err(|source| ArchiveError::Write {
+        path: PathBuf::from("<archive>"),
+        source,
+    })?;
+    Ok(summary)
+}
+
+struct Packer<'a, W: Write> {
+    builder: tar::Builder<W>,
+    opts: &'a PackOptions,
+    summary: PackSummary,
+    /// (dev, ino) of multiply-linked files -> archive path of the first one.
+    hardlinks: HashMap<(u64, u64), PathBuf>,
+}
+
+impl<W: Write> Packer<'_, W> {
+    fn header(&self, meta: &std::fs::Metadata, kind: EntryType, mode: u32) -> Header {
+        let mut h = Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_uid(0);
+        h.set_gid(0);
+        let mtime = u64::try_from(meta.mtime()).unwrap_or(0);
+        h.set_mtime(match self.opts.mtime_clamp {
+            Some(clamp) => mtime.min(clamp),
+            None => mtime,
+        });
+        h.set_size(0);
+        h
+    }
+
+    fn write_err(path: &Path) -> impl FnOnce(io::Error) -> ArchiveError + '_ {
+        move |source| ArchiveError::Write {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    fn append_dir_header(
+        &mut self,
+        name: &Path,
+        meta: &std::fs::Metadata,
+    ) -> Result<(), ArchiveError> {
+        let mut h = self.header(meta, EntryType::Directory, 0o755);
+        self.builder
+            .append_data(&mut h, name, io::empty())
+            .map_err(Self::write_err(name))?;
+        self.summary.entries += 1;
+        Ok(())
+    }
+
+    fn walk(&mut self, dir: &Path, archive_dir: &Path, is_root: bool) -> Result<(), ArchiveError> {
+        let read_err = |source| ArchiveError::Read {
+            path: dir.to_path_buf(),
+            source,
+        };
+        let mut children: Vec<_> = std::fs::read_dir(dir)
+            .map_err(read_err)?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<_, _>>()
+            .map_err(read_err)?;
+        children.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        for name in children {
+            if is_root && self.opts.skip_root_git && name == ".git" {
+                continue;
+            }
+            let path = dir.join(&name);
+            let archive_path = archive_dir.join(&name);
+            let meta = std::fs::symlink_metadata(&path).map_err(|source| ArchiveError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let ft = meta.file_type();
+            if ft.is_dir() {
+                self.append_dir_header(&archive_path, &meta)?;
+                self.walk(&path, &archive_path, false)?;
+            } else if ft.is_symlink() {
+                let target = std::fs::read_link(&path).map_err(|source| ArchiveError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                let mut h = self.header(&meta, EntryType::Symlink, 0o777);
+                self.builder
+                    .append_link(&mut h, &archive_path, &target)
+                    .map_err(Self::write_err(&archive_path))?;
+                self.summary.entries += 1;
+            } else if ft.is_file() {
+                self.append_file(&path, &archive_path, &meta)?;
+            } else {
+                self.summary.skipped.push(archive_path);
+            }
+        }
+        Ok(())
+    }
+
+    fn append_file(
+        &mut self,
+        path: &Path,
+        archive_path: &Path,
+        meta: &std::fs::Metadata,
+    ) -> Result<(), ArchiveError> {
+        let mode = if meta.mode() & 0o111 != 0 {
+            0o755
+        } else {
+            0o644
+        };
+        if meta.nlink() > 1 {
+            let key = (meta.dev(), meta.ino());
+            if let Some(first) = self.hardlinks.get(&key) {
+                let mut h = self.header(meta, EntryType::Link, mode);
+                let first = first.clone();
+                self.builder
+                    .append_link(&mut h, archive_path, &first)
+                    .map_err(Self::write_err(archive_path))?;
+                self.summary.entries += 1;
+                return Ok(());
+            }
+            self.hardlinks.insert(key, archive_path.to_path_buf());
+        }
+        // O_NOFOLLOW: if the file was swapped for a link since the walk saw
+        // it, fail instead of packing whatever the link points at.
+        let file = File::options()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(path)
+            .map_err(|source| ArchiveError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let size = meta.len();
+        let mut h = self.header(meta, EntryType::Regular, mode);
+        h.set_size(size);
+        // Exactly `size` bytes: a file that grows while packing must not
+        // corrupt the archive, and one that shrinks is an error.
+        let mut data = file.take(size);
+        self.builder
+            .append_data(&mut h, archive_path, &mut data)
+            .map_err(Self::write_err(archive_path))?;
+        self.summary.entries += 1;
+        self.summary.bytes += size;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn tar_with(entries: &[(&str, EntryType, &[u8], Option<&str>)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, kind, data, link) in entries {
+            let mut h = Header::new_gnu();
+            h.set_entry_type(*kind);
+            h.set_mode(0o644);
+            h.set_size(data.len() as u64);
+            if let Some(link) = link {
+                h.set_link_name(link).unwrap();
+            }
+            // Bypass the tar crate's own path checks to build hostile names.
+            let name = h.as_old_mut().name.as_mut();
+            name[..path.len()].copy_from_slice(path.as_bytes());
+            h.set_cksum();
+            b.append(&h, *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn unpack_bytes(bytes: Vec<u8>, dest: &Path) -> Result<UnpackSummary, ArchiveError> {
+        unpack(io::Cursor::new(bytes), dest, &UnpackOptions::default())
+    }
+
+    #[test]
+    fn refuses_dotdot_and_absolute_paths() {
+        let tmp = tempfile::tempdir().unwrap();
+        for path in ["../evil", "a/../../evil", "/tmp/evil"] {
+            let err = unpack_bytes(
+                tar_with(&[(path, EntryType::Regular, b"x", None)]),
+                &tmp.path().join("d"),
+            )
+            .unwrap_err();
+            assert!(
+                matches!(err, ArchiveError::Unsafe(RootError::Escapes { .. })),
+                "{path}: {err}"
+            );
+        }
+        assert!(!tmp.path().join("evil").exists());
+    }
+
+    #[test]
+    fn symlink_then_file_through_it_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let victim = tmp.path().join("victim");
+        std::fs::create_dir(&victim).unwrap();
+        let bytes = tar_with(&[
+            ("l", EntryType::Symlink, b"", Some(victim.to_str().unwrap())),
+            ("l/x", EntryType::Regular, b"pwned", None),
+        ]);
+        let err = unpack_bytes(bytes, &tmp.path().join("d")).unwrap_err();
+        assert!(
+            matches!(err, ArchiveError::Unsafe(RootError::ThroughLink { .. })),
+            "{err}"
+        );
+        assert!(std::fs::read_dir(&victim).unwrap().next().is_none());
+    }
+
+    #[test]
+    fn devices_are_refused_and_empty_input_is_clear() {
+        let tmp = tempfile::tempdir().unwrap();
+        let err =
+            unpack_bytes(tar_with(&[("dev", EntryType::Char, b"", None)]), tmp.path()).unwrap_err();
+        assert!(matches!(err, ArchiveError::UnsupportedType { .. }), "{err}");
+        assert!(matches!(
+            unpack_bytes(Vec::new(), tmp.path()),
+            Err(ArchiveError::Empty)
+        ));
+        assert!(matches!(
+            unpack_bytes(b"hello world, this is not a tar".to_vec(), tmp.path()),
+            Err(ArchiveError::NotTar(_) | ArchiveError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn special_bits_are_dropped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = Header::new_gnu();
+        h.set_mode(0o6777);
+        h.set_size(1);
+        b.append_data(&mut h, "suid", &b"x"[..]).unwrap();
+        unpack_bytes(b.into_inner().unwrap(), tmp.path()).unwrap();
+        let mode = std::fs::metadata(tmp.path().join("suid")).unwrap().mode() & 0o7777;
+        assert_eq!(mode, 0o775);
+    }
+
+    #[test]
+    fn pack_is_deterministic_and_keeps_links_as_links() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        std::fs::create_dir_all(src.join("b/c")).unwrap();
+        std::fs::write(src.join("a.txt"), "a").unwrap();
+        std::fs::write(src.join("b/c/d"), "d").unwrap();
+        std::fs::hard_link(src.join("a.txt"), src.join("b/hard")).unwrap();
+        symlink("/etc/passwd", src.join("passwd")).unwrap();
+        std::fs::create_dir_all(src.join(".git")).unwrap();
+        let opts = PackOptions {
+            mtime_clamp: Some(1_000),
+            skip_root_git: true,
+        };
+        let mut one = Vec::new();
+        pack_gzip(&src, &mut one, 6, &opts).unwrap();
+        std::fs::write(src.join("a.txt"), "a").unwrap(); // touch: mtime changes
+        let mut two = Vec::new();
+        pack_gzip(&src, &mut two, 6, &opts).unwrap();
+        assert_eq!(one, two);
+
+        let dest = tmp.path().join("dest");
+        let summary = unpack(io::Cursor::new(one), &dest, &UnpackOptions::default()).unwrap();
+        assert!(summary.gzip);
+        assert_eq!(
+            std::fs::read_link(dest.join("passwd")).unwrap(),
+            Path::new("/etc/passwd")
+        );
+        assert_eq!(std::fs::read_to_string(dest.join("b/hard")).unwrap(), "a");
+        assert_eq!(
+            std::fs::metadata(dest.join("b/hard")).unwrap().ino(),
+            std::fs::metadata(dest.join("a.txt")).unwrap().ino()
+        );
+        assert!(!dest.join(".git").exists());
+    }
+
+    #[test]
+    fn app_rooted_slugs_are_hoisted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bytes = tar_with(&[
+            ("./app/", EntryType::Directory, b"", None),
+            ("./app/Procfile", EntryType::Regular, b"web: x", None),
+        ]);
+        unpack_slug(
+            io::Cursor::new(bytes),
+            tmp.path(),
+            &UnpackOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(tmp.path().join("Procfile")).unwrap(),
+            "web: x"
+        );
+        assert!(!tmp.path().join("app").exists());
+    }
+
+    #[test]
+    fn pax_comment_is_read() {
+        assert_eq!(
+            pax_value(
+                b"52 comment=0123456789012345678901234567890123456789\n",
+                "comment"
+            )
+            .unwrap()
+            .len(),
+            40
+        );
+        assert_eq!(pax_value(b"9 a=b\n", "comment"), None);
+        assert_eq!(pax_value(b"99 a=b\n", "a"), None);
+    }
+}
