@@ -6,7 +6,12 @@
 //! process supervision. The two binaries are thin wrappers around this crate.
 
 pub mod archive;
+pub mod build;
+pub mod buildpack;
+pub mod child;
 pub mod exit;
+pub mod log;
 pub mod procfile;
 pub mod release;
 pub mod rootdir;
+pub mod slugignore;

@@ -25,7 +25,11 @@ pub enum ProcfileError {
     #[error("Procfile line {line}: process type {name:?} has an empty command")]
     EmptyCommand { line: usize, name: String },
     #[error("Procfile line {line}: process type {name:?} is already declared on line {first}")]
-    Duplicate { line: usize, first: usize, name: String },
+    Duplicate {
+        line: usize,
+        first: usize,
+        name: String,
+    },
     #[error("Procfile is not valid UTF-8")]
     NotUtf8,
     #[error("Procfile is larger than {MAX_PROCFILE_BYTES} bytes")]
@@ -165,10 +169,7 @@ mod tests {
             "# comment\n\nweb: gunicorn app:app --bind 0.0.0.0:$PORT\r\nworker:python w.py\n  clock:   echo 'a: b'",
         )
         .unwrap();
-        assert_eq!(
-            p.get("web"),
-            Some("gunicorn app:app --bind 0.0.0.0:$PORT")
-        );
+        assert_eq!(p.get("web"), Some("gunicorn app:app --bind 0.0.0.0:$PORT"));
         assert_eq!(p.get("worker"), Some("python w.py"));
         assert_eq!(p.get("clock"), Some("echo 'a: b'"));
         assert_eq!(p.names().collect::<Vec<_>>(), ["web", "worker", "clock"]);
@@ -191,10 +192,7 @@ mod tests {
     fn rejects_names_that_could_be_injected() {
         for bad in ["web;id: x", "we b: x", "$(id): x", "web/..: x"] {
             assert!(
-                matches!(
-                    Procfile::parse(bad),
-                    Err(ProcfileError::InvalidName { .. })
-                ),
+                matches!(Procfile::parse(bad), Err(ProcfileError::InvalidName { .. })),
                 "{bad}"
             );
         }
@@ -212,7 +210,10 @@ mod tests {
             Procfile::parse("web:   \n"),
             Err(ProcfileError::EmptyCommand { .. })
         ));
-        assert_eq!(Procfile::parse_bytes(b"\xff: x"), Err(ProcfileError::NotUtf8));
+        assert_eq!(
+            Procfile::parse_bytes(b"\xff: x"),
+            Err(ProcfileError::NotUtf8)
+        );
     }
 
     #[test]

@@ -68,8 +68,7 @@ impl Release {
         for (key, value) in map {
             match key.as_str() {
                 Some("default_process_types") => {
-                    release.default_process_types =
-                        string_map(value, "default_process_types")?;
+                    release.default_process_types = string_map(value, "default_process_types")?;
                     if let Some(bad) = release
                         .default_process_types
                         .keys()
@@ -106,7 +105,9 @@ impl Release {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.default_process_types.is_empty() && self.config_vars.is_empty() && self.addons.is_empty()
+        self.default_process_types.is_empty()
+            && self.config_vars.is_empty()
+            && self.addons.is_empty()
     }
 
     /// Serialize to YAML (stable: maps are sorted).
@@ -119,10 +120,17 @@ impl Release {
                     .collect(),
             )
         };
-        root.insert("addons".into(), Value::Sequence(self.addons.iter().cloned().map(Value::String).collect()));
+        root.insert(
+            "addons".into(),
+            Value::Sequence(self.addons.iter().cloned().map(Value::String).collect()),
+        );
         root.insert("config_vars".into(), map_value(&self.config_vars));
-        root.insert("default_process_types".into(), map_value(&self.default_process_types));
-        serde_yaml::to_string(&Value::Mapping(root)).expect("a mapping of strings always serializes")
+        root.insert(
+            "default_process_types".into(),
+            map_value(&self.default_process_types),
+        );
+        serde_yaml::to_string(&Value::Mapping(root))
+            .expect("a mapping of strings always serializes")
     }
 }
 
@@ -135,7 +143,10 @@ fn scalar_to_string(v: Value) -> Option<String> {
     }
 }
 
-fn string_map(value: Value, section: &'static str) -> Result<BTreeMap<String, String>, ReleaseError> {
+fn string_map(
+    value: Value,
+    section: &'static str,
+) -> Result<BTreeMap<String, String>, ReleaseError> {
     match value {
         Value::Null => Ok(BTreeMap::new()),
         Value::Mapping(m) => m
@@ -177,12 +188,17 @@ mod tests {
         assert_eq!(r.default_process_types["web"], "gunicorn app:app");
         assert_eq!(r.config_vars["WEB_CONCURRENCY"], "2");
         assert!(Release::parse(b"").unwrap().is_empty());
-        assert!(Release::parse(b"---\ndefault_process_types:\n").unwrap().is_empty());
+        assert!(Release::parse(b"---\ndefault_process_types:\n")
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
     fn rejects_bad_shapes() {
-        assert!(matches!(Release::parse(b"- a\n"), Err(ReleaseError::NotAMapping)));
+        assert!(matches!(
+            Release::parse(b"- a\n"),
+            Err(ReleaseError::NotAMapping)
+        ));
         assert!(matches!(
             Release::parse(b"default_process_types: [a]"),
             Err(ReleaseError::SectionShape { .. })
@@ -195,7 +211,10 @@ mod tests {
             Release::parse(b"config_vars:\n  'A B': x\n"),
             Err(ReleaseError::InvalidConfigVar(_))
         ));
-        assert!(matches!(Release::parse(b"a: [\n"), Err(ReleaseError::Yaml(_))));
+        assert!(matches!(
+            Release::parse(b"a: [\n"),
+            Err(ReleaseError::Yaml(_))
+        ));
     }
 
     #[test]
@@ -208,7 +227,10 @@ mod tests {
 
     #[test]
     fn yaml_round_trips() {
-        let r = Release::parse(b"config_vars:\n  X: \"a: 'b'\\n\"\ndefault_process_types:\n  web: echo \"$PORT\"\n").unwrap();
+        let r = Release::parse(
+            b"config_vars:\n  X: \"a: 'b'\\n\"\ndefault_process_types:\n  web: echo \"$PORT\"\n",
+        )
+        .unwrap();
         assert_eq!(Release::parse(r.to_yaml().as_bytes()).unwrap(), r);
     }
 }

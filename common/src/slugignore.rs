@@ -1,0 +1,206 @@
+//! `.slugignore`: files the app does not want in its slug, removed BEFORE the
+//! buildpacks run (as Heroku does), so they never reach detect, compile or
+//! the slug.
+//!
+//! Syntax is `.gitignore`'s (via the `ignore` crate) minus negation, which
+//! Heroku does not support either: a `!pattern` line is reported and skipped.
+//! Matching is done while walking the build directory without following
+//! links, and only paths found by that walk are removed, so no pattern
+//! (`../x`, `/etc`, a path through a symlink) can reach outside it.
+
+use std::path::{Path, PathBuf};
+
+use ignore::gitignore::{Gitignore, GitignoreBuilder};
+
+/// Largest `.slugignore` accepted, in bytes.
+pub const MAX_SLUGIGNORE_BYTES: u64 = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SlugignoreError {
+    #[error(".slugignore line {line}: {message}")]
+    Pattern { line: usize, message: String },
+    #[error(".slugignore is larger than {MAX_SLUGIGNORE_BYTES} bytes")]
+    TooLarge,
+    #[error("applying .slugignore at {path:?}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Parsed `.slugignore`.
+#[derive(Debug)]
+pub struct Slugignore {
+    matcher: Gitignore,
+    /// Lines that were skipped, with the reason (shown to the user).
+    pub warnings: Vec<String>,
+}
+
+impl Slugignore {
+    /// Parse `.slugignore` text; `root` is the directory patterns are relative to.
+    pub fn parse(root: &Path, text: &str) -> Result<Self, SlugignoreError> {
+        let mut builder = GitignoreBuilder::new(root);
+        let mut warnings = Vec::new();
+        for (idx, raw) in text.lines().enumerate() {
+            let line = raw.trim_end_matches('\r').trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            if line.starts_with('!') {
+                warnings.push(format!(
+                    ".slugignore line {}: negation is not supported, skipped: {line}",
+                    idx + 1
+                ));
+                continue;
+            }
+            builder
+                .add_line(None, line)
+                .map_err(|e| SlugignoreError::Pattern {
+                    line: idx + 1,
+                    message: e.to_string(),
+                })?;
+        }
+        let matcher = builder.build().map_err(|e| SlugignoreError::Pattern {
+            line: 0,
+            message: e.to_string(),
+        })?;
+        Ok(Self { matcher, warnings })
+    }
+
+    /// Read `root/.slugignore` if present.
+    pub fn load(root: &Path) -> Result<Option<Self>, SlugignoreError> {
+        let path = root.join(".slugignore");
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.is_file() => m,
+            _ => return Ok(None),
+        };
+        if meta.len() > MAX_SLUGIGNORE_BYTES {
+            return Err(SlugignoreError::TooLarge);
+        }
+        let text = std::fs::read(&path).map_err(|source| SlugignoreError::Io { path, source })?;
+        Self::parse(root, &String::from_utf8_lossy(&text)).map(Some)
+    }
+
+    /// Whether a path relative to the root matches.
+    pub fn matches(&self, relative: &Path, is_dir: bool) -> bool {
+        self.matcher.matched(relative, is_dir).is_ignore()
+    }
+
+    /// Remove every matching file and directory beneath `root`. Returns the
+    /// removed paths, relative to `root`, in walk order.
+    pub fn apply(&self, root: &Path) -> Result<Vec<PathBuf>, SlugignoreError> {
+        let mut removed = Vec::new();
+        self.apply_in(root, Path::new(""), &mut removed)?;
+        Ok(removed)
+    }
+
+    fn apply_in(
+        &self,
+        root: &Path,
+        rel_dir: &Path,
+        removed: &mut Vec<PathBuf>,
+    ) -> Result<(), SlugignoreError> {
+        let dir = root.join(rel_dir);
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| SlugignoreError::Io { path, source }
+        };
+        let mut names: Vec<_> = std::fs::read_dir(&dir)
+            .map_err(io(&dir))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<_, _>>()
+            .map_err(io(&dir))?;
+        names.sort();
+        for name in names {
+            let rel = rel_dir.join(&name);
+            let path = root.join(&rel);
+            // symlink_metadata: a link is matched and removed as a file, never followed.
+            let meta = std::fs::symlink_metadata(&path).map_err(io(&path))?;
+            let is_dir = meta.is_dir();
+            if self.matches(&rel, is_dir) {
+                if is_dir {
+                    std::fs::remove_dir_all(&path).map_err(io(&path))?;
+                } else {
+                    std::fs::remove_file(&path).map_err(io(&path))?;
+                }
+                removed.push(rel);
+            } else if is_dir {
+                self.apply_in(root, &rel, removed)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn tree(root: &Path, files: &[&str]) {
+        for f in files {
+            let p = root.join(f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, "x").unwrap();
+        }
+    }
+
+    #[test]
+    fn gitignore_semantics() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        tree(
+            root,
+            &[
+                "a.psd",
+                "src/b.psd",
+                "spec/t.rb",
+                "src/spec/keep.rb",
+                "docs/x.md",
+                "keep.txt",
+            ],
+        );
+        let s = Slugignore::parse(root, "# comment\n*.psd\n/spec\ndocs/\n!keep.txt\n").unwrap();
+        assert_eq!(s.warnings.len(), 1);
+        let removed = s.apply(root).unwrap();
+        assert_eq!(
+            removed,
+            ["a.psd", "docs", "spec", "src/b.psd"].map(PathBuf::from)
+        );
+        assert!(root.join("src/spec/keep.rb").exists());
+        assert!(root.join("keep.txt").exists());
+    }
+
+    #[test]
+    fn never_reaches_outside_or_through_links() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("build");
+        let outside = tmp.path().join("outside");
+        tree(&outside, &["secret.txt", "x.psd"]);
+        tree(&root, &["app.py"]);
+        symlink(&outside, root.join("link")).unwrap();
+        let s = Slugignore::parse(&root, "../outside\n/..\n*.psd\nlink/*\n*.txt\n").unwrap();
+        s.apply(&root).unwrap();
+        assert!(outside.join("secret.txt").exists());
+        assert!(outside.join("x.psd").exists());
+        assert!(root.join("link").symlink_metadata().is_ok());
+        assert!(root.join("app.py").exists());
+    }
+
+    #[test]
+    fn a_link_matching_a_pattern_is_removed_not_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("build");
+        let outside = tmp.path().join("outside");
+        tree(&outside, &["data/file"]);
+        std::fs::create_dir_all(&root).unwrap();
+        symlink(outside.join("data"), root.join("data")).unwrap();
+        Slugignore::parse(&root, "data\n")
+            .unwrap()
+            .apply(&root)
+            .unwrap();
+        assert!(root.join("data").symlink_metadata().is_err());
+        assert!(outside.join("data/file").exists());
+    }
+}
