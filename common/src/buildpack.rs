@@ -141,6 +141,8 @@ impl Buildpack {
     }
 
     fn checked(spec: &str, dir: PathBuf) -> Result<Self, BuildpackError> {
+        // Steps run in the build dir, so a relative path must be made absolute.
+        let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
         if !dir.is_dir() {
             return Err(BuildpackError::NotADirectory {
                 spec: spec.to_string(),

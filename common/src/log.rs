@@ -45,6 +45,25 @@ pub fn write_indented(out: &mut impl Write, line: &[u8]) -> std::io::Result<()> 
     out.write_all(b"\n")
 }
 
+/// One line for an error and its causes, leaving out a cause whose text the
+/// line already contains (many errors print their source themselves).
+pub fn error_line<'a>(
+    chain: impl IntoIterator<Item = &'a (dyn std::error::Error + 'static)>,
+) -> String {
+    let mut line = String::new();
+    for cause in chain {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line.replace('\n', " ")
+}
+
 /// Human size like Heroku's `Compiled slug size is 12.3M`.
 pub fn human_size(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "K", "M", "G", "T"];

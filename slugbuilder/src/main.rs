@@ -130,7 +130,7 @@ fn main() -> ExitCode {
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("slugbuilder: {err:#}");
+            eprintln!("slugbuilder: {}", common::log::error_line(err.chain()));
             let exit = err
                 .downcast_ref::<BuildError>()
                 .map_or(Exit::Internal, BuildError::exit);

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+pub mod slugs;
+
 /// Root of the repository.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -30,10 +32,20 @@ pub fn bin(name: &str) -> PathBuf {
             .and_then(Path::parent)
             .expect("test binary lives in target/<profile>/deps")
             .to_path_buf();
-        let profile = profile_dir.file_name().unwrap().to_string_lossy().to_string();
+        let profile = profile_dir
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .to_string();
         let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cmd.current_dir(repo_root())
-            .args(["build", "--quiet", "-p", "slugbuilder", "-p", "slugrunner"]);
+        cmd.current_dir(repo_root()).args([
+            "build",
+            "--quiet",
+            "-p",
+            "slugbuilder",
+            "-p",
+            "slugrunner",
+        ]);
         if profile == "release" {
             cmd.arg("--release");
         }

@@ -1,0 +1,833 @@
+//! End-to-end tests of slugbuilder: real binary, fixture buildpacks (small
+//! shell scripts under tests/fixtures/buildpacks), apps built in code, git
+//! repositories made in the test for buildpack URLs, and a loopback HTTP
+//! server for tarball URLs. No network.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use e2e::{bin, fixtures, repo_root};
+use sha2::{Digest, Sha256};
+
+fn buildpack(name: &str) -> PathBuf {
+    fixtures().join("buildpacks").join(name)
+}
+
+/// An app source tree written into a temp dir.
+struct App {
+    dir: tempfile::TempDir,
+}
+
+impl App {
+    fn new(files: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        for (path, content) in files {
+            let p = dir.path().join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, content).unwrap();
+        }
+        Self { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The tree as a plain tar, like `git archive --format=tar`.
+    fn tar(&self) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        b.follow_symlinks(false);
+        b.mode(tar::HeaderMode::Deterministic);
+        b.append_dir_all(".", self.path()).unwrap();
+        b.into_inner().unwrap()
+    }
+}
+
+/// One slugbuilder run.
+struct Build {
+    cmd: Command,
+    stdin: Vec<u8>,
+    timeout: Duration,
+}
+
+impl Build {
+    fn new(source_tar: Vec<u8>) -> Self {
+        let mut cmd = Command::new(bin("slugbuilder"));
+        // A clean, known environment: only what a backend would pass.
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap())
+            .env("SLUGBUILDER_TEST_SECRET", "do-not-leak");
+        Self {
+            cmd,
+            stdin: source_tar,
+            timeout: Duration::from_secs(60),
+        }
+    }
+
+    fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        self.cmd.args(args);
+        self
+    }
+
+    fn env(mut self, k: &str, v: impl AsRef<std::ffi::OsStr>) -> Self {
+        self.cmd.env(k, v);
+        self
+    }
+
+    fn buildpack(self, name: &str) -> Self {
+        let dir = buildpack(name);
+        self.args([std::ffi::OsStr::new("--buildpack"), dir.as_os_str()])
+    }
+
+    fn run(mut self) -> Output {
+        let mut child = self
+            .cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn slugbuilder");
+        let mut stdin = child.stdin.take().unwrap();
+        let input = std::mem::take(&mut self.stdin);
+        let writer = std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+        let mut stdout = child.stdout.take().unwrap();
+        let mut stderr = child.stderr.take().unwrap();
+        let out_t = std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = stdout.read_to_end(&mut v);
+            v
+        });
+        let err_t = std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = stderr.read_to_end(&mut v);
+            v
+        });
+        let status = e2e::slugs::wait_timeout(&mut child, self.timeout);
+        writer.join().unwrap();
+        Output {
+            status,
+            stdout: out_t.join().unwrap(),
+            stderr: err_t.join().unwrap(),
+        }
+    }
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn assert_ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "slugbuilder failed ({:?}):\n{}",
+        out.status,
+        stderr(out)
+    );
+}
+
+fn assert_fails_with(out: &Output, code: i32) {
+    assert_eq!(out.status.code(), Some(code), "stderr:\n{}", stderr(out));
+    assert!(
+        out.stdout.is_empty(),
+        "a failed build wrote {} bytes to stdout",
+        out.stdout.len()
+    );
+}
+
+/// Unpack a slug's gzip tar into a map of path -> contents (files only).
+fn slug_files(slug: &[u8]) -> BTreeMap<String, Vec<u8>> {
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(slug));
+    let mut files = BTreeMap::new();
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        if entry.header().entry_type() != tar::EntryType::Regular {
+            continue;
+        }
+        let path = entry
+            .path()
+            .unwrap()
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .to_string();
+        let mut data = Vec::new();
+        entry.read_to_end(&mut data).unwrap();
+        files.insert(path, data);
+    }
+    files
+}
+
+fn text(files: &BTreeMap<String, Vec<u8>>, path: &str) -> String {
+    String::from_utf8_lossy(
+        files
+            .get(path)
+            .unwrap_or_else(|| panic!("{path} not in slug: {:?}", files.keys())),
+    )
+    .into_owned()
+}
+
+fn web_app() -> App {
+    App::new(&[("app.py", "print('hi')\n"), ("lib/util.py", "x = 1\n")])
+}
+
+#[test]
+fn builds_a_slug_from_a_tar_on_stdin() {
+    let out = Build::new(web_app().tar()).buildpack("recorder").run();
+    assert_ok(&out);
+    let files = slug_files(&out.stdout);
+    assert_eq!(text(&files, "app.py"), "print('hi')\n");
+    // Procfile written from default_process_types, web first.
+    assert_eq!(
+        text(&files, "Procfile"),
+        "web: echo \"web on $PORT\"\nworker: sleep 1\n"
+    );
+    let release = text(&files, ".release");
+    assert!(release.contains("FROM_RELEASE"), "{release}");
+    let log = stderr(&out);
+    assert!(log.contains("-----> Recorder app detected"), "{log}");
+    assert!(
+        log.contains("-----> Recording the build environment"),
+        "{log}"
+    );
+    assert!(log.contains("\n       plain line from compile\n"), "{log}");
+    assert!(log.contains("\n       stderr line from compile\n"), "{log}");
+    assert!(
+        log.contains("Default types for buildpack -> web, worker"),
+        "{log}"
+    );
+    assert!(log.contains("Compiled slug size is"), "{log}");
+    let sha = format!("{:x}", Sha256::digest(&out.stdout));
+    assert!(log.contains(&format!("sha256: {sha}")), "{log}");
+}
+
+#[test]
+fn gzip_input_and_source_dir_and_output_file() {
+    let app = web_app();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&app.tar()).unwrap();
+    let out = Build::new(gz.finish().unwrap()).buildpack("recorder").run();
+    assert_ok(&out);
+    assert!(slug_files(&out.stdout).contains_key("app.py"));
+
+    let tmp = tempfile::tempdir().unwrap();
+    let slug_path = tmp.path().join("out/slug.tgz");
+    std::fs::create_dir_all(slug_path.parent().unwrap()).unwrap();
+    let out = Build::new(Vec::new())
+        .buildpack("recorder")
+        .args([
+            std::ffi::OsStr::new("--source"),
+            app.path().as_os_str(),
+            "-o".as_ref(),
+            slug_path.as_os_str(),
+        ])
+        .run();
+    assert_ok(&out);
+    assert!(out.stdout.is_empty(), "with -o nothing goes to stdout");
+    let slug = std::fs::read(&slug_path).unwrap();
+    assert!(slug_files(&slug).contains_key("lib/util.py"));
+    // No staging files are left next to the output.
+    let names: Vec<_> = std::fs::read_dir(slug_path.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, [std::ffi::OsString::from("slug.tgz")]);
+}
+
+#[test]
+fn compile_sees_only_the_documented_environment() {
+    let out = Build::new(web_app().tar())
+        .buildpack("recorder")
+        .env("STACK", "heroku-22")
+        .env("SOURCE_VERSION", "0123abcd")
+        .env("REQUEST_ID", "req-42")
+        .args(["--app-dir", "/srv/app"])
+        .run();
+    assert_ok(&out);
+    let files = slug_files(&out.stdout);
+    let env = text(&files, ".recorded/env");
+    for expected in [
+        "STACK=heroku-22",
+        "SOURCE_VERSION=0123abcd",
+        "REQUEST_ID=req-42",
+        "APP_DIR=/srv/app",
+        "HOME=/",
+        "PATH=",
+    ] {
+        assert!(env.contains(expected), "{expected} missing from:\n{env}");
+    }
+    assert!(!env.contains("do-not-leak"), "caller env leaked:\n{env}");
+    // The build runs in the build dir, not in the caller's cwd.
+    assert!(text(&files, ".recorded/cwd").contains("slugbuilder-"));
+}
+
+#[test]
+fn env_dir_holds_config_vars_that_compile_does_not_get_as_env() {
+    let envdir = tempfile::tempdir().unwrap();
+    std::fs::write(envdir.path().join("DATABASE_URL"), "postgres://x").unwrap();
+    std::fs::write(envdir.path().join("not valid"), "skip me").unwrap();
+    let out = Build::new(web_app().tar())
+        .buildpack("recorder")
+        .args([std::ffi::OsStr::new("--env-dir"), envdir.path().as_os_str()])
+        .args(["--env", "SECRET_KEY=s3cr3t value"])
+        .run();
+    assert_ok(&out);
+    let files = slug_files(&out.stdout);
+    let env_dir = text(&files, ".recorded/env-dir");
+    assert!(env_dir.contains("DATABASE_URL=postgres://x"), "{env_dir}");
+    assert!(env_dir.contains("SECRET_KEY=s3cr3t value"), "{env_dir}");
+    assert!(!env_dir.contains("skip me"));
+    let env = text(&files, ".recorded/env");
+    assert!(
+        !env.contains("s3cr3t"),
+        "ENV_DIR values must not be exported:\n{env}"
+    );
+    assert!(
+        !stderr(&out).contains("s3cr3t"),
+        "ENV_DIR values must not be logged"
+    );
+    // The operator's env dir is untouched.
+    assert_eq!(std::fs::read_dir(envdir.path()).unwrap().count(), 2);
+}
+
+#[test]
+fn cache_dir_survives_between_builds() {
+    let cache = tempfile::tempdir().unwrap();
+    let count = |out: &Output| {
+        text(&slug_files(&out.stdout), ".recorded/cache-count")
+            .trim()
+            .to_string()
+    };
+    let first = Build::new(web_app().tar())
+        .buildpack("recorder")
+        .env("CACHE_PATH", cache.path())
+        .run();
+    assert_ok(&first);
+    let second = Build::new(web_app().tar())
+        .buildpack("recorder")
+        .args([
+            std::ffi::OsStr::new("--cache-dir"),
+            cache.path().as_os_str(),
+        ])
+        .run();
+    assert_ok(&second);
+    assert_eq!(
+        (count(&first).as_str(), count(&second).as_str()),
+        ("1", "2")
+    );
+    // Without a cache dir every build starts empty.
+    let third = Build::new(web_app().tar()).buildpack("recorder").run();
+    assert_eq!(count(&third), "1");
+}
+
+#[test]
+fn slugignore_applies_before_compile_and_root_git_is_dropped() {
+    let app = App::new(&[
+        ("app.py", "x"),
+        ("design.psd", "big"),
+        ("docs/guide.md", "doc"),
+        ("src/docs/keep.md", "keep"),
+        (".git/config", "git"),
+        (".slugignore", "# assets\n*.psd\n/docs\n"),
+    ]);
+    let out = Build::new(app.tar()).buildpack("recorder").run();
+    assert_ok(&out);
+    let files = slug_files(&out.stdout);
+    let seen = text(&files, ".recorded/files");
+    assert!(
+        !seen.contains("design.psd") && !seen.contains("./docs/guide.md"),
+        "compile saw ignored files:\n{seen}"
+    );
+    assert!(seen.contains("./src/docs/keep.md"), "{seen}");
+    assert!(!seen.contains(".git"), "{seen}");
+    assert!(!files.contains_key("design.psd") && !files.contains_key(".git/config"));
+}
+
+#[test]
+fn multi_buildpack_with_export_via_buildpacks_file() {
+    let app = App::new(&[(
+        ".buildpacks",
+        &format!(
+            "# order matters\n{}\n\n{}\n",
+            buildpack("exporter").display(),
+            buildpack("needs-export").display()
+        ),
+    )]);
+    let out = Build::new(app.tar()).run();
+    assert_ok(&out);
+    let files = slug_files(&out.stdout);
+    let seen = text(&files, "seen-export.txt");
+    assert!(
+        seen.starts_with("hello from export\n/opt/exported/bin:"),
+        "{seen}"
+    );
+    assert_eq!(text(&files, "exporter.txt"), "exporter compiled\n");
+    // The last buildpack's web wins; the earlier one's clock survives.
+    assert_eq!(
+        text(&files, "Procfile"),
+        "web: needs-export-web\nclock: exporter-clock\n"
+    );
+    let log = stderr(&out);
+    assert!(
+        log.contains("-----> Exporter app detected")
+            && log.contains("-----> NeedsExport app detected"),
+        "{log}"
+    );
+}
+
+#[test]
+fn buildpacks_env_is_comma_separated_and_cli_wins_over_it() {
+    let list = format!(
+        "{},{}",
+        buildpack("exporter").display(),
+        buildpack("needs-export").display()
+    );
+    let out = Build::new(web_app().tar()).env("BUILDPACKS", &list).run();
+    assert_ok(&out);
+    assert!(slug_files(&out.stdout).contains_key("seen-export.txt"));
+
+    let out = Build::new(web_app().tar())
+        .env("BUILDPACKS", &list)
+        .buildpack("recorder")
+        .run();
+    assert_ok(&out);
+    let files = slug_files(&out.stdout);
+    assert!(files.contains_key(".recorded/env") && !files.contains_key("exporter.txt"));
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let out = Command::new("git")
+        .current_dir(dir)
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@e",
+            "-c",
+            "init.defaultBranch=main",
+            "-c",
+            "commit.gpgsign=false",
+        ])
+        .args(args)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn git_stdout(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// A git repo holding the `marker` buildpack at tag v1, and a broken
+/// compile on main afterwards, so that only the tag builds.
+fn buildpack_repo() -> (tempfile::TempDir, String) {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("bp.git");
+    std::fs::create_dir(&repo).unwrap();
+    git(&repo, &["init", "-q"]);
+    let status = Command::new("cp")
+        .args([
+            "-a",
+            &format!("{}/.", buildpack("marker").display()),
+            repo.to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-qm", "v1"]);
+    git(&repo, &["tag", "v1"]);
+    let commit = git_stdout(&repo, &["rev-parse", "HEAD"]);
+    std::fs::write(
+        repo.join("bin/compile"),
+        "#!/bin/sh\necho broken on main; exit 9\n",
+    )
+    .unwrap();
+    git(&repo, &["commit", "-qam", "break main"]);
+    (tmp, commit)
+}
+
+#[test]
+fn buildpack_url_git_file_with_tag_branch_and_commit() {
+    let (tmp, commit) = buildpack_repo();
+    let url = format!("file://{}/bp.git", tmp.path().display());
+    let app = App::new(&[("marker.txt", "m")]);
+    for reference in ["v1", commit.as_str()] {
+        let out = Build::new(app.tar())
+            .env("BUILDPACK_URL", format!("{url}#{reference}"))
+            .run();
+        assert_ok(&out);
+        assert_eq!(
+            text(&slug_files(&out.stdout), "marker-compiled.txt"),
+            "marker compiled\n"
+        );
+    }
+    // Default branch is main, which is broken on purpose.
+    let out = Build::new(app.tar()).env("BUILDPACK_URL", &url).run();
+    assert_fails_with(&out, 13);
+    assert!(stderr(&out).contains("broken on main"), "{}", stderr(&out));
+    // An unknown ref is a fetch failure.
+    let out = Build::new(app.tar())
+        .env("BUILDPACK_URL", format!("{url}#nope"))
+        .run();
+    assert_fails_with(&out, 12);
+    let out = Build::new(app.tar())
+        .env("BUILDPACK_URL", "file:///nonexistent/bp.git")
+        .run();
+    assert_fails_with(&out, 12);
+    assert!(
+        stderr(&out)
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("slugbuilder: buildpack"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn buildpack_tarball_url_over_http() {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    {
+        let mut b = tar::Builder::new(&mut gz);
+        b.append_dir_all("marker-main", buildpack("marker"))
+            .unwrap();
+        b.finish().unwrap();
+    }
+    let body = gz.finish().unwrap();
+    let (url, server) = e2e::slugs::serve_http(vec![e2e::slugs::http_response("200 OK", &body)]);
+    let app = App::new(&[("marker.txt", "m")]);
+    let out = Build::new(app.tar())
+        .args(["--buildpack", &format!("{url}/marker.tgz")])
+        .run();
+    assert_ok(&out);
+    assert!(slug_files(&out.stdout).contains_key("marker-compiled.txt"));
+    assert_eq!(server.join().unwrap(), ["GET /marker.tgz HTTP/1.1"]);
+}
+
+#[test]
+fn detection_over_installed_buildpacks_first_match_wins_and_others_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    for (link, target) in [
+        ("a-never", "never"),
+        ("b-marker", "marker"),
+        ("c-recorder", "recorder"),
+    ] {
+        std::os::unix::fs::symlink(buildpack(target), dir.path().join(link)).unwrap();
+    }
+    let app = App::new(&[("marker.txt", "m")]);
+    let out = Build::new(app.tar())
+        .args([
+            std::ffi::OsStr::new("--buildpacks-dir"),
+            dir.path().as_os_str(),
+        ])
+        .run();
+    assert_ok(&out);
+    let log = stderr(&out);
+    assert!(log.contains("-----> Marker app detected"), "{log}");
+    assert!(
+        log.contains("these also detected this app: c-recorder"),
+        "{log}"
+    );
+    let files = slug_files(&out.stdout);
+    assert!(files.contains_key("marker-compiled.txt") && !files.contains_key("never.txt"));
+
+    // A `.order` file puts a buildpack first.
+    std::fs::write(dir.path().join(".order"), "c-recorder\n").unwrap();
+    let out = Build::new(app.tar())
+        .env("BUILDPACK_PATH", dir.path())
+        .run();
+    assert_ok(&out);
+    assert!(stderr(&out).contains("-----> Recorder app detected"));
+}
+
+#[test]
+fn no_buildpack_detected_fails_with_empty_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(buildpack("never"), dir.path().join("never")).unwrap();
+    let out = Build::new(web_app().tar())
+        .args([
+            std::ffi::OsStr::new("--buildpacks-dir"),
+            dir.path().as_os_str(),
+        ])
+        .run();
+    assert_fails_with(&out, 11);
+    assert!(
+        stderr(&out).contains("no buildpack applies to this app (tried: never)"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn an_explicit_buildpack_that_does_not_detect_fails_the_build() {
+    let out = Build::new(web_app().tar()).buildpack("never").run();
+    assert_fails_with(&out, 11);
+    assert!(
+        stderr(&out).contains("does not apply to this app"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn compile_failure_writes_nothing() {
+    let out = Build::new(web_app().tar())
+        .buildpack("failing-compile")
+        .run();
+    assert_fails_with(&out, 13);
+    let log = stderr(&out);
+    assert!(
+        log.contains(" !     Something is wrong with this app"),
+        "{log}"
+    );
+    assert!(log.contains("bin/compile failed (exit status 3)"), "{log}");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let slug = tmp.path().join("slug.tgz");
+    let out = Build::new(web_app().tar())
+        .buildpack("failing-compile")
+        .args([std::ffi::OsStr::new("-o"), slug.as_os_str()])
+        .run();
+    assert_fails_with(&out, 13);
+    assert_eq!(
+        std::fs::read_dir(tmp.path()).unwrap().count(),
+        0,
+        "nothing may be left at the output"
+    );
+}
+
+#[test]
+fn invalid_release_yaml_fails_with_its_own_code() {
+    let out = Build::new(web_app().tar()).buildpack("bad-release").run();
+    assert_fails_with(&out, 14);
+    assert!(
+        stderr(&out).contains("must be a mapping"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn bad_input_fails_with_one_clear_line() {
+    for (input, needle) in [
+        (Vec::new(), "empty"),
+        (b"definitely not a tar archive".repeat(40), "not a tar"),
+    ] {
+        let out = Build::new(input).buildpack("recorder").run();
+        assert_fails_with(&out, 10);
+        let log = stderr(&out);
+        assert_eq!(log.lines().count(), 1, "{log}");
+        assert!(log.contains(needle), "{log}");
+    }
+}
+
+#[test]
+fn app_procfile_is_kept_and_validated() {
+    let app = App::new(&[("Procfile", "web: ./run\nworker:./w\n")]);
+    let out = Build::new(app.tar()).buildpack("recorder").run();
+    assert_ok(&out);
+    assert_eq!(
+        text(&slug_files(&out.stdout), "Procfile"),
+        "web: ./run\nworker:./w\n"
+    );
+    assert!(stderr(&out).contains("Procfile declares types     -> web, worker"));
+
+    let app = App::new(&[("Procfile", "web: a\nweb: b\n")]);
+    let out = Build::new(app.tar()).buildpack("recorder").run();
+    assert_fails_with(&out, 10);
+    assert!(
+        stderr(&out).contains("already declared on line 1"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn builds_are_reproducible() {
+    let app = web_app();
+    let one = Build::new(app.tar())
+        .buildpack("recorder")
+        .env("REQUEST_ID", "r")
+        .run();
+    std::thread::sleep(Duration::from_millis(1100));
+    let two = Build::new(app.tar())
+        .buildpack("recorder")
+        .env("REQUEST_ID", "r")
+        .run();
+    assert_ok(&one);
+    assert_ok(&two);
+    // The recorder writes temp paths into the slug; the fixture below does not.
+    let stable = Build::new(app.tar()).buildpack("exporter").run();
+    std::thread::sleep(Duration::from_millis(1100));
+    let again = Build::new(app.tar()).buildpack("exporter").run();
+    assert_ok(&stable);
+    assert_eq!(
+        format!("{:x}", Sha256::digest(&stable.stdout)),
+        format!("{:x}", Sha256::digest(&again.stdout)),
+        "two builds of the same source must give the same bytes"
+    );
+    // SOURCE_DATE_EPOCH sets the clamp explicitly, and changes the bytes.
+    let epoch = Build::new(app.tar())
+        .buildpack("exporter")
+        .env("SOURCE_DATE_EPOCH", "86400")
+        .run();
+    assert_ok(&epoch);
+    assert_ne!(epoch.stdout, stable.stdout);
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&epoch.stdout[..]));
+    for entry in archive.entries().unwrap() {
+        let entry = entry.unwrap();
+        assert!(entry.header().mtime().unwrap() <= 86400);
+        assert_eq!(
+            (entry.header().uid().unwrap(), entry.header().gid().unwrap()),
+            (0, 0)
+        );
+    }
+}
+
+#[test]
+fn source_version_comes_from_git_archive() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path();
+    std::fs::write(repo.join("app.py"), "x").unwrap();
+    git(repo, &["init", "-q"]);
+    git(repo, &["add", "-A"]);
+    git(repo, &["commit", "-qm", "app"]);
+    let commit = git_stdout(repo, &["rev-parse", "HEAD"]);
+    let archive = Command::new("git")
+        .current_dir(repo)
+        .args(["archive", "HEAD"])
+        .output()
+        .unwrap()
+        .stdout;
+    let out = Build::new(archive).buildpack("recorder").run();
+    assert_ok(&out);
+    let env = text(&slug_files(&out.stdout), ".recorded/env");
+    assert!(env.contains(&format!("SOURCE_VERSION={commit}")), "{env}");
+}
+
+#[test]
+fn time_limit_kills_the_buildpack_group() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pids = tmp.path().join("pids");
+    let start = Instant::now();
+    let out = Build::new(web_app().tar())
+        .buildpack("sleeper")
+        .env("SLEEPER_PIDS", &pids)
+        .args(["--pass-env", "SLEEPER_PIDS", "--timeout", "2"])
+        .run();
+    assert_fails_with(&out, 16);
+    assert!(start.elapsed() < Duration::from_secs(20));
+    assert!(stderr(&out).contains("time limit"), "{}", stderr(&out));
+    assert_group_dead(&pids);
+}
+
+#[test]
+fn sigterm_stops_the_build_and_its_buildpack() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pids = tmp.path().join("pids");
+    let app = web_app();
+    let mut child = Command::new(bin("slugbuilder"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap())
+        .env("SLEEPER_PIDS", &pids)
+        .args(["--pass-env", "SLEEPER_PIDS", "--buildpack"])
+        .arg(buildpack("sleeper"))
+        .arg("--source")
+        .arg(app.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(e2e::slugs::wait_until(Duration::from_secs(20), || pids
+        .exists()
+        && std::fs::read_to_string(&pids)
+            .is_ok_and(|s| s.ends_with('\n'))));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = e2e::slugs::wait_timeout(&mut child, Duration::from_secs(20));
+    assert_eq!(status.code(), Some(17));
+    let mut stdout = Vec::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_end(&mut stdout)
+        .unwrap();
+    assert!(stdout.is_empty());
+    assert_group_dead(&pids);
+}
+
+/// Both processes the sleeper started must be gone (or zombies).
+fn assert_group_dead(pids: &Path) {
+    let text = std::fs::read_to_string(pids).expect("sleeper wrote its pids");
+    for pid in text.split_whitespace() {
+        let gone = e2e::slugs::wait_until(Duration::from_secs(10), || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| {
+                    s.rsplit(')')
+                        .next()
+                        .unwrap_or("")
+                        .trim_start()
+                        .starts_with('Z')
+                })
+                .unwrap_or(true)
+        });
+        assert!(gone, "buildpack process {pid} survived");
+    }
+}
+
+#[test]
+fn short_names_map_to_bundled_buildpacks() {
+    let app = App::new(&[("Procfile", "web: ./bin/web\n")]);
+    let out = Build::new(app.tar())
+        .args(["--buildpack", "heroku/procfile"])
+        .run();
+    assert_ok(&out);
+    let out = Build::new(app.tar())
+        .args(["--buildpack", "heroku/cobol"])
+        .run();
+    assert_fails_with(&out, 12);
+    assert!(
+        stderr(&out).contains("unknown short name"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn the_readme_example_builds_with_no_configuration() {
+    let example = repo_root().join("examples/hello-procfile");
+    let out = Build::new(Vec::new())
+        .args([std::ffi::OsStr::new("--source"), example.as_os_str()])
+        .run();
+    assert_ok(&out);
+    assert!(
+        stderr(&out).contains("-----> Procfile app detected"),
+        "{}",
+        stderr(&out)
+    );
+    let files = slug_files(&out.stdout);
+    assert!(files.contains_key("bin/web") && files.contains_key("Procfile"));
+}
