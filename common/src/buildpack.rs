@@ -369,8 +369,7 @@ fn run_git(spec: &str, action: &'static str, args: &[&OsStr]) -> Result<(), Buil
     let stderr = String::from_utf8_lossy(&out.stderr);
     let detail = stderr
         .lines()
-        .filter(|l| !l.trim().is_empty())
-        .last()
+        .rfind(|l| !l.trim().is_empty())
         .unwrap_or("exited unsuccessfully")
         .trim()
         .to_string();

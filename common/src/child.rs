@@ -137,8 +137,13 @@ impl StepRunner {
         capture_stdout: bool,
     ) -> Result<StepOutput, StepError> {
         self.interrupt.check()?;
-        self.runtime
-            .block_on(self.run_async(program, args, env, cwd, capture_stdout))
+        let started = Instant::now();
+        tracing::debug!(?program, ?args, ?cwd, "running buildpack step");
+        let result = self
+            .runtime
+            .block_on(self.run_async(program, args, env, cwd, capture_stdout));
+        tracing::info!(?program, elapsed = ?started.elapsed(), ok = result.as_ref().is_ok_and(|o| o.status.success()), "step finished");
+        result
     }
 
     async fn run_async(

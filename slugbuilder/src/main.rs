@@ -156,6 +156,20 @@ fn init_logging(verbose: u8) {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    if args.source.is_none() && std::io::stdin().is_terminal() {
+        return Err(BuildError::BadInput(
+            "no source: pipe a tar to stdin (git archive HEAD | slugbuilder) or use --source"
+                .into(),
+        )
+        .into());
+    }
+    if args.output.is_none() && std::io::stdout().is_terminal() {
+        return Err(BuildError::BadInput(
+            "refusing to write a slug to a terminal: redirect stdout or use -o FILE".into(),
+        )
+        .into());
+    }
     let interrupt = Interrupt::new();
     watch_signals(Arc::clone(&interrupt)).context("installing signal handling")?;
 
