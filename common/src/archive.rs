@@ -28,26 +28,34 @@ use crate::rootdir::{components, Owner, RootDir, RootError};
 /// apps and small enough that a hostile archive fails fast.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Total bytes of file content (apparent size).
+    /// Total bytes of file content (apparent size), checked against each
+    /// entry's header before anything of it is written.
     pub max_bytes: u64,
     /// Number of entries.
     pub max_entries: u64,
-    /// Length of one path, in bytes.
+    /// Length of one path or link target, in bytes.
     pub max_path_len: usize,
     /// Number of components in one path.
     pub max_depth: usize,
+    /// Size of one extension header (PAX record set, GNU long name or link).
+    pub max_extension_header: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            max_bytes: 4 << 30,
+            max_bytes: DEFAULT_MAX_BYTES,
             max_entries: 1_000_000,
             max_path_len: 4096,
-            max_depth: 256,
+            max_depth: 128,
+            max_extension_header: 1 << 20,
         }
     }
 }
+
+/// Default bound on unpacked bytes: 4 GiB, a few times Heroku's 1 GB
+/// compressed slug limit (slugs compress about 3:1).
+pub const DEFAULT_MAX_BYTES: u64 = 4 << 30;
 
 /// How to unpack.
 #[derive(Debug, Clone, Default)]
@@ -107,36 +115,128 @@ pub enum ArchiveError {
     },
 }
 
+impl ArchiveError {
+    /// Whether the archive itself is at fault (as opposed to the disk).
+    pub fn is_bad_input(&self) -> bool {
+        !matches!(self, ArchiveError::Write { .. } | ArchiveError::Read { .. })
+            && !matches!(self, ArchiveError::Unsafe(RootError::Io { .. }))
+    }
+}
+
 fn corrupt(e: io::Error) -> ArchiveError {
     ArchiveError::Corrupt(e.to_string())
 }
 
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+const CHUNK: usize = 256 * 1024;
 
-/// Wrap `reader` in a gzip decoder when it starts with the gzip magic.
-/// Returns the (possibly decompressing) reader and whether it was gzip.
-pub fn decompressed(reader: impl Read + 'static) -> Result<(Box<dyn Read>, bool), ArchiveError> {
-    let mut buffered = BufReader::with_capacity(256 * 1024, reader);
+/// A reader fed by a decompression thread, so that inflating the next
+/// chunk overlaps with writing the previous one to disk. At most a few
+/// chunks are in flight: memory stays bounded whatever the input.
+struct Pipelined {
+    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    current: Vec<u8>,
+    pos: usize,
+    done: bool,
+}
+
+impl Read for Pipelined {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.current.len() {
+            if self.done {
+                return Ok(0);
+            }
+            match self.rx.recv() {
+                Ok(Ok(chunk)) => {
+                    self.current = chunk;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => {
+                    self.done = true;
+                    return Err(e);
+                }
+                Err(_) => {
+                    self.done = true;
+                    return Ok(0);
+                }
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.pos);
+        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Start decompressing `reader` (gzip when it starts with the gzip magic,
+/// else passed through) on a thread. Returns the decompressed stream and
+/// whether it was gzip.
+pub fn decompressed(
+    reader: impl Read + Send + 'static,
+) -> Result<(Box<dyn Read>, bool), ArchiveError> {
+    let mut buffered = BufReader::with_capacity(CHUNK, reader);
     let head = buffered.fill_buf().map_err(corrupt)?;
     if head.is_empty() {
         return Err(ArchiveError::Empty);
     }
-    if head.len() >= 2 && head[..2] == GZIP_MAGIC {
-        Ok((
-            Box::new(BufReader::with_capacity(
-                256 * 1024,
-                MultiGzDecoder::new(buffered),
-            )),
-            true,
-        ))
+    let gzip = head.len() >= 2 && head[..2] == GZIP_MAGIC;
+    let mut source: Box<dyn Read + Send> = if gzip {
+        Box::new(MultiGzDecoder::new(buffered))
     } else {
-        Ok((Box::new(buffered), false))
-    }
+        Box::new(buffered)
+    };
+    let (tx, rx) = std::sync::mpsc::sync_channel(4);
+    std::thread::Builder::new()
+        .name("decompress".into())
+        .spawn(move || loop {
+            let mut chunk = vec![0u8; CHUNK];
+            let mut filled = 0;
+            // Fill whole chunks: fewer, larger hand-offs.
+            let result = loop {
+                match source.read(&mut chunk[filled..]) {
+                    Ok(0) => break Ok(()),
+                    Ok(n) => {
+                        filled += n;
+                        if filled == chunk.len() {
+                            break Ok(());
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => break Err(e),
+                }
+            };
+            let eof = filled < chunk.len();
+            chunk.truncate(filled);
+            if filled > 0 && tx.send(Ok(chunk)).is_err() {
+                return;
+            }
+            match result {
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+                Ok(()) if eof => return,
+                Ok(()) => {}
+            }
+        })
+        .map_err(|e| ArchiveError::Read {
+            path: PathBuf::from("<input>"),
+            source: e,
+        })?;
+    Ok((
+        Box::new(Pipelined {
+            rx,
+            current: Vec::new(),
+            pos: 0,
+            done: false,
+        }),
+        gzip,
+    ))
 }
 
 /// Unpack a gzip or plain tar stream into `dest` (created if missing).
 pub fn unpack(
-    reader: impl Read + 'static,
+    reader: impl Read + Send + 'static,
     dest: &Path,
     opts: &UnpackOptions,
 ) -> Result<UnpackSummary, ArchiveError> {
@@ -152,7 +252,7 @@ pub fn unpack(
 /// An `./app/`-rooted slug is recognised when `app` is its only top-level
 /// entry, and its contents are moved up into `app_dir`.
 pub fn unpack_slug(
-    reader: impl Read + 'static,
+    reader: impl Read + Send + 'static,
     app_dir: &Path,
     opts: &UnpackOptions,
 ) -> Result<UnpackSummary, ArchiveError> {
@@ -208,6 +308,57 @@ fn sanitize_dir_mode(mode: u32) -> u32 {
     (mode & 0o775) | 0o700
 }
 
+/// Extension headers seen before the entry they describe.
+#[derive(Default)]
+struct Pending {
+    long_name: Option<Vec<u8>>,
+    long_link: Option<Vec<u8>>,
+    pax: Option<Vec<(String, Vec<u8>)>>,
+}
+
+impl Pending {
+    fn pax(&self, key: &str) -> Option<&[u8]> {
+        self.pax
+            .as_ref()?
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_slice())
+    }
+}
+
+/// Read an extension header's data, bounded by the limit.
+fn read_extension(
+    entry: &mut impl Read,
+    size: u64,
+    limits: &Limits,
+) -> Result<Vec<u8>, ArchiveError> {
+    if size > limits.max_extension_header {
+        return Err(ArchiveError::Limit {
+            what: "bytes in one extension header",
+            limit: limits.max_extension_header,
+        });
+    }
+    let mut data = Vec::with_capacity(size as usize);
+    entry.take(size).read_to_end(&mut data).map_err(corrupt)?;
+    if data.len() as u64 != size {
+        return Err(ArchiveError::Corrupt("truncated extension header".into()));
+    }
+    Ok(data)
+}
+
+/// GNU long names end with a NUL.
+fn strip_nul(mut v: Vec<u8>) -> Vec<u8> {
+    if let Some(i) = v.iter().position(|&b| b == 0) {
+        v.truncate(i);
+    }
+    v
+}
+
+/// Walk the archive's raw headers ourselves rather than let the tar crate
+/// resolve extension headers: that way every extension header is bounded,
+/// a PAX `size` that disagrees with the header is refused instead of
+/// silently chosen, and one rule decides each entry's path and link.
 fn unpack_tar(
     reader: Box<dyn Read>,
     root: &mut RootDir,
@@ -217,9 +368,12 @@ fn unpack_tar(
     let mut archive = tar::Archive::new(reader);
     let mut summary = UnpackSummary::default();
     let mut seen_any = false;
+    let mut pending = Pending::default();
+    let mut buf = vec![0u8; CHUNK];
     let entries = archive
         .entries()
-        .map_err(|e| ArchiveError::NotTar(e.to_string()))?;
+        .map_err(|e| ArchiveError::NotTar(e.to_string()))?
+        .raw(true);
     for entry in entries {
         let mut entry = entry.map_err(|e| {
             if seen_any {
@@ -229,22 +383,66 @@ fn unpack_tar(
             }
         })?;
         seen_any = true;
-        let header = entry.header();
+        let header = entry.header().clone();
         let kind = header.entry_type();
-        if kind == EntryType::XGlobalHeader {
-            let mut data = Vec::new();
-            (&mut entry)
-                .take(64 * 1024)
-                .read_to_end(&mut data)
-                .map_err(corrupt)?;
-            if let Some(comment) = pax_value(&data, "comment") {
-                summary.pax_comment = Some(comment);
+        let size = header.entry_size().map_err(corrupt)?;
+        match kind {
+            EntryType::GNULongName => {
+                pending.long_name = Some(strip_nul(read_extension(&mut entry, size, limits)?));
+                continue;
             }
-            continue;
+            EntryType::GNULongLink => {
+                pending.long_link = Some(strip_nul(read_extension(&mut entry, size, limits)?));
+                continue;
+            }
+            EntryType::XHeader => {
+                let data = read_extension(&mut entry, size, limits)?;
+                pending.pax = Some(parse_pax(&data)?);
+                continue;
+            }
+            EntryType::XGlobalHeader => {
+                let data = read_extension(&mut entry, size, limits)?;
+                if let Some((_, v)) = parse_pax(&data)?
+                    .into_iter()
+                    .rev()
+                    .find(|(k, _)| k == "comment")
+                {
+                    summary.pax_comment = String::from_utf8(v).ok();
+                }
+                continue;
+            }
+            _ => {}
         }
-        let path_bytes = entry.path_bytes().into_owned();
+        let ext = std::mem::take(&mut pending);
+        let path_bytes: Vec<u8> = ext
+            .pax("path")
+            .map(<[u8]>::to_vec)
+            .or(ext.long_name.clone())
+            .unwrap_or_else(|| header.path_bytes().into_owned());
         let display = || PathBuf::from(OsStr::from_bytes(&path_bytes));
-        if path_bytes.len() > limits.max_path_len {
+        if let Some(pax_size) = ext.pax("size") {
+            let parsed = std::str::from_utf8(pax_size)
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok());
+            if parsed != Some(size) {
+                return Err(ArchiveError::Corrupt(format!(
+                    "{:?}: PAX size {:?} disagrees with the header size {size}",
+                    display(),
+                    String::from_utf8_lossy(pax_size)
+                )));
+            }
+        }
+        if ext
+            .pax
+            .as_ref()
+            .is_some_and(|p| p.iter().any(|(k, _)| k.starts_with("GNU.sparse.")))
+        {
+            return Err(ArchiveError::UnsupportedType {
+                path: display(),
+                kind: "sparse file".into(),
+            });
+        }
+        if path_bytes.len() > limits.max_path_len || path_bytes.contains(&0) {
             return Err(ArchiveError::PathTooLong { path: display() });
         }
         let comps = components(&path_bytes)?;
@@ -259,15 +457,33 @@ fn unpack_tar(
             });
         }
         let mode = header.mode().map_err(corrupt)?;
-        let mtime = header.mtime().ok();
+        let mtime = ext
+            .pax("mtime")
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.split('.').next()?.parse::<u64>().ok())
+            .or_else(|| header.mtime().ok());
         if let Some(m) = mtime {
             summary.newest_mtime = Some(summary.newest_mtime.map_or(m, |n| n.max(m)));
         }
+        let link_target = || -> Result<Vec<u8>, ArchiveError> {
+            let target = ext
+                .pax("linkpath")
+                .map(<[u8]>::to_vec)
+                .or(ext.long_link.clone())
+                .or_else(|| header.link_name_bytes().map(|c| c.into_owned()))
+                .unwrap_or_default();
+            if target.is_empty() || target.contains(&0) || target.len() > limits.max_path_len {
+                return Err(ArchiveError::Corrupt(format!(
+                    "{:?}: invalid link target",
+                    display()
+                )));
+            }
+            Ok(target)
+        };
         on_entry(&comps);
         match kind {
             EntryType::Directory => root.create_dir(&comps, sanitize_dir_mode(mode))?,
-            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-                let size = entry.size();
+            EntryType::Regular | EntryType::Continuous => {
                 if summary.bytes.saturating_add(size) > limits.max_bytes {
                     return Err(ArchiveError::Limit {
                         what: "bytes unpacked",
@@ -275,20 +491,27 @@ fn unpack_tar(
                     });
                 }
                 let mut file = root.create_file(&comps, sanitize_file_mode(mode))?;
-                let written = io::copy(&mut entry, &mut file).map_err(|e| match e.kind() {
-                    io::ErrorKind::UnexpectedEof
-                    | io::ErrorKind::InvalidData
-                    | io::ErrorKind::Other => corrupt(e),
-                    _ => ArchiveError::Write {
-                        path: display(),
-                        source: e,
-                    },
-                })?;
-                if written != size {
-                    return Err(ArchiveError::Corrupt(format!(
-                        "{:?}: truncated ({written} of {size} bytes)",
-                        display()
-                    )));
+                let mut remaining = size;
+                while remaining > 0 {
+                    let want = remaining.min(buf.len() as u64) as usize;
+                    let n = match entry.read(&mut buf[..want]) {
+                        Ok(0) => {
+                            return Err(ArchiveError::Corrupt(format!(
+                                "{:?}: truncated ({} of {size} bytes)",
+                                display(),
+                                size - remaining
+                            )))
+                        }
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(corrupt(e)),
+                    };
+                    file.write_all(&buf[..n])
+                        .map_err(|source| ArchiveError::Write {
+                            path: display(),
+                            source,
+                        })?;
+                    remaining -= n as u64;
                 }
                 if let Some(m) = mtime {
                     let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(m);
@@ -298,27 +521,10 @@ fn unpack_tar(
                 summary.bytes += size;
             }
             EntryType::Symlink => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| {
-                        ArchiveError::Corrupt(format!("{:?}: symlink without target", display()))
-                    })?
-                    .into_owned();
-                if target.is_empty() || target.contains(&0) {
-                    return Err(ArchiveError::Corrupt(format!(
-                        "{:?}: invalid symlink target",
-                        display()
-                    )));
-                }
-                root.create_symlink(&comps, OsStr::from_bytes(&target))?;
+                root.create_symlink(&comps, OsStr::from_bytes(&link_target()?))?
             }
             EntryType::Link => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| {
-                        ArchiveError::Corrupt(format!("{:?}: hard link without target", display()))
-                    })?
-                    .into_owned();
+                let target = link_target()?;
                 let target_comps = components(&target)
                     .map_err(|_| ArchiveError::LinkEscapes { path: display() })?;
                 root.create_hardlink(&comps, &target_comps)?;
@@ -334,6 +540,11 @@ fn unpack_tar(
     if !seen_any {
         return Err(ArchiveError::NotTar("no entries found".into()));
     }
+    if pending.long_name.is_some() || pending.long_link.is_some() || pending.pax.is_some() {
+        return Err(ArchiveError::Corrupt(
+            "extension header at the end of the archive describes no entry".into(),
+        ));
+    }
     Ok(summary)
 }
 
@@ -342,29 +553,42 @@ fn entry_type_name(kind: EntryType) -> String {
         EntryType::Char => "character device".into(),
         EntryType::Block => "block device".into(),
         EntryType::Fifo => "FIFO".into(),
+        EntryType::GNUSparse => "sparse file".into(),
         other => format!("{other:?}"),
     }
 }
 
-/// Find `key` in pax extended header records (`"<len> key=value\n"`).
-fn pax_value(data: &[u8], key: &str) -> Option<String> {
+/// Parse pax extended header records (`"<len> key=value\n"`), strictly.
+fn parse_pax(data: &[u8]) -> Result<Vec<(String, Vec<u8>)>, ArchiveError> {
+    let bad = || ArchiveError::Corrupt("malformed PAX extended header".into());
+    let mut out = Vec::new();
     let mut rest = data;
     while !rest.is_empty() {
-        let space = rest.iter().position(|&b| b == b' ')?;
-        let len: usize = std::str::from_utf8(&rest[..space]).ok()?.parse().ok()?;
-        if len <= space || len > rest.len() {
-            return None;
+        // Some writers pad the record set with NULs.
+        if rest.iter().all(|&b| b == 0) {
+            break;
         }
-        let record = &rest[space + 1..len];
-        let record = record.strip_suffix(b"\n").unwrap_or(record);
-        if let Some(eq) = record.iter().position(|&b| b == b'=') {
-            if &record[..eq] == key.as_bytes() {
-                return String::from_utf8(record[eq + 1..].to_vec()).ok();
-            }
+        let space = rest
+            .iter()
+            .take(20)
+            .position(|&b| b == b' ')
+            .ok_or_else(bad)?;
+        let len: usize = std::str::from_utf8(&rest[..space])
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(bad)?;
+        if len <= space + 1 || len > rest.len() || rest[len - 1] != b'\n' {
+            return Err(bad());
         }
+        let record = &rest[space + 1..len - 1];
+        let eq = record.iter().position(|&b| b == b'=').ok_or_else(bad)?;
+        let key = std::str::from_utf8(&record[..eq])
+            .map_err(|_| bad())?
+            .to_string();
+        out.push((key, record[eq + 1..].to_vec()));
         rest = &rest[len..];
     }
-    None
+    Ok(out)
 }
 
 /// How to pack.
@@ -726,17 +950,13 @@ mod tests {
     }
 
     #[test]
-    fn pax_comment_is_read() {
-        assert_eq!(
-            pax_value(
-                b"52 comment=0123456789012345678901234567890123456789\n",
-                "comment"
-            )
-            .unwrap()
-            .len(),
-            40
-        );
-        assert_eq!(pax_value(b"9 a=b\n", "comment"), None);
-        assert_eq!(pax_value(b"99 a=b\n", "a"), None);
+    fn pax_records_are_parsed_strictly() {
+        let recs =
+            parse_pax(b"52 comment=0123456789012345678901234567890123456789\n6 a=b\n").unwrap();
+        assert_eq!(recs[0].0, "comment");
+        assert_eq!(recs[1], ("a".to_string(), b"b".to_vec()));
+        assert!(parse_pax(b"99 a=b\n").is_err());
+        assert!(parse_pax(b"6 ab\n\n").is_err());
+        assert!(parse_pax(b"x a=b\n").is_err());
     }
 }
