@@ -19,9 +19,9 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use flate2::bufread::MultiGzDecoder;
-use flate2::{Compression, GzBuilder};
 use tar::{EntryType, Header};
 
+use crate::pgzip::ParallelGzWriter;
 use crate::rootdir::{components, Owner, RootDir, RootError};
 
 /// Bounds on what an archive may make us do. Defaults are generous for real
@@ -641,27 +641,27 @@ pub fn pack_tar(
     Ok(packer.summary)
 }
 
-/// Write `dir` as a deterministic gzip-compressed tar to `out`.
+/// Write `dir` as a deterministic gzip-compressed tar to `out`, compressed
+/// on all cores (see [`crate::pgzip`]); the bytes do not depend on the
+/// number of cores.
 pub fn pack_gzip(
     dir: &Path,
     out: impl Write,
     level: u32,
     opts: &PackOptions,
 ) -> Result<PackSummary, ArchiveError> {
-    // A fixed header (no name, mtime 0) so that equal trees give equal bytes.
-    let gz = GzBuilder::new()
-        .mtime(0)
-        .write(out, Compression::new(level.min(9)));
-    let mut gz = io::BufWriter::with_capacity(256 * 1024, gz);
-    let summary = pack_tar(dir, &mut gz, opts)?;
-    let gz = gz.into_inner().map_err(|e| ArchiveError::Write {
-        path: PathBuf::from("<archive>"),
-        source: e.into_error(),
-    })?;
-    gz.finish().map_err(|source| ArchiveError::Write {
+    let write_err = |source| ArchiveError::Write {
         path: PathBuf::from("<archive>"),
         source,
-    })?;
+    };
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let gz = ParallelGzWriter::new(out, level, threads).map_err(write_err)?;
+    let mut buffered = io::BufWriter::with_capacity(CHUNK, gz);
+    let summary = pack_tar(dir, &mut buffered, opts)?;
+    let gz = buffered
+        .into_inner()
+        .map_err(|e| write_err(e.into_error()))?;
+    gz.finish().map_err(write_err)?;
     Ok(summary)
 }
 
