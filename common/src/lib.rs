@@ -11,6 +11,7 @@ pub mod buildpack;
 pub mod child;
 pub mod exit;
 pub mod log;
+pub mod pgzip;
 pub mod procfile;
 pub mod release;
 pub mod rootdir;
