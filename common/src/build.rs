@@ -77,7 +77,21 @@ pub struct BuildConfig {
     pub timeout: Duration,
     /// Parent directory for the build's private work directory.
     pub tmp_dir: Option<PathBuf>,
+    /// Run buildpack code as this (uid, gid); `None` runs it as ourselves.
+    /// Set when slugbuilder runs as root, so that buildpacks never do.
+    pub build_user: Option<(u32, u32)>,
+    /// Bounds for unpacking the source.
+    pub limits: archive::Limits,
+    /// Warn when the compressed slug is larger than this.
+    pub slug_size_warning: u64,
+    /// Fail when the compressed slug is larger than this.
+    pub max_slug_size: u64,
 }
+
+/// Heroku's soft limit on compressed slugs.
+pub const DEFAULT_SLUG_SIZE_WARNING: u64 = 300 << 20;
+/// Heroku's hard limit on compressed slugs (1 GB since 2026).
+pub const DEFAULT_MAX_SLUG_SIZE: u64 = 1 << 30;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -117,6 +131,8 @@ pub enum BuildError {
     },
     #[error("packing the slug: {0}")]
     Pack(#[source] ArchiveError),
+    #[error("the compiled slug is larger than the limit of {} (use .slugignore to leave files out)", log::human_size(*limit))]
+    SlugTooLarge { limit: u64 },
     #[error("writing the slug to {path:?}: {source}")]
     Output {
         path: PathBuf,
@@ -135,6 +151,7 @@ impl BuildError {
     /// The documented exit code for this failure.
     pub fn exit(&self) -> Exit {
         match self {
+            BuildError::Source(e) if !e.is_bad_input() => Exit::Internal,
             BuildError::Source(_)
             | BuildError::Slugignore(_)
             | BuildError::BadInput(_)
@@ -152,7 +169,9 @@ impl BuildError {
                 _ if *step == "detect" => Exit::NoBuildpack,
                 _ => Exit::CompileFailed,
             },
-            BuildError::Pack(_) | BuildError::Output { .. } => Exit::PackFailed,
+            BuildError::Pack(_) | BuildError::Output { .. } | BuildError::SlugTooLarge { .. } => {
+                Exit::PackFailed
+            }
             BuildError::Io { .. } => Exit::Internal,
         }
     }
@@ -219,6 +238,16 @@ impl Workspace {
                 (tmp.path().to_path_buf(), Some(tmp))
             }
         };
+        if let Some(owner) = cfg.build_user {
+            // Buildpacks run as `owner`: they may traverse the workspace but
+            // not list it, and own what they must write.
+            set_mode(root.path(), 0o711)?;
+            for dir in [&build, &home, &env] {
+                chown(dir, owner)?;
+            }
+            set_mode(&env, 0o700)?;
+            chown_tree_if_foreign(&cache, owner)?;
+        }
         Ok(Self {
             _root: root,
             build,
@@ -232,11 +261,51 @@ impl Workspace {
     }
 }
 
+fn set_mode(path: &Path, mode: u32) -> Result<(), BuildError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(io_ctx(format!("setting the mode of {}", path.display())))
+}
+
+fn chown(path: &Path, (uid, gid): (u32, u32)) -> Result<(), BuildError> {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+        .map_err(io_ctx(format!("changing the owner of {}", path.display())))
+}
+
+/// Hand the cache to the build user. Only when its top directory belongs to
+/// someone else (a cache made before builds ran unprivileged): normally the
+/// build user already owns everything in it and nothing is walked.
+fn chown_tree_if_foreign(dir: &Path, owner: (u32, u32)) -> Result<(), BuildError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = dir
+        .symlink_metadata()
+        .map_err(io_ctx(format!("inspecting {}", dir.display())))?;
+    if (meta.uid(), meta.gid()) == owner {
+        return Ok(());
+    }
+    chown(dir, owner)?;
+    if meta.is_dir() {
+        let entries =
+            std::fs::read_dir(dir).map_err(io_ctx(format!("reading {}", dir.display())))?;
+        for entry in entries {
+            let entry = entry.map_err(io_ctx(format!("reading {}", dir.display())))?;
+            let path = entry.path();
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                chown_tree_if_foreign(&path, owner)?;
+            } else {
+                chown(&path, owner)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Run a whole build. The slug reaches `cfg.output` only on success.
 pub fn build(cfg: &BuildConfig, interrupt: Arc<Interrupt>) -> Result<BuildReport, BuildError> {
     let ws = Workspace::new(cfg)?;
-    let runner = StepRunner::new(Instant::now() + cfg.timeout, interrupt)
+    let mut runner = StepRunner::new(Instant::now() + cfg.timeout, interrupt)
         .map_err(io_ctx("starting the step runner"))?;
+    runner.credentials = cfg.build_user;
 
     // 1. Source.
     let summary = receive_source(cfg, &ws.build)?;
@@ -363,7 +432,10 @@ fn remove_path(path: &Path) -> Result<(), BuildError> {
 }
 
 fn receive_source(cfg: &BuildConfig, build: &Path) -> Result<archive::UnpackSummary, BuildError> {
-    let opts = UnpackOptions::default();
+    let opts = UnpackOptions {
+        owner: cfg.build_user,
+        limits: cfg.limits,
+    };
     match &cfg.source {
         SourceInput::Stdin => {
             archive::unpack(io::stdin(), build, &opts).map_err(BuildError::Source)
@@ -428,6 +500,15 @@ fn prepare_env_dir(cfg: &BuildConfig, env_dir: &Path) -> Result<(), BuildError> 
                 .map_err(io_ctx(format!("copying env var {name_str}")))?;
         }
     }
+    let finish = |env_dir: &Path| -> Result<(), BuildError> {
+        if let Some(owner) = cfg.build_user {
+            for entry in std::fs::read_dir(env_dir).map_err(io_ctx("reading ENV_DIR"))? {
+                let entry = entry.map_err(io_ctx("reading ENV_DIR"))?;
+                chown(&entry.path(), owner)?;
+            }
+        }
+        Ok(())
+    };
     for (key, value) in &cfg.env_vars {
         if !is_valid_env_name(key) {
             return Err(BuildError::BadInput(format!(
@@ -437,7 +518,7 @@ fn prepare_env_dir(cfg: &BuildConfig, env_dir: &Path) -> Result<(), BuildError> 
         std::fs::write(env_dir.join(key), value)
             .map_err(io_ctx(format!("writing env var {key}")))?;
     }
-    Ok(())
+    finish(env_dir)
 }
 
 /// The documented compile environment, and nothing else of ours.
@@ -748,10 +829,19 @@ struct HashingWriter<W> {
     inner: W,
     hasher: Sha256,
     bytes: u64,
+    /// Stop writing past this many bytes: a slug over the hard limit fails
+    /// as soon as it gets there, not after filling the disk.
+    limit: u64,
 }
 
 impl<W: Write> Write for HashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.bytes + buf.len() as u64 > self.limit {
+            return Err(io::Error::new(
+                io::ErrorKind::FileTooLarge,
+                "slug over the size limit",
+            ));
+        }
         let n = self.inner.write(buf)?;
         self.hasher.update(&buf[..n]);
         self.bytes += n as u64;
@@ -791,9 +881,19 @@ fn pack(
         inner: io::BufWriter::with_capacity(1 << 20, file),
         hasher: Sha256::new(),
         bytes: 0,
+        limit: cfg.max_slug_size,
     };
-    let summary = archive::pack_gzip(&ws.build, &mut writer, cfg.compression_level, opts)
-        .map_err(BuildError::Pack)?;
+    let too_large = |e: &ArchiveError| matches!(e, ArchiveError::Write { source, .. } if source.kind() == io::ErrorKind::FileTooLarge);
+    let summary =
+        archive::pack_gzip(&ws.build, &mut writer, cfg.compression_level, opts).map_err(|e| {
+            if too_large(&e) {
+                BuildError::SlugTooLarge {
+                    limit: cfg.max_slug_size,
+                }
+            } else {
+                BuildError::Pack(e)
+            }
+        })?;
     for skipped in &summary.skipped {
         log::warn(format!(
             "left out of the slug (not a file, directory or link): {}",
@@ -805,7 +905,15 @@ fn pack(
         inner,
         hasher,
         bytes,
+        ..
     } = writer;
+    if bytes > cfg.slug_size_warning {
+        log::warn(format!(
+            "Your slug size ({}) exceeds the soft limit of {}, which may slow app boot and deploys",
+            log::human_size(bytes),
+            log::human_size(cfg.slug_size_warning)
+        ));
+    }
     let file = inner.into_inner().map_err(|e| out_err(e.into_error()))?;
     file.sync_all().map_err(out_err)?;
     Ok((path, bytes, format!("{:x}", hasher.finalize())))

@@ -16,3 +16,4 @@ pub mod procfile;
 pub mod release;
 pub mod rootdir;
 pub mod slugignore;
+pub mod user;

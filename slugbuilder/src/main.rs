@@ -113,6 +113,28 @@ struct Args {
     #[arg(long, value_name = "DIR")]
     work_dir: Option<PathBuf>,
 
+    /// When slugbuilder runs as root, run buildpack code as this user
+    /// (USER[:GROUP] or UID[:GID]). Default: `slug` if that user exists, else
+    /// `nobody`. `root` keeps buildpacks running as root (not recommended).
+    #[arg(long, env = "SLUGBUILDER_BUILD_USER", value_name = "USER")]
+    build_user: Option<String>,
+
+    /// Fail the build when the compressed slug exceeds this many bytes.
+    #[arg(long, default_value_t = build::DEFAULT_MAX_SLUG_SIZE, value_name = "BYTES")]
+    max_slug_size: u64,
+
+    /// Warn when the compressed slug exceeds this many bytes.
+    #[arg(long, default_value_t = build::DEFAULT_SLUG_SIZE_WARNING, value_name = "BYTES")]
+    slug_size_warning: u64,
+
+    /// Refuse a source archive that unpacks to more than this many bytes.
+    #[arg(long, default_value_t = common::archive::DEFAULT_MAX_BYTES, value_name = "BYTES")]
+    max_unpacked_bytes: u64,
+
+    /// Refuse a source archive with more entries than this.
+    #[arg(long, default_value_t = common::archive::Limits::default().max_entries, value_name = "N")]
+    max_entries: u64,
+
     /// More diagnostics on stderr (-v, -vv). SLUG_LOG=<filter> also works.
     #[arg(short, long, action = ArgAction::Count)]
     verbose: u8,
@@ -185,6 +207,12 @@ fn run(args: Args) -> anyhow::Result<()> {
     )
     .context("writing out the bundled buildpacks")?;
     let bundled = bundled_tmp.path().to_path_buf();
+    // Readable by an unprivileged build user too.
+    std::fs::set_permissions(
+        &bundled,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .context("opening up the bundled buildpacks directory")?;
 
     let cfg = BuildConfig {
         source: match args.source {
@@ -218,10 +246,44 @@ fn run(args: Args) -> anyhow::Result<()> {
         compression_level: args.compression_level,
         timeout: Duration::from_secs(args.timeout),
         tmp_dir: args.work_dir,
+        build_user: build_user(args.build_user.as_deref())?,
+        limits: common::archive::Limits {
+            max_bytes: args.max_unpacked_bytes,
+            max_entries: args.max_entries,
+            ..Default::default()
+        },
+        slug_size_warning: args.slug_size_warning,
+        max_slug_size: args.max_slug_size,
     };
     tracing::debug!(?cfg, "build configuration");
     build::build(&cfg, interrupt)?;
     Ok(())
+}
+
+/// Who runs buildpack code: nobody changes unless we are root, and then
+/// never root unless asked for by name.
+fn build_user(spec: Option<&str>) -> anyhow::Result<Option<(u32, u32)>> {
+    use common::user::{parse_user_spec, NOBODY_ID, SLUG_USER};
+    if !nix::unistd::Uid::effective().is_root() {
+        return Ok(None);
+    }
+    let user = match spec {
+        Some(spec) => {
+            parse_user_spec(spec).map_err(|e| BuildError::BadInput(format!("--build-user: {e}")))?
+        }
+        None => parse_user_spec(SLUG_USER)
+            .or_else(|_| parse_user_spec("nobody"))
+            .unwrap_or(common::user::RunUser {
+                uid: NOBODY_ID,
+                gid: NOBODY_ID,
+                name: "nobody".into(),
+            }),
+    };
+    if user.uid == 0 {
+        return Ok(None);
+    }
+    tracing::info!(user = %user.name, uid = user.uid, gid = user.gid, "buildpacks run unprivileged");
+    Ok(Some((user.uid, user.gid)))
 }
 
 /// SIGTERM, SIGINT and SIGHUP end the build: the running buildpack's whole

@@ -12,6 +12,24 @@ use std::time::{Duration, Instant};
 use e2e::{bin, fixtures, repo_root};
 use sha2::{Digest, Sha256};
 
+/// A temp dir that an unprivileged build user (slugbuilder as root runs
+/// buildpacks as `nobody`) can traverse.
+fn shared_tempdir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+/// A file in `dir` that the build user may write.
+fn shared_file(dir: &Path, name: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, "").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    path
+}
+
 fn buildpack(name: &str) -> PathBuf {
     fixtures().join("buildpacks").join(name)
 }
@@ -266,6 +284,20 @@ fn compile_sees_only_the_documented_environment() {
     assert!(!env.contains("do-not-leak"), "caller env leaked:\n{env}");
     // The build runs in the build dir, not in the caller's cwd.
     assert!(text(&files, ".recorded/cwd").contains("slugbuilder-"));
+    // As root, buildpack code runs unprivileged.
+    if e2e::slugs::is_root() {
+        let id = text(&files, ".recorded/id");
+        assert!(
+            id.starts_with("uid=65534") || !id.starts_with("uid=0("),
+            "{id}"
+        );
+        let out = Build::new(web_app().tar())
+            .buildpack("recorder")
+            .args(["--build-user", "root"])
+            .run();
+        assert_ok(&out);
+        assert!(text(&slug_files(&out.stdout), ".recorded/id").starts_with("uid=0("));
+    }
 }
 
 #[test]
@@ -525,7 +557,7 @@ fn buildpack_tarball_url_over_http() {
 
 #[test]
 fn detection_over_installed_buildpacks_first_match_wins_and_others_are_named() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = shared_tempdir();
     for (link, target) in [
         ("a-never", "never"),
         ("b-marker", "marker"),
@@ -561,7 +593,7 @@ fn detection_over_installed_buildpacks_first_match_wins_and_others_are_named() {
 
 #[test]
 fn no_buildpack_detected_fails_with_empty_stdout() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = shared_tempdir();
     std::os::unix::fs::symlink(buildpack("never"), dir.path().join("never")).unwrap();
     let out = Build::new(web_app().tar())
         .args([
@@ -726,8 +758,8 @@ fn source_version_comes_from_git_archive() {
 
 #[test]
 fn time_limit_kills_the_buildpack_group() {
-    let tmp = tempfile::tempdir().unwrap();
-    let pids = tmp.path().join("pids");
+    let tmp = shared_tempdir();
+    let pids = shared_file(tmp.path(), "pids");
     let start = Instant::now();
     let out = Build::new(web_app().tar())
         .buildpack("sleeper")
@@ -742,8 +774,8 @@ fn time_limit_kills_the_buildpack_group() {
 
 #[test]
 fn sigterm_stops_the_build_and_its_buildpack() {
-    let tmp = tempfile::tempdir().unwrap();
-    let pids = tmp.path().join("pids");
+    let tmp = shared_tempdir();
+    let pids = shared_file(tmp.path(), "pids");
     let app = web_app();
     let mut child = Command::new(bin("slugbuilder"))
         .env_clear()
