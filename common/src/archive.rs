@@ -127,6 +127,29 @@ fn corrupt(e: io::Error) -> ArchiveError {
     ArchiveError::Corrupt(e.to_string())
 }
 
+/// Marks an error of the input stream itself (a truncated or corrupt gzip
+/// stream, a failing read), as opposed to the tar structure.
+#[derive(Debug)]
+struct InputError(io::Error);
+
+impl std::fmt::Display for InputError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl std::error::Error for InputError {}
+
+/// An error from the tar reader: the input stream's own errors and errors
+/// after the first entry are corruption; before it, the input is not a tar.
+fn read_error(e: io::Error, seen_any: bool) -> ArchiveError {
+    if seen_any || e.get_ref().is_some_and(|inner| inner.is::<InputError>()) {
+        corrupt(e)
+    } else {
+        ArchiveError::NotTar(e.to_string())
+    }
+}
+
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 const CHUNK: usize = 256 * 1024;
 
@@ -212,6 +235,11 @@ pub fn decompressed(
             }
             match result {
                 Err(e) => {
+                    let what = if gzip { "gzip stream" } else { "input" };
+                    let e = io::Error::new(
+                        e.kind(),
+                        InputError(io::Error::new(e.kind(), format!("{what}: {e}"))),
+                    );
                     let _ = tx.send(Err(e));
                     return;
                 }
@@ -372,16 +400,10 @@ fn unpack_tar(
     let mut buf = vec![0u8; CHUNK];
     let entries = archive
         .entries()
-        .map_err(|e| ArchiveError::NotTar(e.to_string()))?
+        .map_err(|e| read_error(e, false))?
         .raw(true);
     for entry in entries {
-        let mut entry = entry.map_err(|e| {
-            if seen_any {
-                corrupt(e)
-            } else {
-                ArchiveError::NotTar(e.to_string())
-            }
-        })?;
+        let mut entry = entry.map_err(|e| read_error(e, seen_any))?;
         seen_any = true;
         let header = entry.header().clone();
         let kind = header.entry_type();

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+pub mod hostile;
 pub mod slugs;
 
 /// Root of the repository.
