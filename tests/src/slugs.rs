@@ -274,3 +274,40 @@ pub fn http_response(status: &str, body: &[u8]) -> Vec<u8> {
 pub fn is_root() -> bool {
     nix::unistd::Uid::effective().is_root()
 }
+
+/// A child process that is killed (its process group too, when it leads
+/// one) if the test panics before waiting for it.
+#[derive(Debug)]
+pub struct Guarded(Option<Child>);
+
+impl Guarded {
+    pub fn new(child: Child) -> Self {
+        Self(Some(child))
+    }
+
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.0.as_ref().expect("child").id() as i32)
+    }
+
+    /// Wait with a deadline, collecting piped output.
+    pub fn output(mut self, timeout: Duration) -> Finished {
+        wait_output(self.0.take().expect("child"), timeout)
+    }
+
+    /// Wait with a deadline.
+    pub fn wait(mut self, timeout: Duration) -> ExitStatus {
+        let mut child = self.0.take().expect("child");
+        wait_timeout(&mut child, timeout)
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! slugrunner as init (PID 1, or `--init`): what a container's first
+//! process owes the processes under it, done with a signalfd and no signal
+//! handlers (so no unsafe code).
+//!
+//! * The app runs in its own process group; SIGTERM, SIGINT, SIGHUP,
+//!   SIGQUIT, SIGUSR1, SIGUSR2 and SIGWINCH are forwarded to that group.
+//! * Every child is reaped, including orphans that the kernel re-parents to
+//!   us (PID 1, or a child subreaper otherwise), so no zombie stays behind.
+//! * SIGTERM starts the grace period; the group is SIGKILLed when it ends,
+//!   as a dyno is 30 seconds after SIGTERM.
+//! * When the app's main process exits, what is left of its group gets
+//!   SIGTERM, then SIGKILL after the grace period; then we exit with the main
+//!   process's status (its code, or 128+N when killed by signal N).
+//! * With a terminal on stdin the app's group becomes the foreground group,
+//!   so an interactive `slugrunner bash` works under init.
+
+use std::ffi::{CString, OsStr};
+use std::io::IsTerminal;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::spawn::{posix_spawn, PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags};
+use nix::sys::signal::{killpg, SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::runtime::ProcessSpec;
+
+/// Signals passed on to the app's process group.
+pub const FORWARDED: &[Signal] = &[
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGWINCH,
+];
+
+/// After the final SIGKILL, how long to wait for the group to disappear.
+const KILL_SETTLE: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SuperviseError {
+    #[error("cannot set up signal handling: {call}: {source}")]
+    Signals {
+        call: &'static str,
+        source: nix::Error,
+    },
+    #[error("cannot start {program}: {source}")]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("{what} contains a NUL byte")]
+    Nul { what: String },
+    #[error("waiting for the app failed: {0}")]
+    Wait(nix::Error),
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChildExit {
+    Code(i32),
+    Signal(i32),
+}
+
+impl ChildExit {
+    /// The shell convention: the exit code, or 128+N for signal N.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            ChildExit::Code(c) => (c & 0xff) as u8,
+            ChildExit::Signal(s) => (128 + s).clamp(0, 255) as u8,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SuperviseOptions {
+    /// Time between SIGTERM and SIGKILL.
+    pub grace: Duration,
+    /// Register as child subreaper (needed when not PID 1 for orphans to
+    /// come to us).
+    pub subreaper: bool,
+}
+
+fn sig_err(call: &'static str) -> impl FnOnce(nix::Error) -> SuperviseError {
+    move |source| SuperviseError::Signals { call, source }
+}
+
+fn cstring(bytes: &OsStr, what: &str) -> Result<CString, SuperviseError> {
+    CString::new(bytes.as_bytes()).map_err(|_| SuperviseError::Nul {
+        what: what.to_string(),
+    })
+}
+
+/// Start `spec` in a new process group with an empty signal mask and default
+/// dispositions (posix_spawn: std's `Command` would pass on the mask that
+/// the supervisor blocks). The supervisor's own cwd moves to `spec.cwd`.
+fn spawn(spec: &ProcessSpec, reset: &SigSet) -> Result<Pid, SuperviseError> {
+    let spawn_err = |source: std::io::Error| SuperviseError::Spawn {
+        program: spec.program.display().to_string(),
+        source,
+    };
+    std::env::set_current_dir(&spec.cwd).map_err(spawn_err)?;
+    let mut args = vec![cstring(&spec.arg0(), "the program name")?];
+    for arg in &spec.args {
+        args.push(cstring(arg, "an argument")?);
+    }
+    let mut env = Vec::with_capacity(spec.env.len());
+    for (k, v) in &spec.env {
+        let mut pair = k.clone();
+        pair.push("=");
+        pair.push(v);
+        env.push(cstring(
+            &pair,
+            &format!("variable {}", k.to_string_lossy()),
+        )?);
+    }
+    let io = |e: nix::Error| spawn_err(e.into());
+    let mut attr = PosixSpawnAttr::init().map_err(io)?;
+    attr.set_flags(
+        PosixSpawnFlags::POSIX_SPAWN_SETPGROUP
+            | PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK
+            | PosixSpawnFlags::POSIX_SPAWN_SETSIGDEF,
+    )
+    .map_err(io)?;
+    attr.set_pgroup(Pid::from_raw(0)).map_err(io)?;
+    attr.set_sigmask(&SigSet::empty()).map_err(io)?;
+    attr.set_sigdefault(reset).map_err(io)?;
+    let actions = PosixSpawnFileActions::init().map_err(io)?;
+    posix_spawn(spec.program.as_path(), &actions, &attr, &args, &env).map_err(io)
+}
+
+/// Run `spec` under supervision until it and its process group are gone.
+/// Privileges are whatever this process has (drop them before calling).
+pub fn supervise(spec: &ProcessSpec, opts: &SuperviseOptions) -> Result<ChildExit, SuperviseError> {
+    let mut mask = SigSet::empty();
+    for &sig in FORWARDED {
+        mask.add(sig);
+    }
+    mask.add(Signal::SIGCHLD);
+    // A background process touching the terminal (tcsetpgrp) gets these.
+    mask.add(Signal::SIGTTOU);
+    mask.add(Signal::SIGTTIN);
+    // Blocked before the child exists, so nothing is lost in between; std
+    // resets the mask in the child before exec.
+    mask.thread_block().map_err(sig_err("sigprocmask"))?;
+    let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(sig_err("signalfd"))?;
+    if opts.subreaper {
+        nix::sys::prctl::set_child_subreaper(true)
+            .map_err(sig_err("prctl(PR_SET_CHILD_SUBREAPER)"))?;
+    }
+
+    // The child starts with default dispositions for everything we block,
+    // and for SIGPIPE, which the Rust runtime ignores.
+    let mut reset = mask;
+    reset.add(Signal::SIGPIPE);
+    let main = spawn(spec, &reset)?;
+    give_terminal(main);
+
+    let mut main_exit: Option<ChildExit> = None;
+    let mut kill_at: Option<Instant> = None;
+    let mut killed_at: Option<Instant> = None;
+    loop {
+        reap(main, &mut main_exit)?;
+        let now = Instant::now();
+        if let Some(exit) = main_exit {
+            if !group_alive(main) {
+                return Ok(exit);
+            }
+            if kill_at.is_none() {
+                tracing::debug!("main process exited; terminating the rest of its group");
+                let _ = killpg(main, Signal::SIGTERM);
+                kill_at = Some(now + opts.grace);
+            }
+            if killed_at.is_some_and(|t| now >= t + KILL_SETTLE) {
+                tracing::warn!("processes of the app's group survived SIGKILL; exiting anyway");
+                return Ok(exit);
+            }
+        }
+        if let Some(deadline) = kill_at {
+            if killed_at.is_none() && now >= deadline {
+                tracing::warn!("grace period over; sending SIGKILL to the app's process group");
+                let _ = killpg(main, Signal::SIGKILL);
+                killed_at = Some(now);
+            }
+        }
+
+        let mut wait = Duration::from_secs(1);
+        if main_exit.is_some() {
+            wait = Duration::from_millis(100);
+        }
+        if let (Some(deadline), None) = (kill_at, killed_at) {
+            wait = wait.min(deadline.saturating_duration_since(now));
+        }
+        let timeout = PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX);
+        let mut fds = [PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, timeout) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => return Err(sig_err("poll")(e)),
+        }
+        while let Some(info) = sfd.read_signal().map_err(sig_err("read(signalfd)"))? {
+            let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else {
+                continue;
+            };
+            if !FORWARDED.contains(&sig) {
+                continue;
+            }
+            tracing::debug!("forwarding {sig} to the app's process group");
+            let _ = killpg(main, sig);
+            if sig == Signal::SIGTERM && kill_at.is_none() {
+                kill_at = Some(Instant::now() + opts.grace);
+            }
+        }
+    }
+}
+
+/// Reap every exited child; note the main one's status.
+fn reap(main: Pid, main_exit: &mut Option<ChildExit>) -> Result<(), SuperviseError> {
+    loop {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) => {
+                if pid == main {
+                    *main_exit = Some(ChildExit::Code(code));
+                } else {
+                    tracing::debug!(%pid, code, "reaped");
+                }
+            }
+            Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                if pid == main {
+                    *main_exit = Some(ChildExit::Signal(sig as i32));
+                } else {
+                    tracing::debug!(%pid, %sig, "reaped");
+                }
+            }
+            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return Ok(()),
+            Ok(_) => {}
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(SuperviseError::Wait(e)),
+        }
+    }
+}
+
+fn group_alive(pgid: Pid) -> bool {
+    !matches!(killpg(pgid, None), Err(Errno::ESRCH))
+}
+
+/// If our stdin is the terminal and we are its foreground group, hand it to
+/// the app's group (and wake it, should it have stopped on SIGTTIN first).
+fn give_terminal(pgid: Pid) {
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        return;
+    }
+    let Ok(foreground) = nix::unistd::tcgetpgrp(stdin.as_fd()) else {
+        return;
+    };
+    if foreground != nix::unistd::getpgrp() {
+        return;
+    }
+    match nix::unistd::tcsetpgrp(stdin.as_fd(), pgid) {
+        Ok(()) => {
+            let _ = killpg(pgid, Signal::SIGCONT);
+        }
+        Err(e) => tracing::debug!("cannot give the terminal to the app: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_status_mapping() {
+        assert_eq!(ChildExit::Code(0).exit_code(), 0);
+        assert_eq!(ChildExit::Code(42).exit_code(), 42);
+        assert_eq!(ChildExit::Code(255).exit_code(), 255);
+        assert_eq!(ChildExit::Signal(9).exit_code(), 137);
+        assert_eq!(ChildExit::Signal(15).exit_code(), 143);
+    }
+}

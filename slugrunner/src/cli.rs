@@ -1,0 +1,157 @@
+//! The command line: raw flags, checked once into what `main` needs.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, Parser, Subcommand};
+
+/// Run a process of a Heroku-style slug the way a dyno runs it.
+///
+/// The slug comes from --slug (a file, or `-` for stdin), else from SLUG_URL,
+/// else the app dir is used as it is (a mounted /app). It is unpacked safely
+/// into the app dir; then the process runs with the dyno environment (config
+/// vars, HOME, PORT, DYNO), after `.profile.d/*.sh` and `.profile` are
+/// sourced by bash.
+///
+/// When started as root, the process runs as --user, else the app dir's
+/// owner, else the user `slug`, else `nobody`; never as root unless asked.
+///
+/// As PID 1 (or with --init) slugrunner stays as an init: it forwards
+/// signals to the app's process group, reaps zombies, kills the group after
+/// the grace period that follows SIGTERM, and exits with the app's status.
+/// Otherwise it replaces itself with the process.
+///
+/// Exit codes of slugrunner itself: 2 usage, 10 bad input (slug, Procfile,
+/// .release, env file), 20 slug download failed, 21 unknown process type,
+/// 22 the process could not be started, 1 internal error. Otherwise the
+/// process's own status (128+N when killed by signal N).
+#[derive(Debug, Parser)]
+#[command(name = "slugrunner", version, max_term_width = 100)]
+pub struct Args {
+    /// Slug to unpack into the app dir: a .tgz or .tar file, or `-` for
+    /// standard input. Rooted at `./` or at `./app/`.
+    #[arg(long, value_name = "FILE")]
+    pub slug: Option<PathBuf>,
+
+    /// http(s) URL of the slug to download when --slug is not given. Retried
+    /// on connection errors and 5xx answers. Never passed on to the app.
+    #[arg(long, env = "SLUG_URL", value_name = "URL", hide_env_values = true)]
+    pub slug_url: Option<String>,
+
+    /// Directory the app lives in and runs from (its HOME).
+    #[arg(long, value_name = "DIR", default_value = "/app")]
+    pub app_dir: PathBuf,
+
+    /// File of config vars, `KEY=VALUE` per line (`#` comments, optional
+    /// `export ` and quotes; never evaluated). Repeatable; later files win,
+    /// and they override the caller's environment.
+    #[arg(long, value_name = "FILE")]
+    pub env_file: Vec<PathBuf>,
+
+    /// ENV dir of config vars: one file per variable, named after it,
+    /// holding its value. Overrides --env-file and the caller's environment.
+    #[arg(long, value_name = "DIR")]
+    pub env_dir: Option<PathBuf>,
+
+    /// Run the process as USER[:GROUP] or UID[:GID] (needs root). Default
+    /// when root: the app dir's owner, else `slug`, else `nobody`.
+    #[arg(long, value_name = "USER[:GROUP]")]
+    pub user: Option<String>,
+
+    /// Stay as init (signal forwarding, zombie reaping, grace period) even
+    /// when not PID 1. Always on as PID 1.
+    #[arg(long)]
+    pub init: bool,
+
+    /// Seconds between SIGTERM and SIGKILL (init mode), as a dyno's 30 s.
+    #[arg(
+        long,
+        env = "SLUGRUNNER_GRACE_PERIOD",
+        hide_env_values = true,
+        value_name = "SECS",
+        default_value = "30",
+        value_parser = parse_seconds
+    )]
+    pub grace_period: Duration,
+
+    /// Refuse a slug that unpacks to more than this many bytes.
+    #[arg(long, default_value_t = common::archive::DEFAULT_MAX_BYTES, value_name = "BYTES")]
+    pub max_unpacked_bytes: u64,
+
+    /// Refuse a slug with more entries than this.
+    #[arg(long, default_value_t = common::archive::Limits::default().max_entries, value_name = "N")]
+    pub max_entries: u64,
+
+    /// More log output on stderr (-v info, -vv debug, -vvv trace).
+    /// SLUG_LOG (a tracing filter, e.g. `debug`) overrides it.
+    #[arg(short, long, action = ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Run a process type from the Procfile (or the slug's
+    /// default_process_types), e.g. `start web`, with bash semantics.
+    Start {
+        /// Process type name: letters, digits, `_` and `-`.
+        #[arg(value_name = "TYPE")]
+        process_type: String,
+    },
+    /// Run a command with its arguments exactly as given (no shell
+    /// re-parsing) in the dyno environment. DYNO defaults to run.1.
+    Exec {
+        #[arg(
+            value_name = "COMMAND",
+            required = true,
+            trailing_var_arg = true,
+            allow_hyphen_values = true
+        )]
+        argv: Vec<OsString>,
+    },
+    /// Start an interactive bash in the dyno environment.
+    Bash,
+    /// Any other first word is a command to exec, as herokuish's /exec.
+    #[command(external_subcommand)]
+    External(Vec<OsString>),
+}
+
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?} is not a valid duration"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn unknown_first_word_is_exec() {
+        let args = Args::try_parse_from(["slugrunner", "rake", "db:migrate", "--trace"]).unwrap();
+        match args.command {
+            Cmd::External(argv) => assert_eq!(argv, ["rake", "db:migrate", "--trace"]),
+            other => panic!("{other:?}"),
+        }
+        let args = Args::try_parse_from(["slugrunner", "exec", "ls", "-la"]).unwrap();
+        assert!(matches!(args.command, Cmd::Exec { argv } if argv == ["ls", "-la"]));
+    }
+
+    #[test]
+    fn grace_period_accepts_fractions() {
+        assert_eq!(parse_seconds("1.5").unwrap(), Duration::from_millis(1500));
+        assert!(parse_seconds("-1").is_err());
+        assert!(parse_seconds("soon").is_err());
+    }
+}
