@@ -17,7 +17,7 @@ use clap::{ArgAction, Parser};
 use common::build::{self, BuildConfig, BuildError, SlugOutput, SourceInput};
 use common::child::Interrupt;
 use common::exit::Exit;
-use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signal::Signal;
 
 /// The bundled buildpacks, packed at compile time by build.rs.
 static BUNDLED_BUILDPACKS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/buildpacks.tar"));
@@ -289,25 +289,42 @@ fn build_user(spec: Option<&str>) -> anyhow::Result<Option<(u32, u32)>> {
 /// SIGTERM, SIGINT and SIGHUP end the build: the running buildpack's whole
 /// process group is killed and the build fails with exit code 17. A second
 /// signal exits at once.
-fn watch_signals(interrupt: Arc<Interrupt>) -> nix::Result<()> {
-    let mut set = SigSet::empty();
-    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
-        set.add(sig);
-    }
-    // Blocked in every thread (they inherit the mask from here); children
-    // get a clean mask from std's spawn.
-    set.thread_block()?;
+///
+/// Handlers, not a blocked mask plus sigwait: a blocked mask would be
+/// inherited by buildpack processes (std's spawn keeps it), which could then
+/// not be stopped by their own `timeout` or Ctrl-C. Handlers are reset to
+/// the default on exec, so children start clean.
+fn watch_signals(interrupt: Arc<Interrupt>) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut streams = runtime.block_on(async {
+        Ok::<_, std::io::Error>([
+            (signal(SignalKind::terminate())?, Signal::SIGTERM),
+            (signal(SignalKind::interrupt())?, Signal::SIGINT),
+            (signal(SignalKind::hangup())?, Signal::SIGHUP),
+        ])
+    })?;
     std::thread::spawn(move || {
-        let mut seen = false;
-        while let Ok(sig) = set.wait() {
-            if seen {
-                eprintln!("slugbuilder: {sig} again, exiting now");
-                std::process::exit(Exit::Interrupted.code().into());
+        runtime.block_on(async move {
+            let mut seen = false;
+            loop {
+                let [(term, _), (int, _), (hup, _)] = &mut streams;
+                let sig = tokio::select! {
+                    _ = term.recv() => Signal::SIGTERM,
+                    _ = int.recv() => Signal::SIGINT,
+                    _ = hup.recv() => Signal::SIGHUP,
+                };
+                if seen {
+                    eprintln!("slugbuilder: {sig} again, exiting now");
+                    std::process::exit(Exit::Interrupted.code().into());
+                }
+                seen = true;
+                eprintln!("slugbuilder: received {sig}, stopping the build");
+                interrupt.trigger(sig);
             }
-            seen = true;
-            eprintln!("slugbuilder: received {sig}, stopping the build");
-            interrupt.trigger(sig);
-        }
+        })
     });
     Ok(())
 }

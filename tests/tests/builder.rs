@@ -284,6 +284,9 @@ fn compile_sees_only_the_documented_environment() {
     assert!(!env.contains("do-not-leak"), "caller env leaked:\n{env}");
     // The build runs in the build dir, not in the caller's cwd.
     assert!(text(&files, ".recorded/cwd").contains("slugbuilder-"));
+    // Buildpacks start with no signal blocked or ignored by slugbuilder.
+    let signals = text(&files, ".recorded/signals");
+    assert!(signals.contains("SigBlk:\t0000000000000000"), "{signals}");
     // As root, buildpack code runs unprivileged.
     if e2e::slugs::is_root() {
         let id = text(&files, ".recorded/id");
