@@ -88,6 +88,9 @@ pub struct BuildConfig {
     pub max_slug_size: u64,
 }
 
+/// The bundled catch-all buildpack (apps that only bring a Procfile).
+const FALLBACK_BUILDPACK: &str = "procfile";
+
 /// Heroku's soft limit on compressed slugs.
 pub const DEFAULT_SLUG_SIZE_WARNING: u64 = 300 << 20;
 /// Heroku's hard limit on compressed slugs (1 GB since 2026).
@@ -635,7 +638,12 @@ fn detect_installed(
                 .join(", "),
         });
     };
-    let others: Vec<String> = matched.map(|(bp, _)| bp.name()).collect();
+    // The bundled `procfile` buildpack applies to every app with a Procfile:
+    // naming it would turn the warning into noise on every build.
+    let others: Vec<String> = matched
+        .map(|(bp, _)| bp.name())
+        .filter(|name| name != FALLBACK_BUILDPACK)
+        .collect();
     if !others.is_empty() {
         log::warn(format!(
             "Using buildpack {}; these also detected this app: {} (set BUILDPACKS or .buildpacks to use several)",

@@ -172,6 +172,8 @@ fn is_executable(path: &Path) -> bool {
 /// every other subdirectory sorted by name. Entries without `bin/compile`
 /// are skipped.
 pub fn installed(dir: &Path) -> Result<Vec<Buildpack>, BuildpackError> {
+    // Steps run in the build dir: a relative directory must be made absolute.
+    let dir = &std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     let list_err = |source| BuildpackError::ListDir {
         path: dir.to_path_buf(),
         source,

@@ -1,0 +1,60 @@
+# shellcheck shell=bash
+# Shared shell helpers for this buildpack (sourced by bin/*).
+# Each bundled buildpack carries its own copy so that it can be fetched alone.
+
+# Heroku-style output: steps start with "-----> ", everything else is
+# indented by 7 spaces.
+header() { echo "-----> $*"; }
+info() { echo "       $*"; }
+warn() {
+  echo >&2 "-----> Warning: $1"
+  shift
+  local line
+  for line in "$@"; do echo >&2 "       $line"; done
+}
+# error TITLE [DETAIL...]: print a clear failure and exit 1.
+error() {
+  echo >&2 "-----> Error: $1"
+  shift
+  local line
+  for line in "$@"; do echo >&2 "       $line"; done
+  exit 1
+}
+
+# Indent a command's output (stdout) line by line without buffering.
+indent() { sed -u 's/^/       /'; }
+
+# Export the app's config vars (one file per var in ENV_DIR) into the
+# compile environment, except those that would break the build machinery.
+export_env_dir() {
+  local env_dir=$1 path name
+  [ -d "$env_dir" ] || return 0
+  for path in "$env_dir"/*; do
+    [ -f "$path" ] || continue
+    name=$(basename "$path")
+    case "$name" in
+      PATH | GIT_DIR | CPATH | CPPATH | LD_PRELOAD | LIBRARY_PATH | LD_LIBRARY_PATH) continue ;;
+    esac
+    [[ "$name" =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || continue
+    export "$name=$(cat "$path")"
+  done
+}
+
+# True when every directory above PATH (and PATH itself) can be traversed by
+# any user: the interpreter or tool must also work for the unprivileged user
+# the app runs as (e.g. interpreters under a mode-700 /root are excluded).
+world_reachable() {
+  local p
+  p=$(readlink -f -- "$1") || return 1
+  [ -x "$p" ] || return 1
+  [ "$(( 0$(stat -c %a "$p") & 01 ))" -ne 0 ] || return 1
+  p=$(dirname -- "$p")
+  while :; do
+    [ "$(( 0$(stat -c %a "$p") & 01 ))" -ne 0 ] || return 1
+    [ "$p" = / ] && return 0
+    p=$(dirname -- "$p")
+  done
+}
+
+# Human-readable size of a directory (for cache summaries).
+dir_size() { du -sh -- "$1" 2>/dev/null | cut -f1; }
