@@ -268,9 +268,19 @@ pub fn unpack(
     dest: &Path,
     opts: &UnpackOptions,
 ) -> Result<UnpackSummary, ArchiveError> {
+    unpack_observed(reader, dest, opts, &mut |_| {})
+}
+
+/// [`unpack`], calling `on_entry` with each entry's path components.
+fn unpack_observed(
+    reader: impl Read + Send + 'static,
+    dest: &Path,
+    opts: &UnpackOptions,
+    on_entry: &mut dyn FnMut(&[&OsStr]),
+) -> Result<UnpackSummary, ArchiveError> {
     let (reader, gzip) = decompressed(reader)?;
     let mut root = RootDir::open(dest, opts.owner)?;
-    let mut summary = unpack_tar(reader, &mut root, &opts.limits, &mut |_| {})?;
+    let mut summary = unpack_tar(reader, &mut root, &opts.limits, on_entry)?;
     summary.gzip = gzip;
     Ok(summary)
 }
@@ -284,17 +294,14 @@ pub fn unpack_slug(
     app_dir: &Path,
     opts: &UnpackOptions,
 ) -> Result<UnpackSummary, ArchiveError> {
-    let (reader, gzip) = decompressed(reader)?;
-    let mut root = RootDir::open(app_dir, opts.owner)?;
     let mut top_level: BTreeSet<Vec<u8>> = BTreeSet::new();
-    let mut summary = unpack_tar(reader, &mut root, &opts.limits, &mut |comps| {
+    let summary = unpack_observed(reader, app_dir, opts, &mut |comps| {
         if let Some(first) = comps.first() {
             if top_level.len() < 2 {
                 top_level.insert(first.as_bytes().to_vec());
             }
         }
     })?;
-    summary.gzip = gzip;
     if top_level.len() == 1 && top_level.contains(b"app".as_slice()) && app_dir.join("app").is_dir()
     {
         hoist(app_dir)?;

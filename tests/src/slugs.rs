@@ -311,3 +311,42 @@ impl Drop for Guarded {
         }
     }
 }
+
+/// Spawn `cmd` with `input` on its stdin and stdout/stderr captured as
+/// bytes; wait at most `timeout` (then kill it and panic).
+pub fn run_with_input(
+    cmd: &mut Command,
+    input: Vec<u8>,
+    timeout: Duration,
+) -> std::process::Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdin = child.stdin.take().expect("stdin");
+    // A process that fails early stops reading: a broken pipe is expected.
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let stdout = bytes_thread(child.stdout.take());
+    let stderr = bytes_thread(child.stderr.take());
+    let status = wait_timeout(&mut child, timeout);
+    writer.join().expect("stdin writer");
+    std::process::Output {
+        status,
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+    }
+}
+
+fn bytes_thread(pipe: Option<impl Read + Send + 'static>) -> JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut bytes);
+        }
+        bytes
+    })
+}

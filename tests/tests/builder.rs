@@ -105,37 +105,8 @@ impl Build {
     }
 
     fn run(mut self) -> Output {
-        let mut child = self
-            .cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn slugbuilder");
-        let mut stdin = child.stdin.take().unwrap();
         let input = std::mem::take(&mut self.stdin);
-        let writer = std::thread::spawn(move || {
-            let _ = stdin.write_all(&input);
-        });
-        let mut stdout = child.stdout.take().unwrap();
-        let mut stderr = child.stderr.take().unwrap();
-        let out_t = std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = stdout.read_to_end(&mut v);
-            v
-        });
-        let err_t = std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = stderr.read_to_end(&mut v);
-            v
-        });
-        let status = e2e::slugs::wait_timeout(&mut child, self.timeout);
-        writer.join().unwrap();
-        Output {
-            status,
-            stdout: out_t.join().unwrap(),
-            stderr: err_t.join().unwrap(),
-        }
+        e2e::slugs::run_with_input(&mut self.cmd, input, self.timeout)
     }
 }
 
