@@ -11,6 +11,7 @@ pub mod buildpack;
 pub mod child;
 pub mod exit;
 pub mod fetch;
+pub mod lines;
 pub mod log;
 pub mod pgzip;
 pub mod procfile;

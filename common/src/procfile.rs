@@ -10,6 +10,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use crate::lines::content_lines;
+
 /// Longest accepted process type name (Heroku's own limit is far lower in
 /// practice; this only keeps hostile input bounded).
 pub const MAX_NAME_LEN: usize = 63;
@@ -64,20 +66,13 @@ impl Procfile {
 
     /// Parse Procfile text.
     pub fn parse(text: &str) -> Result<Self, ProcfileError> {
-        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let mut entries: Vec<(String, String)> = Vec::new();
         let mut first_line: BTreeMap<String, usize> = BTreeMap::new();
-        for (idx, raw) in text.split('\n').enumerate() {
-            let line_no = idx + 1;
-            let line = raw.strip_suffix('\r').unwrap_or(raw);
-            let trimmed = line.trim_start();
-            if trimmed.is_empty() || trimmed.starts_with('#') {
-                continue;
-            }
+        for (line_no, trimmed) in content_lines(text) {
             let Some((name, command)) = trimmed.split_once(':') else {
                 return Err(ProcfileError::Malformed {
                     line: line_no,
-                    text: truncate(line),
+                    text: truncate(trimmed),
                 });
             };
             let name = name.trim_end();

@@ -110,15 +110,8 @@ fn read_limited(path: &Path) -> Result<Vec<u8>, RuntimeError> {
 /// value is part of it, and `$X` is not expanded. On error returns the
 /// 1-based line number and the reason.
 pub fn parse_env_file(text: &str) -> Result<Vec<(String, String)>, (usize, String)> {
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut vars = Vec::new();
-    for (idx, raw) in text.split('\n').enumerate() {
-        let line_no = idx + 1;
-        let line = raw.strip_suffix('\r').unwrap_or(raw);
-        let trimmed = line.trim_start();
-        if trimmed.is_empty() || trimmed.starts_with('#') {
-            continue;
-        }
+    for (line_no, trimmed) in crate::lines::content_lines(text) {
         let body = trimmed
             .strip_prefix("export")
             .filter(|rest| rest.starts_with([' ', '\t']))

@@ -223,20 +223,12 @@ impl Case {
 
 /// Run `cmd` with `input` on stdin, with a deadline.
 fn run_with_stdin(cmd: &mut Command, input: Vec<u8>, timeout: Duration) -> Finished {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let writer = std::thread::spawn(move || {
-        // The builder may fail before reading everything: ignore EPIPE.
-        let _ = stdin.write_all(&input);
-    });
-    let out = e2e::slugs::wait_output(child, timeout);
-    writer.join().expect("stdin writer");
-    out
+    let out = e2e::slugs::run_with_input(cmd, input, timeout);
+    Finished {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
 }
 
 fn free_port() -> u16 {
