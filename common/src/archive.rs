@@ -22,7 +22,7 @@ use flate2::bufread::MultiGzDecoder;
 use tar::{EntryType, Header};
 
 use crate::pgzip::ParallelGzWriter;
-use crate::rootdir::{components, Owner, RootDir, RootError};
+use crate::rootdir::{components, remove_entry, Owner, RootDir, RootError};
 
 /// Bounds on what an archive may make us do. Defaults are generous for real
 /// apps and small enough that a hostile archive fails fast.
@@ -320,13 +320,7 @@ fn hoist(dir: &Path) -> Result<(), ArchiveError> {
     for child in std::fs::read_dir(&staging).map_err(write_err(&staging))? {
         let child = child.map_err(write_err(&staging))?;
         let target = dir.join(child.file_name());
-        if let Ok(meta) = target.symlink_metadata() {
-            if meta.is_dir() {
-                std::fs::remove_dir_all(&target).map_err(write_err(&target))?;
-            } else {
-                std::fs::remove_file(&target).map_err(write_err(&target))?;
-            }
-        }
+        remove_entry(&target).map_err(write_err(&target))?;
         std::fs::rename(child.path(), &target).map_err(write_err(&target))?;
     }
     std::fs::remove_dir(&staging).map_err(write_err(&staging))

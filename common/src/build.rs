@@ -318,9 +318,7 @@ pub fn build(cfg: &BuildConfig, interrupt: Arc<Interrupt>) -> Result<BuildReport
         .or(summary.pax_comment.filter(|c| is_commit_id(c)));
     let epoch = cfg.source_date_epoch.or(summary.newest_mtime).unwrap_or(0);
     let git_dir = ws.build.join(".git");
-    if git_dir.symlink_metadata().is_ok() {
-        remove_path(&git_dir)?;
-    }
+    crate::rootdir::remove_entry(&git_dir).map_err(io_ctx("removing the source's .git"))?;
     if let Some(ignore) = Slugignore::load(&ws.build)? {
         for w in &ignore.warnings {
             log::warn(w);
@@ -420,18 +418,6 @@ pub fn build(cfg: &BuildConfig, interrupt: Arc<Interrupt>) -> Result<BuildReport
 
 fn is_commit_id(s: &str) -> bool {
     (s.len() == 40 || s.len() == 64) && s.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-fn remove_path(path: &Path) -> Result<(), BuildError> {
-    let meta = path
-        .symlink_metadata()
-        .map_err(io_ctx(format!("inspecting {}", path.display())))?;
-    if meta.is_dir() {
-        std::fs::remove_dir_all(path)
-    } else {
-        std::fs::remove_file(path)
-    }
-    .map_err(io_ctx(format!("removing {}", path.display())))
 }
 
 fn receive_source(cfg: &BuildConfig, build: &Path) -> Result<archive::UnpackSummary, BuildError> {

@@ -398,7 +398,7 @@ fn clone(
     shallow.extend([OsStr::new("--"), url.as_ref(), dest_os]);
     if run_git(spec, "clone", &shallow).is_err() {
         // A commit id cannot be cloned by name: full clone, then check out.
-        let _ = std::fs::remove_dir_all(dest);
+        let _ = crate::rootdir::remove_entry(dest);
         run_git(
             spec,
             "clone",

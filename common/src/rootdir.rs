@@ -76,6 +76,18 @@ pub fn components(path: &[u8]) -> Result<Vec<&OsStr>, RootError> {
     Ok(out)
 }
 
+/// Remove what is at `path`, whatever it is, never following a link: a
+/// directory (not a link to one) with everything in it, anything else on
+/// its own. A path that does not exist is not an error.
+pub fn remove_entry(path: &Path) -> io::Result<()> {
+    match path.symlink_metadata() {
+        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Ownership to give to everything created (when running as root).
 pub type Owner = Option<(u32, u32)>;
 

@@ -119,11 +119,7 @@ impl Slugignore {
             let meta = std::fs::symlink_metadata(&path).map_err(io(&path))?;
             let is_dir = meta.is_dir();
             if self.matches(&rel, is_dir) {
-                if is_dir {
-                    std::fs::remove_dir_all(&path).map_err(io(&path))?;
-                } else {
-                    std::fs::remove_file(&path).map_err(io(&path))?;
-                }
+                crate::rootdir::remove_entry(&path).map_err(io(&path))?;
                 removed.push(rel);
             } else if is_dir {
                 self.apply_in(root, &rel, removed)?;
