@@ -1,9 +1,8 @@
-//! End-to-end tests of the bundled buildpacks (issue 4): every example app
-//! under `examples/` is packed like `git archive`, built by the real
+//! The harness of the example-app tests (`tests/tests/examples_*.rs`): an
+//! app under `examples/` is packed like `git archive`, built by the real
 //! slugbuilder with the bundled buildpacks (`buildpacks/`), and run by the
 //! real slugrunner on a loopback port, where it must give the expected HTTP
-//! answer. Needs the language registries (PyPI, the npm registry) and the
-//! stack's python3, node/npm and cargo.
+//! answer.
 //!
 //! Every child process has a deadline; servers run in their own process
 //! group, are stopped with SIGTERM by PID, and their group is SIGKILLed if a
@@ -17,24 +16,24 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use e2e::slugs::{run_with_timeout, Finished};
-use e2e::{bin, repo_root};
+use crate::slugs::{run_with_timeout, Finished};
+use crate::{bin, repo_root};
 use nix::errno::Errno;
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 
 /// A build downloads dependencies and compresses the slug (slow in debug).
-const BUILD_TIMEOUT: Duration = Duration::from_secs(600);
+pub const BUILD_TIMEOUT: Duration = Duration::from_secs(600);
 /// A process type such as `release` that runs to completion.
-const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a web process may take to answer its first request.
-const START_TIMEOUT: Duration = Duration::from_secs(60);
+pub const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a web process may take to exit after SIGTERM.
-const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Entries of an app's tree that `git archive` would not ship (ignored build
 /// output or local state).
-const NOT_SOURCE: &[&str] = &[
+pub const NOT_SOURCE: &[&str] = &[
     ".git",
     "target",
     "node_modules",
@@ -45,12 +44,12 @@ const NOT_SOURCE: &[&str] = &[
 ];
 
 /// The example app `name` as a plain tar, like `git archive --format=tar`.
-fn example_tar(name: &str) -> Vec<u8> {
+pub fn example_tar(name: &str) -> Vec<u8> {
     tar_of(&repo_root().join("examples").join(name), &[])
 }
 
 /// A tar of `dir` plus `extra` files (path, content) added or replaced.
-fn tar_of(dir: &Path, extra: &[(&str, &str)]) -> Vec<u8> {
+pub fn tar_of(dir: &Path, extra: &[(&str, &str)]) -> Vec<u8> {
     let mut builder = tar::Builder::new(Vec::new());
     builder.mode(tar::HeaderMode::Deterministic);
     builder.follow_symlinks(false);
@@ -101,37 +100,44 @@ fn append_tree(builder: &mut tar::Builder<Vec<u8>>, dir: &Path, rel: &Path, skip
 
 /// A scratch dir for one test: cache, slug and an app dir path that the
 /// unprivileged app user can reach.
-struct Case {
-    dir: tempfile::TempDir,
+#[derive(Debug)]
+pub struct Case {
+    pub dir: tempfile::TempDir,
+}
+
+impl Default for Case {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Case {
-    fn new() -> Self {
+    pub fn new() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
             .expect("chmod tempdir");
         Self { dir }
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
-    fn app_dir(&self) -> PathBuf {
+    pub fn app_dir(&self) -> PathBuf {
         self.path("app")
     }
 
-    fn cache_dir(&self) -> PathBuf {
+    pub fn cache_dir(&self) -> PathBuf {
         self.path("cache")
     }
 
-    fn slug(&self) -> PathBuf {
+    pub fn slug(&self) -> PathBuf {
         self.path("slug.tgz")
     }
 
     /// slugbuilder with the bundled buildpacks, this case's cache and app
     /// dir, and none of the caller's buildpack settings.
-    fn slugbuilder(&self) -> Command {
+    pub fn slugbuilder(&self) -> Command {
         let mut cmd = Command::new(bin("slugbuilder"));
         for var in [
             "BUILDPACK_URL",
@@ -157,7 +163,7 @@ impl Case {
     }
 
     /// Build `source` into this case's slug; returns the build log.
-    fn build(&self, source: Vec<u8>) -> String {
+    pub fn build(&self, source: Vec<u8>) -> String {
         let mut cmd = self.slugbuilder();
         cmd.arg("-o").arg(self.slug());
         let out = run_with_stdin(&mut cmd, source, BUILD_TIMEOUT);
@@ -173,7 +179,7 @@ impl Case {
     }
 
     /// slugrunner for this case's slug and app dir.
-    fn slugrunner(&self) -> Command {
+    pub fn slugrunner(&self) -> Command {
         let mut cmd = Command::new(bin("slugrunner"));
         for var in [
             "SLUG_URL",
@@ -192,14 +198,14 @@ impl Case {
     }
 
     /// Run a process type to completion (e.g. `release`).
-    fn run(&self, process_type: &str) -> Finished {
+    pub fn run(&self, process_type: &str) -> Finished {
         let mut cmd = self.slugrunner();
         cmd.args(["start", process_type]);
         run_with_timeout(&mut cmd, RUN_TIMEOUT)
     }
 
     /// Start the web process on a free loopback port.
-    fn start_web(&self) -> Server {
+    pub fn start_web(&self) -> Server {
         let port = free_port();
         let log = self.path("web.log");
         let log_file = std::fs::File::create(&log).expect("create web log");
@@ -222,8 +228,8 @@ impl Case {
 }
 
 /// Run `cmd` with `input` on stdin, with a deadline.
-fn run_with_stdin(cmd: &mut Command, input: Vec<u8>, timeout: Duration) -> Finished {
-    let out = e2e::slugs::run_with_input(cmd, input, timeout);
+pub fn run_with_stdin(cmd: &mut Command, input: Vec<u8>, timeout: Duration) -> Finished {
+    let out = crate::slugs::run_with_input(cmd, input, timeout);
     Finished {
         status: out.status,
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -231,7 +237,7 @@ fn run_with_stdin(cmd: &mut Command, input: Vec<u8>, timeout: Duration) -> Finis
     }
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("bind an ephemeral port")
@@ -240,24 +246,25 @@ fn free_port() -> u16 {
 
 /// A running web process: stopped with SIGTERM by [`Server::stop`], or its
 /// process group SIGKILLed when dropped (a failed assertion).
-struct Server {
+#[derive(Debug)]
+pub struct Server {
     child: Option<Child>,
-    port: u16,
+    pub port: u16,
     log: PathBuf,
 }
 
 impl Server {
-    fn pid(&self) -> Pid {
+    pub fn pid(&self) -> Pid {
         Pid::from_raw(self.child.as_ref().expect("running").id() as i32)
     }
 
-    fn log(&self) -> String {
+    pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// GET `path`, retrying until the server answers 200 (or the deadline,
     /// or the process exits).
-    fn get_ok(&mut self, path: &str) -> String {
+    pub fn get_ok(&mut self, path: &str) -> String {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             let last = match http_get(self.port, path) {
@@ -289,7 +296,7 @@ impl Server {
     }
 
     /// SIGTERM the runner by PID and wait for it and its process group.
-    fn stop(mut self) {
+    pub fn stop(mut self) {
         let pid = self.pid();
         kill(pid, Signal::SIGTERM).expect("SIGTERM slugrunner");
         let mut child = self.child.take().expect("running");
@@ -309,7 +316,7 @@ impl Server {
             std::thread::sleep(Duration::from_millis(50));
         };
         // Nothing of the app may outlive the runner (workers, npm's child).
-        let group_gone = e2e::slugs::wait_until(Duration::from_secs(10), || {
+        let group_gone = crate::slugs::wait_until(Duration::from_secs(10), || {
             matches!(killpg(pid, None), Err(Errno::ESRCH))
         });
         if !group_gone {
@@ -333,7 +340,7 @@ impl Drop for Server {
 }
 
 /// A minimal HTTP/1.0 GET on 127.0.0.1: (status, body).
-fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     let mut stream =
         TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -358,7 +365,7 @@ fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
 }
 
 /// Paths in the slug (a gzip tar), without a leading `./`.
-fn slug_entries(slug: &Path) -> Vec<String> {
+pub fn slug_entries(slug: &Path) -> Vec<String> {
     let file = std::fs::File::open(slug).expect("open slug");
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
     archive
@@ -372,160 +379,4 @@ fn slug_entries(slug: &Path) -> Vec<String> {
                 .to_string()
         })
         .collect()
-}
-
-#[test]
-fn django_example_migrates_collects_static_and_serves() {
-    let case = Case::new();
-    let log = case.build(example_tar("django"));
-    assert!(log.contains("-----> Python app detected"), "{log}");
-    assert!(log.contains("-----> Running Django collectstatic"), "{log}");
-    assert!(log.contains("1 static file copied"), "{log}");
-    // The web process is the buildpack's default; the Procfile has `release`.
-    assert!(log.contains("Default types for buildpack -> web"), "{log}");
-
-    let release = case.run("release");
-    assert_eq!(
-        release.code(),
-        Some(0),
-        "release failed\nstdout: {}\nstderr: {}",
-        release.stdout,
-        release.stderr
-    );
-    assert!(
-        release.stdout.contains("Applying notes.0001_initial... OK"),
-        "stdout: {}\nstderr: {}",
-        release.stdout,
-        release.stderr
-    );
-
-    let mut web = case.start_web();
-    assert_eq!(web.get_ok("/"), "Hello from Django on slugrunner!\n");
-    assert_eq!(web.get_ok("/static/hello.txt"), "Hello, static world!\n");
-    // Writes a row: needs the table the release process created.
-    assert_eq!(web.get_ok("/notes/"), "notes: 1\n");
-    web.stop();
-}
-
-#[test]
-fn flask_example_serves_and_second_build_uses_the_pip_cache() {
-    let case = Case::new();
-    let first = case.build(example_tar("flask"));
-    assert!(first.contains("-----> Python app detected"), "{first}");
-    assert!(
-        first.contains("No cached wheels yet (first build)"),
-        "{first}"
-    );
-
-    let mut web = case.start_web();
-    assert_eq!(web.get_ok("/"), "Hello from Flask on slugrunner!\n");
-    web.stop();
-
-    // Same app, same cache: nothing is downloaded again.
-    let second = case.build(example_tar("flask"));
-    assert!(second.contains("Using the cached wheels"), "{second}");
-    assert!(
-        second.contains("File was already downloaded") && !second.contains("Downloading "),
-        "{second}"
-    );
-    assert!(second.contains("wheel cache: 0 new"), "{second}");
-}
-
-#[test]
-fn express_example_serves_and_second_build_uses_the_npm_cache() {
-    let case = Case::new();
-    let first = case.build(example_tar("express"));
-    assert!(first.contains("-----> Node.js app detected"), "{first}");
-    assert!(first.contains("(npm ci)"), "{first}");
-    assert!(first.contains("Empty cache (first build)"), "{first}");
-    assert!(
-        first.contains("Default types for buildpack -> web"),
-        "{first}"
-    );
-
-    let mut web = case.start_web();
-    assert_eq!(web.get_ok("/"), "Hello from Express on slugrunner!\n");
-    web.stop();
-
-    let second = case.build(example_tar("express"));
-    assert!(second.contains("- npm cache ("), "{second}");
-    assert!(!second.contains("Empty cache"), "{second}");
-}
-
-/// Whether the `cargo` on PATH is out of reach of an unprivileged build
-/// user (rustup's default install under a mode-700 `/root`).
-fn cargo_is_private() -> bool {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let Some(cargo) = std::env::split_paths(&path)
-        .map(|dir| dir.join("cargo"))
-        .find(|p| p.is_file())
-    else {
-        return false;
-    };
-    let cargo = cargo.canonicalize().unwrap_or(cargo);
-    cargo.ancestors().any(|p| {
-        std::fs::metadata(p)
-            .map(|m| m.permissions().mode() & 0o001 == 0)
-            .unwrap_or(true)
-    })
-}
-
-#[test]
-fn rust_web_example_serves_from_a_slug_without_target_dir() {
-    let case = Case::new();
-    let mut builder = case.slugbuilder();
-    if cargo_is_private() && e2e::slugs::is_root() {
-        // Buildpacks run as an unprivileged user by default; this host's
-        // toolchain is only usable by root.
-        builder.args(["--build-user", "root"]);
-    }
-    builder.arg("-o").arg(case.slug());
-    let out = run_with_stdin(&mut builder, example_tar("rust-web"), BUILD_TIMEOUT);
-    assert_eq!(
-        out.code(),
-        Some(0),
-        "slugbuilder failed\nstdout: {}\nstderr: {}",
-        out.stdout,
-        out.stderr
-    );
-    let log = out.stderr;
-    assert!(log.contains("-----> Rust app detected"), "{log}");
-    assert!(log.contains("cargo build --release --locked"), "{log}");
-
-    let entries = slug_entries(&case.slug());
-    assert!(entries.iter().any(|p| p == "bin/rust-web"), "{entries:?}");
-    assert!(
-        !entries
-            .iter()
-            .any(|p| p == "target" || p.starts_with("target/")),
-        "{entries:?}"
-    );
-
-    let mut web = case.start_web();
-    assert_eq!(web.get_ok("/"), "Hello from Rust on slugrunner!\n");
-    web.stop();
-}
-
-#[test]
-fn unavailable_python_version_fails_with_a_clear_message_and_no_slug() {
-    let case = Case::new();
-    let source = tar_of(
-        &repo_root().join("examples/flask"),
-        &[(".python-version", "2.7\n")],
-    );
-    let mut cmd = case.slugbuilder();
-    let out = run_with_stdin(&mut cmd, source, BUILD_TIMEOUT);
-    assert_ne!(out.code(), Some(0), "stderr: {}", out.stderr);
-    assert!(out.stdout.is_empty(), "a slug was written to stdout");
-    assert!(
-        out.stderr
-            .contains("Python 2.7 (requested in .python-version) is not available on this stack"),
-        "{}",
-        out.stderr
-    );
-    assert!(
-        out.stderr.contains("Available on this stack: 3."),
-        "{}",
-        out.stderr
-    );
 }
