@@ -4,15 +4,28 @@
 //! `#ref` (`file://`, `https://`, `http://`, `git://`, `ssh://`), a tarball
 //! URL (`.tgz`, `.tar.gz`, `.tar`), or a short name such as
 //! `heroku/python`, which maps to the bundled buildpack of that language
-//! (offline) when there is one. Git is the `git` binary found with `which`;
-//! tarballs are downloaded over HTTP(S) and unpacked with the safe unpacker.
+//! (offline) when there is one.
+//!
+//! Every buildpack a build uses is a private, writable copy in the build's
+//! workspace, owned by the build user: buildpacks write their `export`
+//! file into their own directory, and the operator's directories are never
+//! modified (nor is an `export` of an earlier build ever sourced). Copies of
+//! the operator's directories are made by slugbuilder; everything a tenant
+//! names is fetched with the build user's rights: `git clone` runs as a
+//! sandboxed step, a tarball is unpacked through the safe unpacker as the
+//! build user's files. A tenant's `.buildpacks` may not name a local path or
+//! a `file://` URL unless the operator allows it.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
+use std::sync::Arc;
 
 use crate::archive::{self, UnpackOptions};
+use crate::cancel::{Cancel, Stop};
+use crate::child::{Env, Step, StepError, StepRunner};
+use crate::http::{self, redact_url, HttpError, HttpOptions};
+use crate::rootdir::{Owner, RootDir};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildpackError {
@@ -22,14 +35,18 @@ pub enum BuildpackError {
     NoCompile { spec: String },
     #[error("buildpack {spec:?}: git is not installed (needed to clone it)")]
     NoGit { spec: String },
-    #[error("buildpack {spec:?}: git {action} failed: {detail}")]
+    #[error("buildpack {spec:?}: git {action} failed ({status}); see the log above")]
     Git {
         spec: String,
         action: &'static str,
-        detail: String,
+        status: String,
     },
-    #[error("buildpack {spec:?}: download failed: {detail}")]
-    Download { spec: String, detail: String },
+    #[error("buildpack {spec:?}: {source}")]
+    Download {
+        spec: String,
+        #[source]
+        source: HttpError,
+    },
     #[error("buildpack {spec:?}: bad tarball: {source}")]
     Tarball {
         spec: String,
@@ -40,6 +57,20 @@ pub enum BuildpackError {
     UnknownName { spec: String, known: String },
     #[error("buildpack {spec:?}: unsupported URL scheme")]
     UnsupportedUrl { spec: String },
+    #[error("buildpack {spec:?} named in .buildpacks: local paths and file:// URLs are not allowed for apps (the operator can allow them with --allow-local-buildpacks)")]
+    LocalNotAllowed { spec: String },
+    #[error("buildpack {spec:?}: the ref after '#' must not start with '-'")]
+    BadRef { spec: String },
+    #[error("buildpack {spec:?}: copying it: {detail}")]
+    Copy { spec: String, detail: String },
+    #[error("buildpack {spec:?}: {source}")]
+    Step {
+        spec: String,
+        #[source]
+        source: StepError,
+    },
+    #[error(transparent)]
+    Stopped(Stop),
     #[error("reading buildpacks directory {path:?}: {source}")]
     ListDir {
         path: PathBuf,
@@ -72,13 +103,16 @@ impl Source {
             Some((b, _)) => (b, None),
             None => (spec, None),
         };
+        if fragment.as_deref().is_some_and(|f| f.starts_with('-')) {
+            return Err(BuildpackError::BadRef { spec: shown(spec) });
+        }
         if let Some(scheme_end) = base.find("://") {
-            let scheme = &base[..scheme_end];
+            let scheme = base[..scheme_end].to_ascii_lowercase();
             let path_part = base.split(['?']).next().unwrap_or(base);
             let is_tarball = [".tgz", ".tar.gz", ".tar"]
                 .iter()
                 .any(|ext| path_part.ends_with(ext));
-            return match scheme {
+            return match scheme.as_str() {
                 "http" | "https" if is_tarball => Ok(Source::Tarball {
                     url: base.to_string(),
                 }),
@@ -86,9 +120,7 @@ impl Source {
                     url: base.to_string(),
                     reference: fragment,
                 }),
-                _ => Err(BuildpackError::UnsupportedUrl {
-                    spec: spec.to_string(),
-                }),
+                _ => Err(BuildpackError::UnsupportedUrl { spec: shown(spec) }),
             };
         }
         if base.starts_with("git@") {
@@ -107,25 +139,55 @@ impl Source {
         }
         Ok(Source::Dir(PathBuf::from(base)))
     }
+
+    /// Whether it reads the machine's own files (a path, a `file://` URL).
+    pub fn is_local(&self) -> bool {
+        match self {
+            Source::Dir(_) => true,
+            Source::Git { url, .. } => url.to_ascii_lowercase().starts_with("file://"),
+            Source::Tarball { .. } | Source::Named(_) => false,
+        }
+    }
 }
 
-/// A buildpack ready to run: a directory with `bin/`.
+/// A spec as it may be shown: URL credentials and query strings removed.
+pub fn shown(spec: &str) -> String {
+    if spec.contains("://") {
+        let (base, fragment) = match spec.split_once('#') {
+            Some((b, f)) => (b, Some(f)),
+            None => (spec, None),
+        };
+        let mut out = redact_url(base);
+        if let Some(f) = fragment {
+            out.push('#');
+            out.push_str(f);
+        }
+        out
+    } else {
+        spec.to_string()
+    }
+}
+
+/// Who named a buildpack: the operator (`--buildpack`, `BUILDPACK_URL`,
+/// `BUILDPACKS`, the installed buildpacks) or the app (`.buildpacks`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Operator,
+    App,
+}
+
+/// A buildpack ready to run: a private directory with `bin/`.
 #[derive(Debug, Clone)]
 pub struct Buildpack {
-    /// How the user named it (for messages).
+    /// How it was named (for messages; credentials removed).
     pub spec: String,
+    /// Short display name.
+    pub name: String,
+    /// The private copy (host path).
     pub dir: PathBuf,
 }
 
 impl Buildpack {
-    /// Short display name: the directory's name.
-    pub fn name(&self) -> String {
-        self.dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| self.spec.clone())
-    }
-
     pub fn bin(&self, step: &str) -> PathBuf {
         self.dir.join("bin").join(step)
     }
@@ -137,47 +199,50 @@ impl Buildpack {
     /// The `export` file, sourced after compile for later buildpacks.
     pub fn export_file(&self) -> Option<PathBuf> {
         let path = self.dir.join("export");
-        path.is_file().then_some(path)
+        path.symlink_metadata()
+            .is_ok_and(|m| m.is_file())
+            .then_some(path)
     }
 
-    fn checked(spec: &str, dir: PathBuf) -> Result<Self, BuildpackError> {
-        // Steps run in the build dir, so a relative path must be made absolute.
-        let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+    fn checked(spec: &str, name: String, dir: PathBuf) -> Result<Self, BuildpackError> {
         if !dir.is_dir() {
             return Err(BuildpackError::NotADirectory {
-                spec: spec.to_string(),
+                spec: shown(spec),
                 path: dir,
             });
         }
         let bp = Buildpack {
-            spec: spec.to_string(),
+            spec: shown(spec),
+            name,
             dir,
         };
         if !bp.has("compile") {
-            return Err(BuildpackError::NoCompile {
-                spec: spec.to_string(),
-            });
+            return Err(BuildpackError::NoCompile { spec: bp.spec });
         }
         Ok(bp)
     }
 }
 
-fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+pub use crate::exe::is_executable;
+
+/// An operator's installed buildpack, not yet copied.
+#[derive(Debug, Clone)]
+pub struct Installed {
+    pub name: String,
+    pub dir: PathBuf,
 }
 
 /// The buildpacks installed in `dir`, in detection order: the names listed
 /// in `dir/.order` (one per line, `#` comments) first, in that order, then
 /// every other subdirectory sorted by name. Entries without `bin/compile`
 /// are skipped.
-pub fn installed(dir: &Path) -> Result<Vec<Buildpack>, BuildpackError> {
-    // Steps run in the build dir: a relative directory must be made absolute.
-    let dir = &std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+pub fn installed(dir: &Path) -> Result<Vec<Installed>, BuildpackError> {
     let list_err = |source| BuildpackError::ListDir {
         path: dir.to_path_buf(),
         source,
     };
+    // Steps run elsewhere: a relative directory must be made absolute.
+    let dir = &std::path::absolute(dir).map_err(list_err)?;
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .map_err(list_err)?
         .filter_map(Result::ok)
@@ -186,13 +251,19 @@ pub fn installed(dir: &Path) -> Result<Vec<Buildpack>, BuildpackError> {
         .filter(|n| !n.starts_with('.'))
         .collect();
     names.sort();
-    let order: Vec<String> = std::fs::read_to_string(dir.join(".order"))
-        .unwrap_or_default()
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(str::to_string)
-        .collect();
+    let order_path = dir.join(".order");
+    let order: Vec<String> = match std::fs::read_to_string(&order_path) {
+        Ok(text) => crate::lines::content_lines(&text)
+            .map(|(_, l)| l.trim().to_string())
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(source) => {
+            return Err(BuildpackError::ListDir {
+                path: order_path,
+                source,
+            })
+        }
+    };
     let mut ordered: Vec<String> = order
         .iter()
         .filter(|n| names.contains(n))
@@ -201,29 +272,27 @@ pub fn installed(dir: &Path) -> Result<Vec<Buildpack>, BuildpackError> {
     ordered.extend(names.into_iter().filter(|n| !order.contains(n)));
     Ok(ordered
         .into_iter()
-        .map(|name| Buildpack {
-            spec: name.clone(),
-            dir: dir.join(name),
+        .map(|name| Installed {
+            dir: dir.join(&name),
+            name,
         })
-        .filter(|bp| bp.has("compile"))
+        .filter(|i| is_executable(&i.dir.join("bin/compile")))
         .collect())
 }
 
-/// Parse a `.buildpacks` file: one buildpack per line, `#` comments.
+/// Parse a `.buildpacks` file: one buildpack per line, `#` comments (a `#`
+/// right after a URL names its ref and is kept).
 pub fn parse_list_file(text: &str) -> Vec<String> {
-    text.lines()
-        .map(|l| l.split_once('#').map_or(l, |(before, _)| before).trim())
-        // A `#` is also how a URL names its ref: keep it when it follows a URL.
-        .zip(text.lines())
-        .map(|(stripped, raw)| {
-            let raw = raw.trim();
-            if raw.contains("://") || raw.starts_with("git@") {
-                raw.split_whitespace().next().unwrap_or("").to_string()
+    crate::lines::content_lines(text)
+        .filter_map(|(_, line)| {
+            let line = line.trim();
+            if line.contains("://") || line.starts_with("git@") {
+                line.split_whitespace().next().map(str::to_string)
             } else {
-                stripped.to_string()
+                let before = line.split_once('#').map_or(line, |(b, _)| b).trim();
+                (!before.is_empty()).then(|| before.to_string())
             }
         })
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .collect()
 }
 
@@ -237,233 +306,442 @@ pub fn parse_list_env(value: &str) -> Vec<String> {
         .collect()
 }
 
-/// Fetches buildpacks into a work directory.
+/// Fetches buildpacks into the build's workspace.
 #[derive(Debug)]
-pub struct Fetcher {
-    /// Where clones and downloads go.
+pub struct Fetcher<'a> {
+    pub runner: &'a StepRunner,
+    /// Environment of fetch steps (PATH, HOME, the operator's proxies).
+    pub env: Env,
+    /// Where copies, clones and downloads go (host path).
     pub workdir: PathBuf,
     /// Bundled buildpacks, for short names.
     pub bundled: Option<PathBuf>,
+    /// Owner of what slugbuilder itself writes there.
+    pub owner: Owner,
+    /// Whether the app may name local paths and `file://` URLs.
+    pub allow_local: bool,
+    pub cancel: Arc<Cancel>,
     counter: usize,
 }
 
-impl Fetcher {
-    pub fn new(workdir: PathBuf, bundled: Option<PathBuf>) -> Self {
+impl<'a> Fetcher<'a> {
+    pub fn new(runner: &'a StepRunner, env: Env, workdir: PathBuf, cancel: Arc<Cancel>) -> Self {
         Self {
+            runner,
+            env,
             workdir,
-            bundled,
+            bundled: None,
+            owner: None,
+            allow_local: false,
+            cancel,
             counter: 0,
         }
     }
 
-    /// Make the buildpack named by `spec` available locally.
-    pub fn fetch(&mut self, spec: &str) -> Result<Buildpack, BuildpackError> {
-        match Source::parse(spec)? {
-            Source::Dir(dir) => Buildpack::checked(spec, dir),
+    /// Make the buildpack named by `spec` available as a private copy.
+    pub fn fetch(&mut self, spec: &str, origin: Origin) -> Result<Buildpack, BuildpackError> {
+        self.cancel.check().map_err(BuildpackError::Stopped)?;
+        let source = Source::parse(spec)?;
+        if origin == Origin::App && source.is_local() && !self.allow_local {
+            return Err(BuildpackError::LocalNotAllowed { spec: shown(spec) });
+        }
+        match source {
+            Source::Dir(dir) if origin == Origin::Operator => {
+                let name = dir_name(&dir, spec);
+                self.copy_trusted(spec, &name, &dir)
+            }
+            Source::Dir(dir) => {
+                let name = dir_name(&dir, spec);
+                self.copy_as_build_user(spec, &name, &dir)
+            }
             Source::Named(name) => self.named(spec, &name),
             Source::Git { url, reference } => {
-                let dest = self.next_dest(&url);
-                clone(spec, &url, reference.as_deref(), &dest)?;
-                Buildpack::checked(spec, dest)
+                let name = url_stem(&url);
+                let dest = self.next_dest(&name);
+                self.clone(spec, &url, reference.as_deref(), &dest)?;
+                Buildpack::checked(spec, name, dest)
             }
             Source::Tarball { url } => {
-                let dest = self.next_dest(&url);
-                download_tarball(spec, &url, &dest)?;
-                Buildpack::checked(spec, buildpack_root(&dest))
+                let name = url_stem(&url);
+                let dest = self.next_dest(&name);
+                self.download(spec, &url, &dest)?;
+                Buildpack::checked(spec, name, buildpack_root(&dest))
             }
         }
     }
 
-    fn next_dest(&mut self, url: &str) -> PathBuf {
+    /// A private copy of an operator's installed buildpack.
+    pub fn copy_installed(&mut self, bp: &Installed) -> Result<Buildpack, BuildpackError> {
+        self.cancel.check().map_err(BuildpackError::Stopped)?;
+        self.copy_trusted(&bp.name, &bp.name, &bp.dir)
+    }
+
+    fn next_dest(&mut self, name: &str) -> PathBuf {
         self.counter += 1;
-        let stem: String = url
-            .trim_end_matches('/')
-            .rsplit('/')
-            .next()
-            .unwrap_or("buildpack")
-            .trim_end_matches(".git")
-            .trim_end_matches(".tgz")
-            .trim_end_matches(".tar.gz")
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_' || *c == '.')
-            .take(60)
-            .collect();
-        self.workdir.join(format!(
-            "{:02}-{}",
-            self.counter,
-            if stem.is_empty() { "buildpack" } else { &stem }
-        ))
+        self.workdir.join(format!("{:02}-{name}", self.counter))
+    }
+
+    /// Copy an operator's directory (trusted) into the workspace.
+    fn copy_trusted(
+        &mut self,
+        spec: &str,
+        name: &str,
+        src: &Path,
+    ) -> Result<Buildpack, BuildpackError> {
+        // The operator's path may be (or go through) a link: trusted.
+        let resolved = std::fs::canonicalize(src);
+        let src = resolved.as_deref().unwrap_or(src);
+        if !src.is_dir() {
+            return Err(BuildpackError::NotADirectory {
+                spec: shown(spec),
+                path: src.to_path_buf(),
+            });
+        }
+        let dest = self.next_dest(name);
+        let copy_err = |detail: String| BuildpackError::Copy {
+            spec: shown(spec),
+            detail,
+        };
+        let mut root = RootDir::open(&dest, self.owner).map_err(|e| copy_err(e.to_string()))?;
+        crate::tree::copy_tree(src, &mut root).map_err(|e| copy_err(e.to_string()))?;
+        Buildpack::checked(spec, name.to_string(), dest)
+    }
+
+    /// Copy a directory the app named (with `--allow-local-buildpacks`) with
+    /// the build user's rights: only what that user may read is copied.
+    fn copy_as_build_user(
+        &mut self,
+        spec: &str,
+        name: &str,
+        src: &Path,
+    ) -> Result<Buildpack, BuildpackError> {
+        let src = std::path::absolute(src).unwrap_or_else(|_| src.to_path_buf());
+        let dest = self.next_dest(name);
+        let inner_dest = self.runner.sandbox().to_inner(&dest);
+        let mut from = src.clone().into_os_string();
+        from.push("/.");
+        let argv: Vec<&OsStr> = vec![
+            OsStr::new("-R"),
+            OsStr::new("-P"),
+            OsStr::new("--preserve=mode"),
+            OsStr::new("--"),
+            from.as_os_str(),
+            inner_dest.as_os_str(),
+        ];
+        let read_only = [src.clone()];
+        let env = self.env.clone();
+        let cwd = self.runner.sandbox().inner().buildpacks.clone();
+        std::fs::create_dir_all(&dest).ok();
+        if let Some((uid, gid)) = self.owner {
+            let _ = std::os::unix::fs::lchown(&dest, Some(uid), Some(gid));
+        }
+        let out = self
+            .runner
+            .run(Step::new(Path::new("cp"), &argv, &env, &cwd).read_only(&read_only))
+            .map_err(|source| step_error(spec, source))?;
+        if !out.status.success() {
+            return Err(BuildpackError::Copy {
+                spec: shown(spec),
+                detail: format!("cp {}", describe_status(out.status)),
+            });
+        }
+        Buildpack::checked(spec, name.to_string(), dest)
     }
 
     /// `heroku/python` -> the bundled `python` buildpack.
-    fn named(&self, spec: &str, name: &str) -> Result<Buildpack, BuildpackError> {
+    fn named(&mut self, spec: &str, name: &str) -> Result<Buildpack, BuildpackError> {
         let lang = name.rsplit('/').next().unwrap_or(name);
         let lang = lang.strip_prefix("heroku-buildpack-").unwrap_or(lang);
         let lang = match lang {
             "node" | "node.js" => "nodejs",
             other => other,
         };
-        let bundled = self
-            .bundled
-            .as_ref()
-            .map(|b| installed(b))
-            .transpose()?
-            .unwrap_or_default();
-        if let Some(bp) = bundled.iter().find(|bp| bp.name() == lang) {
-            return Ok(Buildpack {
-                spec: spec.to_string(),
-                dir: bp.dir.clone(),
-            });
+        let bundled = match &self.bundled {
+            Some(b) => installed(b)?,
+            None => Vec::new(),
+        };
+        if let Some(bp) = bundled.iter().find(|bp| bp.name == lang) {
+            let mut copy = self.copy_trusted(spec, &bp.name, &bp.dir)?;
+            copy.spec = spec.to_string();
+            return Ok(copy);
         }
         Err(BuildpackError::UnknownName {
             spec: spec.to_string(),
             known: bundled
                 .iter()
-                .map(|bp| format!("heroku/{}", bp.name()))
+                .map(|bp| format!("heroku/{}", bp.name))
                 .collect::<Vec<_>>()
                 .join(", "),
         })
+    }
+
+    /// One `git` step in the sandbox, as the build user.
+    fn git(
+        &self,
+        spec: &str,
+        action: &'static str,
+        args: &[&OsStr],
+        read_only: &[PathBuf],
+    ) -> Result<(), BuildpackError> {
+        let git = crate::exe::find(
+            "git",
+            self.env.get(OsStr::new("PATH")).map(OsString::as_os_str),
+        )
+        .ok_or_else(|| BuildpackError::NoGit { spec: shown(spec) })?;
+        let mut argv: Vec<&OsStr> = vec![
+            // The repository belongs to someone else (the operator, or the
+            // build user's own fresh clone): git must not refuse it.
+            OsStr::new("-c"),
+            OsStr::new("safe.directory=*"),
+            OsStr::new("-c"),
+            OsStr::new("advice.detachedHead=false"),
+        ];
+        argv.extend_from_slice(args);
+        let mut env = self.env.clone();
+        // Never prompt for credentials: a build has no one to answer.
+        env.insert("GIT_TERMINAL_PROMPT".into(), "0".into());
+        env.insert("GIT_ASKPASS".into(), "/bin/false".into());
+        env.insert("GIT_CONFIG_NOSYSTEM".into(), "1".into());
+        let cwd = self.runner.sandbox().inner().buildpacks.clone();
+        let out = self
+            .runner
+            .run(Step::new(&git, &argv, &env, &cwd).read_only(read_only))
+            .map_err(|source| step_error(spec, source))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(BuildpackError::Git {
+                spec: shown(spec),
+                action,
+                status: describe_status(out.status),
+            })
+        }
+    }
+
+    /// Clone `url` at `reference` (branch, tag or commit) into `dest`, as the
+    /// build user. A ref never reaches git as an option.
+    fn clone(
+        &self,
+        spec: &str,
+        url: &str,
+        reference: Option<&str>,
+        dest: &Path,
+    ) -> Result<(), BuildpackError> {
+        std::fs::create_dir_all(dest).map_err(|e| BuildpackError::Copy {
+            spec: shown(spec),
+            detail: e.to_string(),
+        })?;
+        if let Some((uid, gid)) = self.owner {
+            let _ = std::os::unix::fs::lchown(dest, Some(uid), Some(gid));
+        }
+        let inner = self.runner.sandbox().to_inner(dest);
+        let read_only: Vec<PathBuf> = url
+            .strip_prefix("file://")
+            .map(|p| vec![PathBuf::from(p)])
+            .unwrap_or_default();
+        let branch = reference.map(|r| OsString::from(format!("--branch={r}")));
+        let mut shallow: Vec<&OsStr> =
+            vec!["clone".as_ref(), "--quiet".as_ref(), "--depth=1".as_ref()];
+        if let Some(b) = &branch {
+            shallow.push(b.as_os_str());
+        }
+        shallow.extend([OsStr::new("--"), url.as_ref(), inner.as_os_str()]);
+        if self.git(spec, "clone", &shallow, &read_only).is_err() {
+            // A commit id cannot be cloned by name: full clone, then check out.
+            self.cancel.check().map_err(BuildpackError::Stopped)?;
+            empty_dir(dest);
+            log_info(format!(
+                "Cloning {} in full to find {}",
+                shown(url),
+                reference.unwrap_or("HEAD")
+            ));
+            self.git(
+                spec,
+                "clone",
+                &[
+                    "clone".as_ref(),
+                    "--quiet".as_ref(),
+                    "--".as_ref(),
+                    url.as_ref(),
+                    inner.as_os_str(),
+                ],
+                &read_only,
+            )?;
+            if let Some(r) = reference {
+                self.git(
+                    spec,
+                    "checkout",
+                    &[
+                        "-C".as_ref(),
+                        inner.as_os_str(),
+                        "checkout".as_ref(),
+                        "--quiet".as_ref(),
+                        "--detach".as_ref(),
+                        r.as_ref(),
+                        "--".as_ref(),
+                    ],
+                    &read_only,
+                )?;
+            }
+        }
+        if dest
+            .join(".gitmodules")
+            .symlink_metadata()
+            .is_ok_and(|m| m.is_file())
+        {
+            self.git(
+                spec,
+                "submodule update",
+                &[
+                    "-C".as_ref(),
+                    inner.as_os_str(),
+                    "submodule".as_ref(),
+                    "update".as_ref(),
+                    "--init".as_ref(),
+                    "--recursive".as_ref(),
+                    "--depth=1".as_ref(),
+                ],
+                &read_only,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Download a tarball and unpack it (as the build user's files) through
+    /// the safe unpacker, all within the build's deadline.
+    fn download(&self, spec: &str, url: &str, dest: &Path) -> Result<(), BuildpackError> {
+        let opts = HttpOptions {
+            what: "buildpack",
+            deadline: Some(self.cancel.deadline()),
+            ..HttpOptions::default()
+        };
+        let owned_url = url.to_string();
+        let body = self
+            .cancel
+            .run_blocking("buildpack download", move || http::get(&owned_url, &opts))
+            .map_err(BuildpackError::Stopped)?
+            .map_err(|source| BuildpackError::Download {
+                spec: shown(spec),
+                source,
+            })?;
+        let watch = body.watch();
+        let unpack_opts = UnpackOptions {
+            owner: self.owner,
+            cancel: Some(Arc::clone(&self.cancel)),
+            ..UnpackOptions::default()
+        };
+        let reader: Box<dyn Read + Send> = Box::new(body);
+        archive::unpack(reader, dest, &unpack_opts).map_err(|source| {
+            if let archive::ArchiveError::Stopped(stop) = source {
+                return BuildpackError::Stopped(stop);
+            }
+            match watch.network_error() {
+                Some(source) => BuildpackError::Download {
+                    spec: shown(spec),
+                    source,
+                },
+                None => BuildpackError::Tarball {
+                    spec: shown(spec),
+                    source,
+                },
+            }
+        })?;
+        Ok(())
+    }
+}
+
+fn step_error(spec: &str, source: StepError) -> BuildpackError {
+    match source {
+        StepError::Stopped(stop) => BuildpackError::Stopped(stop),
+        source => BuildpackError::Step {
+            spec: shown(spec),
+            source,
+        },
+    }
+}
+
+fn log_info(msg: String) {
+    crate::log::info(msg);
+}
+
+/// Remove everything in `dir`, keeping `dir`.
+fn empty_dir(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let _ = crate::rootdir::remove_entry(&e.path());
+        }
+    }
+}
+
+/// How a process ended, for messages.
+pub fn describe_status(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(sig)) => format!(
+            "killed by signal {}",
+            nix::sys::signal::Signal::try_from(sig).map_or(sig.to_string(), |s| s.to_string())
+        ),
+        _ => "unknown status".into(),
+    }
+}
+
+fn dir_name(dir: &Path, spec: &str) -> String {
+    dir.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .filter(|n| !n.is_empty() && n != "." && n != "..")
+        .map(|n| sanitize_name(&n))
+        .unwrap_or_else(|| sanitize_name(spec))
+}
+
+/// A directory name for a URL: its last path component, without
+/// `.git`/`.tgz`.
+fn url_stem(url: &str) -> String {
+    let path = url.split(['?', '#']).next().unwrap_or(url);
+    let stem = path
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or("buildpack");
+    let stem = stem
+        .trim_end_matches(".git")
+        .trim_end_matches(".tgz")
+        .trim_end_matches(".tar.gz")
+        .trim_end_matches(".tar");
+    sanitize_name(stem)
+}
+
+fn sanitize_name(s: &str) -> String {
+    let name: String = s
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_' || *c == '.')
+        .take(60)
+        .collect();
+    let name = name.trim_start_matches('.').to_string();
+    if name.is_empty() {
+        "buildpack".into()
+    } else {
+        name
     }
 }
 
 /// A tarball often wraps the buildpack in one top-level directory (GitHub's
 /// archives do): use it when the root itself has no `bin/`.
 fn buildpack_root(dest: &Path) -> PathBuf {
-    if dest.join("bin").is_dir() {
+    let is_dir = |p: &Path| p.symlink_metadata().is_ok_and(|m| m.is_dir());
+    if is_dir(&dest.join("bin")) {
         return dest.to_path_buf();
     }
-    let dirs: Vec<PathBuf> = std::fs::read_dir(dest)
+    let entries: Vec<PathBuf> = std::fs::read_dir(dest)
         .into_iter()
         .flatten()
         .filter_map(Result::ok)
         .map(|e| e.path())
         .collect();
-    match dirs.as_slice() {
-        [only] if only.join("bin").is_dir() => only.clone(),
+    match entries.as_slice() {
+        [only] if is_dir(only) && is_dir(&only.join("bin")) => only.clone(),
         _ => dest.to_path_buf(),
     }
-}
-
-fn git_command(spec: &str) -> Result<Command, BuildpackError> {
-    let git = which::which("git").map_err(|_| BuildpackError::NoGit {
-        spec: spec.to_string(),
-    })?;
-    let mut cmd = Command::new(git);
-    // Never prompt for credentials: a build has no one to answer.
-    cmd.env("GIT_TERMINAL_PROMPT", "0")
-        .env("GIT_ASKPASS", "/bin/false")
-        .stdin(std::process::Stdio::null());
-    Ok(cmd)
-}
-
-fn run_git(spec: &str, action: &'static str, args: &[&OsStr]) -> Result<(), BuildpackError> {
-    let out = git_command(spec)?
-        .args(args)
-        .output()
-        .map_err(|e| BuildpackError::Git {
-            spec: spec.to_string(),
-            action,
-            detail: e.to_string(),
-        })?;
-    if out.status.success() {
-        return Ok(());
-    }
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let detail = stderr
-        .lines()
-        .rfind(|l| !l.trim().is_empty())
-        .unwrap_or("exited unsuccessfully")
-        .trim()
-        .to_string();
-    Err(BuildpackError::Git {
-        spec: spec.to_string(),
-        action,
-        detail,
-    })
-}
-
-/// Clone `url` at `reference` (branch, tag or commit) into `dest`.
-fn clone(
-    spec: &str,
-    url: &str,
-    reference: Option<&str>,
-    dest: &Path,
-) -> Result<(), BuildpackError> {
-    let dest_os = dest.as_os_str();
-    // Fast path: a shallow clone of a branch or tag.
-    let mut shallow: Vec<&OsStr> = vec!["clone".as_ref(), "--quiet".as_ref(), "--depth=1".as_ref()];
-    if let Some(r) = reference {
-        shallow.extend([OsStr::new("--branch"), OsStr::new(r)]);
-    }
-    shallow.extend([OsStr::new("--"), url.as_ref(), dest_os]);
-    if run_git(spec, "clone", &shallow).is_err() {
-        // A commit id cannot be cloned by name: full clone, then check out.
-        let _ = crate::rootdir::remove_entry(dest);
-        run_git(
-            spec,
-            "clone",
-            &[
-                "clone".as_ref(),
-                "--quiet".as_ref(),
-                "--".as_ref(),
-                url.as_ref(),
-                dest_os,
-            ],
-        )?;
-        if let Some(r) = reference {
-            run_git(
-                spec,
-                "checkout",
-                &[
-                    "-C".as_ref(),
-                    dest_os,
-                    "checkout".as_ref(),
-                    "--quiet".as_ref(),
-                    "--detach".as_ref(),
-                    r.as_ref(),
-                ],
-            )?;
-        }
-    }
-    if dest.join(".gitmodules").is_file() {
-        run_git(
-            spec,
-            "submodule update",
-            &[
-                "-C".as_ref(),
-                dest_os,
-                "submodule".as_ref(),
-                "update".as_ref(),
-                "--init".as_ref(),
-                "--recursive".as_ref(),
-                "--depth=1".as_ref(),
-            ],
-        )?;
-    }
-    Ok(())
-}
-
-fn download_tarball(spec: &str, url: &str, dest: &Path) -> Result<(), BuildpackError> {
-    let download_err = |detail: String| BuildpackError::Download {
-        spec: spec.to_string(),
-        detail,
-    };
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(300)))
-        .build()
-        .into();
-    let response = agent
-        .get(url)
-        .call()
-        .map_err(|e| download_err(e.to_string()))?;
-    let reader = response.into_body().into_reader();
-    archive::unpack(reader, dest, &UnpackOptions::default()).map_err(|source| {
-        BuildpackError::Tarball {
-            spec: spec.to_string(),
-            source,
-        }
-    })?;
-    Ok(())
 }
 
 #[cfg(test)]
@@ -504,11 +782,55 @@ mod tests {
     }
 
     #[test]
+    fn refs_that_look_like_options_are_refused() {
+        for spec in [
+            "https://x/bp.git#--upload-pack=touch /tmp/pwned",
+            "file:///srv/bp.git#-c",
+            "git@host:bp.git#-x",
+        ] {
+            assert!(
+                matches!(Source::parse(spec), Err(BuildpackError::BadRef { .. })),
+                "{spec}"
+            );
+        }
+    }
+
+    #[test]
+    fn local_sources_are_told_apart() {
+        assert!(Source::parse("/opt/bp").unwrap().is_local());
+        assert!(Source::parse("FILE:///srv/bp.git").unwrap().is_local());
+        assert!(!Source::parse("https://x/bp.git").unwrap().is_local());
+        assert!(!Source::parse("heroku/python").unwrap().is_local());
+    }
+
+    #[test]
+    fn shown_specs_carry_no_credentials() {
+        assert_eq!(
+            shown("https://user:token@git.example/bp.git#v1"),
+            "https://git.example/bp.git#v1"
+        );
+        assert_eq!(
+            shown("https://s3.example/bp.tgz?X-Amz-Signature=abc"),
+            "https://s3.example/bp.tgz"
+        );
+    }
+
+    #[test]
     fn list_files_keep_url_refs_and_drop_comments() {
         assert_eq!(
             parse_list_file("# first\nhttps://x/a.git#v1\n\n/opt/b # local\n"),
             ["https://x/a.git#v1", "/opt/b"]
         );
         assert_eq!(parse_list_env(" a, b ,,c"), ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn names_are_safe_directory_names() {
+        assert_eq!(
+            url_stem("https://x/heroku-buildpack-python.git"),
+            "heroku-buildpack-python"
+        );
+        assert_eq!(url_stem("https://x/../..?a=b"), "buildpack");
+        assert_eq!(sanitize_name("../../etc"), "etc");
     }
 }

@@ -1,13 +1,15 @@
 //! Running one buildpack step (`bin/detect`, `bin/compile`, `bin/release`,
-//! an `export` file) as a child process.
+//! an `export` file, a buildpack's `git clone`) as a child process in the
+//! build's [`Sandbox`].
 //!
 //! Each step gets exactly the environment it is given (nothing of ours
-//! leaks in), runs in its own process group, and streams its output live to
-//! our stderr, indented Heroku-style, with stdout and stderr sharing one
-//! pipe so their order is kept. A step that outlives the build's deadline,
-//! or a build that is interrupted (SIGTERM/SIGINT, see [`Interrupt`]),
-//! has its whole process group killed; so does anything a step leaves
-//! running in the background once it exits.
+//! leaks in), runs in its own process group under the sandbox helper, and
+//! streams its output live to our stderr, indented Heroku-style, with
+//! stdout and stderr sharing one pipe so their order is kept. Lines longer
+//! than [`MAX_LOG_LINE`] are cut, with a note: memory stays bounded
+//! whatever a buildpack prints. When the step ends, the build's deadline
+//! passes or the build is interrupted, the step's process group is killed
+//! and the sandbox sweeps whatever else the step left behind.
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
@@ -15,16 +17,21 @@ use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::io::AsyncReadExt;
+
+use crate::cancel::{Cancel, Stop};
+use crate::sandbox::Sandbox;
 
 /// Largest stdout captured from `bin/detect`, `bin/release` or an export.
 pub const MAX_CAPTURE: usize = 4 << 20;
+/// Longest log line shown; the rest of a longer line is left out (and
+/// counted in a note).
+pub const MAX_LOG_LINE: usize = 16 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StepError {
@@ -34,10 +41,8 @@ pub enum StepError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{program:?} did not finish before the build's time limit")]
-    TimedOut { program: PathBuf },
-    #[error("interrupted by {signal}")]
-    Interrupted { signal: Signal },
+    #[error(transparent)]
+    Stopped(#[from] Stop),
     #[error("{program:?} printed more than {MAX_CAPTURE} bytes on stdout")]
     OutputTooLarge { program: PathBuf },
     #[error("i/o while running {program:?}: {source}")]
@@ -51,42 +56,47 @@ pub enum StepError {
 /// The environment of a step, exactly.
 pub type Env = BTreeMap<OsString, OsString>;
 
-/// Shared interrupt state: the signal thread records the signal and kills
-/// the running step's process group; the build checks it between steps.
-#[derive(Debug, Default)]
-pub struct Interrupt {
-    signal: AtomicI32,
-    running_group: AtomicI32,
+/// One step to run.
+#[derive(Debug, Clone)]
+pub struct Step<'a> {
+    /// Program (as the sandbox sees it) and its arguments.
+    pub argv: Vec<OsString>,
+    pub env: &'a Env,
+    /// Working directory, as the sandbox sees it.
+    pub cwd: &'a Path,
+    /// Return stdout instead of streaming it to the log.
+    pub capture_stdout: bool,
+    /// Host paths the step may read that the sandbox does not show anyway
+    /// (an operator's `file://` buildpack repository).
+    pub read_only: &'a [PathBuf],
 }
 
-impl Interrupt {
-    pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
-    }
-
-    /// Record `signal` and kill the running step, if any.
-    pub fn trigger(&self, signal: Signal) {
-        self.signal.store(signal as i32, Ordering::SeqCst);
-        let pgid = self.running_group.load(Ordering::SeqCst);
-        if pgid > 0 {
-            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+impl<'a> Step<'a> {
+    /// `program args...` in `cwd` with `env`, output streamed to the log.
+    pub fn new(program: &Path, args: &[&OsStr], env: &'a Env, cwd: &'a Path) -> Self {
+        let mut argv = vec![program.as_os_str().to_os_string()];
+        argv.extend(args.iter().map(|a| a.to_os_string()));
+        Self {
+            argv,
+            env,
+            cwd,
+            capture_stdout: false,
+            read_only: &[],
         }
     }
 
-    /// The signal that interrupted the build, if any.
-    pub fn signal(&self) -> Option<Signal> {
-        match self.signal.load(Ordering::SeqCst) {
-            0 => None,
-            n => Signal::try_from(n).ok(),
-        }
+    pub fn capture(mut self) -> Self {
+        self.capture_stdout = true;
+        self
     }
 
-    /// Fail with [`StepError::Interrupted`] if the build was interrupted.
-    pub fn check(&self) -> Result<(), StepError> {
-        match self.signal() {
-            Some(signal) => Err(StepError::Interrupted { signal }),
-            None => Ok(()),
-        }
+    pub fn read_only(mut self, paths: &'a [PathBuf]) -> Self {
+        self.read_only = paths;
+        self
+    }
+
+    fn program(&self) -> PathBuf {
+        PathBuf::from(&self.argv[0])
     }
 }
 
@@ -94,10 +104,8 @@ impl Interrupt {
 #[derive(Debug)]
 pub struct StepRunner {
     runtime: tokio::runtime::Runtime,
-    deadline: Instant,
-    interrupt: Arc<Interrupt>,
-    /// Run steps as this (uid, gid) instead of our own user.
-    pub credentials: Option<(u32, u32)>,
+    cancel: Arc<Cancel>,
+    sandbox: Arc<Sandbox>,
 }
 
 /// What a step did.
@@ -109,85 +117,80 @@ pub struct StepOutput {
 }
 
 impl StepRunner {
-    pub fn new(deadline: Instant, interrupt: Arc<Interrupt>) -> std::io::Result<Self> {
+    pub fn new(cancel: Arc<Cancel>, sandbox: Arc<Sandbox>) -> std::io::Result<Self> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         Ok(Self {
             runtime,
-            deadline,
-            interrupt,
-            credentials: None,
+            cancel,
+            sandbox,
         })
     }
 
-    pub fn interrupt(&self) -> &Interrupt {
-        &self.interrupt
+    pub fn cancel(&self) -> &Cancel {
+        &self.cancel
     }
 
-    /// Run `program args...` in `cwd` with exactly `env`. Output is streamed
-    /// indented to stderr; with `capture_stdout`, stdout is returned instead
-    /// and only stderr is streamed.
-    pub fn run(
-        &self,
-        program: &Path,
-        args: &[&OsStr],
-        env: &Env,
-        cwd: &Path,
-        capture_stdout: bool,
-    ) -> Result<StepOutput, StepError> {
-        self.interrupt.check()?;
+    pub fn cancel_arc(&self) -> Arc<Cancel> {
+        Arc::clone(&self.cancel)
+    }
+
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.sandbox
+    }
+
+    /// Run `step` to its end (or the build's). Whatever happens, nothing of
+    /// it is left running afterwards.
+    pub fn run(&self, step: Step<'_>) -> Result<StepOutput, StepError> {
+        self.cancel.check()?;
         let started = Instant::now();
-        tracing::debug!(?program, ?args, ?cwd, "running buildpack step");
-        let result = self
-            .runtime
-            .block_on(self.run_async(program, args, env, cwd, capture_stdout));
-        tracing::info!(?program, elapsed = ?started.elapsed(), ok = result.as_ref().is_ok_and(|o| o.status.success()), "step finished");
+        tracing::debug!(argv = ?step.argv, cwd = ?step.cwd, "running buildpack step");
+        let result = self.runtime.block_on(self.run_async(&step));
+        self.sandbox.sweep();
+        tracing::info!(program = ?step.program(), elapsed = ?started.elapsed(), ok = result.as_ref().is_ok_and(|o| o.status.success()), "step finished");
         result
     }
 
-    async fn run_async(
-        &self,
-        program: &Path,
-        args: &[&OsStr],
-        env: &Env,
-        cwd: &Path,
-        capture_stdout: bool,
-    ) -> Result<StepOutput, StepError> {
+    async fn run_async(&self, step: &Step<'_>) -> Result<StepOutput, StepError> {
+        let program = step.program();
         let io_err = |source| StepError::Io {
-            program: program.to_path_buf(),
+            program: program.clone(),
             source,
         };
-        let mut cmd = tokio::process::Command::new(program);
-        cmd.args(args)
+        let launch = self
+            .sandbox
+            .command(step.argv.clone(), step.cwd, step.read_only);
+        let mut cmd = tokio::process::Command::new(&launch.program);
+        cmd.args(&launch.args)
             .env_clear()
-            .envs(env)
-            .current_dir(cwd)
+            .envs(step.env)
+            .current_dir(&launch.cwd)
             .stdin(Stdio::null())
             .process_group(0)
             .kill_on_drop(true);
-        if let Some((uid, gid)) = self.credentials {
+        if let Some((uid, gid)) = launch.credentials {
             cmd.uid(uid).gid(gid);
         }
         // One pipe for both streams keeps their relative order; when stdout
         // is captured it gets a pipe of its own.
         let (log_read, log_write) = std::io::pipe().map_err(io_err)?;
         let log_write: OwnedFd = log_write.into();
-        if capture_stdout {
+        if step.capture_stdout {
             cmd.stdout(Stdio::piped());
         } else {
             cmd.stdout(Stdio::from(log_write.try_clone().map_err(io_err)?));
         }
         cmd.stderr(Stdio::from(log_write));
         let mut child = cmd.spawn().map_err(|source| StepError::Spawn {
-            program: program.to_path_buf(),
+            program: program.clone(),
             source,
         })?;
         // The command (holding our copy of the write end) must be gone so
         // the log pipe reaches EOF when the step's processes close it.
         drop(cmd);
         let pgid = child.id().map(|id| id as i32).unwrap_or(0);
-        self.interrupt.running_group.store(pgid, Ordering::SeqCst);
+        self.cancel.set_running_group(pgid);
 
         let log_task = tokio::spawn(stream_log(OwnedFd::from(log_read)));
         let stdout_task = child.stdout.take().map(|out| {
@@ -198,27 +201,24 @@ impl StepRunner {
             })
         });
 
-        let remaining = self.deadline.saturating_duration_since(Instant::now());
-        let waited = tokio::time::timeout(remaining, child.wait()).await;
+        let waited = tokio::time::timeout(self.cancel.remaining(), child.wait()).await;
         // Whatever happened, nothing of this step may keep running: a
         // daemon left behind could still change the build dir while it is
         // packed.
         if pgid > 0 {
             let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
         }
-        self.interrupt.running_group.store(0, Ordering::SeqCst);
+        self.cancel.set_running_group(0);
         let status = match waited {
             Ok(status) => status.map_err(io_err)?,
             Err(_) => {
                 let _ = child.wait().await;
                 finish_log(log_task).await;
-                return Err(StepError::TimedOut {
-                    program: program.to_path_buf(),
-                });
+                return Err(StepError::Stopped(Stop::TimedOut));
             }
         };
         finish_log(log_task).await;
-        self.interrupt.check()?;
+        self.cancel.check()?;
         let stdout = match stdout_task {
             Some(task) => {
                 let out = tokio::time::timeout(Duration::from_secs(5), task)
@@ -229,9 +229,7 @@ impl StepRunner {
                     .map_err(io_err)?
                     .unwrap_or_default();
                 if out.len() > MAX_CAPTURE {
-                    return Err(StepError::OutputTooLarge {
-                        program: program.to_path_buf(),
-                    });
+                    return Err(StepError::OutputTooLarge { program });
                 }
                 out
             }
@@ -242,36 +240,115 @@ impl StepRunner {
 }
 
 /// Wait briefly for the log to drain: a process that escaped the group
-/// (setsid) could hold the pipe open forever.
+/// (only possible without namespaces, until the sweep) could hold the pipe
+/// open.
 async fn finish_log(task: tokio::task::JoinHandle<()>) {
-    let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
 }
 
 async fn stream_log(fd: OwnedFd) {
-    let Ok(pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
+    let Ok(mut pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
         return;
     };
-    let mut reader = BufReader::new(pipe);
-    let mut line = Vec::new();
+    let mut lines = LineCutter::new(MAX_LOG_LINE);
+    let mut buf = vec![0u8; 64 << 10];
     loop {
-        line.clear();
-        match reader.read_until(b'\n', &mut line).await {
+        match pipe.read(&mut buf).await {
             Ok(0) | Err(_) => break,
-            Ok(_) => {
+            Ok(n) => {
                 let mut err = std::io::stderr().lock();
-                let _ = crate::log::write_indented(&mut err, &line);
+                lines.feed(&buf[..n], &mut |line| {
+                    let _ = crate::log::write_indented(&mut err, line);
+                });
                 let _ = err.flush();
             }
         }
+    }
+    let mut err = std::io::stderr().lock();
+    lines.finish(&mut |line| {
+        let _ = crate::log::write_indented(&mut err, line);
+    });
+    let _ = err.flush();
+}
+
+/// Splits a byte stream into lines of at most `max` bytes: the rest of a
+/// longer line is dropped and counted, and the line ends with a note
+/// saying how much was left out. Holds at most `max` bytes.
+#[derive(Debug)]
+pub struct LineCutter {
+    max: usize,
+    line: Vec<u8>,
+    dropped: u64,
+}
+
+impl LineCutter {
+    pub fn new(max: usize) -> Self {
+        Self {
+            max,
+            line: Vec::new(),
+            dropped: 0,
+        }
+    }
+
+    /// Feed bytes; `emit` gets each complete line (without its newline).
+    pub fn feed(&mut self, mut bytes: &[u8], emit: &mut dyn FnMut(&[u8])) {
+        while !bytes.is_empty() {
+            let (part, rest, ends) = match bytes.iter().position(|&b| b == b'\n') {
+                Some(i) => (&bytes[..i], &bytes[i + 1..], true),
+                None => (bytes, &bytes[bytes.len()..], false),
+            };
+            let room = self.max.saturating_sub(self.line.len());
+            let keep = part.len().min(room);
+            self.line.extend_from_slice(&part[..keep]);
+            self.dropped += (part.len() - keep) as u64;
+            if ends {
+                self.emit_line(emit);
+            }
+            bytes = rest;
+        }
+    }
+
+    /// The last line, if it had no newline.
+    pub fn finish(&mut self, emit: &mut dyn FnMut(&[u8])) {
+        if !self.line.is_empty() || self.dropped > 0 {
+            self.emit_line(emit);
+        }
+    }
+
+    fn emit_line(&mut self, emit: &mut dyn FnMut(&[u8])) {
+        if self.dropped > 0 {
+            let note = format!(" [line cut: {} more bytes not shown]", self.dropped);
+            self.line.extend_from_slice(note.as_bytes());
+        }
+        emit(&self.line);
+        self.line.clear();
+        self.dropped = 0;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sandbox::{Places, SandboxConfig};
 
     fn runner(timeout: Duration) -> StepRunner {
-        StepRunner::new(Instant::now() + timeout, Interrupt::new()).unwrap()
+        let tmp = std::env::temp_dir();
+        let places = Places {
+            build: tmp.clone(),
+            cache: tmp.clone(),
+            env: tmp.clone(),
+            home: tmp.clone(),
+            tmp: tmp.clone(),
+            app: tmp.clone(),
+            buildpacks: tmp.clone(),
+        };
+        let scratch = tempfile::tempdir().unwrap();
+        let cfg = SandboxConfig {
+            fixed_user: Some((65534, 65534)),
+            ..SandboxConfig::default()
+        };
+        let sandbox = Sandbox::create(&cfg, places, Path::new("/app"), scratch.path()).unwrap();
+        StepRunner::new(Cancel::new(timeout), Arc::new(sandbox)).unwrap()
     }
 
     fn env() -> Env {
@@ -281,50 +358,94 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn captures_stdout_with_exactly_the_given_env() {
-        let out = runner(Duration::from_secs(10))
-            .run(
-                Path::new("/bin/sh"),
-                &[OsStr::new("-c"), OsStr::new("env; echo log >&2")],
-                &env(),
-                Path::new("/"),
-                true,
-            )
-            .unwrap();
-        assert!(out.status.success());
-        let stdout = String::from_utf8(out.stdout).unwrap();
-        assert!(stdout.contains("ONLY=this"));
-        assert!(!stdout.contains("HOME="), "{stdout}");
+    fn sh<'a>(script: &str, env: &'a Env) -> Step<'a> {
+        Step::new(
+            Path::new("/bin/sh"),
+            &[OsStr::new("-c"), OsStr::new(script)],
+            env,
+            Path::new("/"),
+        )
     }
 
     #[test]
+    fn captures_stdout_with_exactly_the_given_env() {
+        let env = env();
+        let out = runner(Duration::from_secs(10))
+            .run(sh("env; echo log >&2", &env).capture())
+            .unwrap();
+        assert!(out.status.success());
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let mut keys: Vec<&str> = stdout
+            .lines()
+            .filter_map(|l| l.split_once('=').map(|(k, _)| k))
+            .filter(|k| *k != "PWD" && *k != "SHLVL" && *k != "_")
+            .collect();
+        keys.sort();
+        assert_eq!(keys, ["ONLY", "PATH"], "{stdout}");
+    }
+
+    /// The deadline kills the step and everything in its group: the
+    /// background sleeper must be gone too, not only the shell.
+    #[test]
     fn a_step_past_the_deadline_is_killed_with_its_group() {
+        let dir = tempfile::tempdir().unwrap();
+        // The step may run as an unprivileged user.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )
+        .unwrap();
+        let pids = dir.path().join("pids");
+        let env = env();
         let start = Instant::now();
-        let err = runner(Duration::from_millis(300))
-            .run(
-                Path::new("/bin/sh"),
-                &[OsStr::new("-c"), OsStr::new("sleep 30 & sleep 30")],
-                &env(),
-                Path::new("/"),
-                false,
-            )
+        let script = format!("sleep 30 & echo $! > {}; sleep 30", pids.display());
+        let err = runner(Duration::from_millis(500))
+            .run(sh(&script, &env))
             .unwrap_err();
-        assert!(matches!(err, StepError::TimedOut { .. }), "{err}");
+        assert!(matches!(err, StepError::Stopped(Stop::TimedOut)), "{err}");
         assert!(start.elapsed() < Duration::from_secs(10));
+        let pid: i32 = std::fs::read_to_string(&pids)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let gone = (0..200).any(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            nix::sys::signal::kill(Pid::from_raw(pid), None).is_err()
+        });
+        assert!(gone, "background process {pid} outlived the step");
     }
 
     #[test]
     fn missing_program_is_a_spawn_error() {
+        let env = env();
         let err = runner(Duration::from_secs(5))
-            .run(
+            .run(Step::new(
                 Path::new("/nonexistent/bin/compile"),
                 &[],
-                &env(),
+                &env,
                 Path::new("/"),
-                false,
-            )
+            ))
             .unwrap_err();
-        assert!(matches!(err, StepError::Spawn { .. }));
+        assert!(matches!(err, StepError::Spawn { .. }), "{err}");
+    }
+
+    #[test]
+    fn long_lines_are_cut_with_a_note_and_memory_stays_bounded() {
+        let mut cutter = LineCutter::new(8);
+        let mut lines: Vec<String> = Vec::new();
+        let mut emit = |l: &[u8]| lines.push(String::from_utf8_lossy(l).into_owned());
+        cutter.feed(b"short\n0123456789", &mut emit);
+        cutter.feed(b"abcdef\nlast", &mut emit);
+        assert!(cutter.line.capacity() < 64);
+        cutter.finish(&mut emit);
+        assert_eq!(
+            lines,
+            [
+                "short",
+                "01234567 [line cut: 8 more bytes not shown]",
+                "last"
+            ]
+        );
     }
 }

@@ -25,8 +25,11 @@ pub enum Exit {
     PackFailed = 15,
     /// The build ran out of time.
     Timeout = 16,
-    /// The build was interrupted by SIGTERM or SIGINT.
+    /// The build was interrupted by SIGTERM, SIGINT or SIGHUP.
     Interrupted = 17,
+    /// The build sandbox was required (`--sandbox namespaces`) and the
+    /// kernel does not allow it here.
+    Sandbox = 18,
     /// The slug could not be downloaded (SLUG_URL).
     SlugFetch = 20,
     /// `start TYPE` named a process type the app does not have.

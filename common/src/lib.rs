@@ -8,16 +8,37 @@
 pub mod archive;
 pub mod build;
 pub mod buildpack;
+pub mod cancel;
 pub mod child;
+pub mod cmdline;
+pub mod exe;
 pub mod exit;
-pub mod fetch;
+pub mod http;
 pub mod lines;
 pub mod log;
 pub mod pgzip;
 pub mod procfile;
+pub mod proctree;
 pub mod release;
 pub mod rootdir;
 pub mod runtime;
+pub mod sandbox;
 pub mod slugignore;
 pub mod supervise;
+pub mod tree;
 pub mod user;
+
+/// For tests that only mean something as root: `false` (skip) when not
+/// root, but a failure when `CI` is set, where they must run.
+#[cfg(test)]
+pub(crate) fn needs_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "this test needs root, and CI is set: run the tests as root"
+    );
+    eprintln!("skipped: needs root");
+    false
+}

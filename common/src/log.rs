@@ -12,17 +12,26 @@ pub const WARNING: &str = " !     ";
 
 /// Print a step header.
 pub fn header(msg: impl std::fmt::Display) {
-    eprintln!("{HEADER}{msg}");
+    line(format_args!("{HEADER}{msg}"));
 }
 
 /// Print a detail line under the current step.
 pub fn info(msg: impl std::fmt::Display) {
-    eprintln!("{INDENT}{msg}");
+    line(format_args!("{INDENT}{msg}"));
 }
 
 /// Print a warning.
 pub fn warn(msg: impl std::fmt::Display) {
-    eprintln!("{WARNING}{msg}");
+    line(format_args!("{WARNING}{msg}"));
+}
+
+/// Print one line on stderr. A closed stderr (`slugbuilder 2>&1 | head`) is
+/// not an error worth dying for: the line is lost, the build goes on and
+/// ends with its documented exit code.
+pub fn line(args: std::fmt::Arguments<'_>) {
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_fmt(args);
+    let _ = err.write_all(b"\n");
 }
 
 /// Whether a line printed by a buildpack is already formatted (a header,

@@ -1,14 +1,17 @@
 //! The one place where paths are resolved beneath a root directory.
 //!
-//! Every file, directory and link that an archive creates goes through
-//! [`RootDir`]: paths are split into components, `..` and absolute paths are
-//! refused up front, and each parent directory is opened with
-//! `openat(O_DIRECTORY | O_NOFOLLOW)` relative to the previous one. A
+//! Every file, directory and link that root-side code creates, reads or
+//! removes in a tree a tenant controls (a build dir, a cache, a slug, an app
+//! dir) goes through [`RootDir`]: paths are split into components, `..` and
+//! absolute paths are refused up front, and each parent directory is opened
+//! with `openat(O_DIRECTORY | O_NOFOLLOW)` relative to the previous one. A
 //! symlink (or anything that is not a directory) in the middle of a path
-//! therefore stops the walk instead of redirecting it, whatever the archive
-//! did before. Final components are created with `O_EXCL | O_NOFOLLOW`
-//! after removing what was there, so an earlier link of the same name is
-//! replaced, never written through.
+//! therefore stops the walk instead of redirecting it, whatever the tenant
+//! did before or does meanwhile. Final components are created with
+//! `O_EXCL | O_NOFOLLOW` after removing what was there, so an earlier link of
+//! the same name is replaced, never written through; files are read only
+//! when they are regular files ([`open_regular`]: no link, FIFO or device is
+//! ever opened for reading), and only up to a size cap.
 
 use std::ffi::{OsStr, OsString};
 use std::io;
@@ -32,12 +35,28 @@ pub enum RootError {
     DirectoryInTheWay { path: PathBuf },
     #[error("{path:?}: link target {target:?} does not exist inside the destination")]
     LinkTargetMissing { path: PathBuf, target: PathBuf },
+    #[error("{path:?} is {kind}, not a regular file")]
+    NotRegular { path: PathBuf, kind: &'static str },
+    #[error("{path:?} is larger than {limit} bytes")]
+    TooLarge { path: PathBuf, limit: u64 },
     #[error("{path:?}: {source}")]
     Io {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
+}
+
+impl RootError {
+    /// As an `io::Error` (keeping the OS error when there is one).
+    pub fn into_io(self) -> io::Error {
+        match self {
+            RootError::Io { path, source } => {
+                io::Error::new(source.kind(), format!("{}: {source}", path.display()))
+            }
+            other => io::Error::other(other.to_string()),
+        }
+    }
 }
 
 fn io_err(path: &[&OsStr], errno: Errno) -> RootError {
@@ -76,16 +95,209 @@ pub fn components(path: &[u8]) -> Result<Vec<&OsStr>, RootError> {
     Ok(out)
 }
 
-/// Remove what is at `path`, whatever it is, never following a link: a
-/// directory (not a link to one) with everything in it, anything else on
-/// its own. A path that does not exist is not an error.
-pub fn remove_entry(path: &Path) -> io::Result<()> {
-    match path.symlink_metadata() {
-        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path),
-        Ok(_) => std::fs::remove_file(path),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
+/// What a file system object is, for messages.
+pub fn kind_name(mode: u32) -> &'static str {
+    match SFlag::from_bits_truncate(mode) & SFlag::S_IFMT {
+        SFlag::S_IFREG => "a regular file",
+        SFlag::S_IFDIR => "a directory",
+        SFlag::S_IFLNK => "a symbolic link",
+        SFlag::S_IFIFO => "a FIFO",
+        SFlag::S_IFSOCK => "a socket",
+        SFlag::S_IFCHR => "a character device",
+        SFlag::S_IFBLK => "a block device",
+        _ => "of an unknown type",
     }
+}
+
+/// Why [`open_regular`] refused.
+#[derive(Debug)]
+pub enum OpenError {
+    /// Nothing of that name.
+    Missing,
+    /// Something that is not a regular file (a link, a FIFO, a device ...).
+    NotRegular(&'static str),
+    Io(Errno),
+}
+
+impl OpenError {
+    fn into_root_error(self, path: &[&OsStr]) -> RootError {
+        match self {
+            OpenError::Missing => io_err(path, Errno::ENOENT),
+            OpenError::NotRegular(kind) => RootError::NotRegular {
+                path: join(path),
+                kind,
+            },
+            OpenError::Io(e) => io_err(path, e),
+        }
+    }
+}
+
+/// Open the regular file `name` in `dir` for reading, without ever opening
+/// anything else: the name is first opened with `O_PATH | O_NOFOLLOW` (no
+/// side effect, a symlink is not followed but seen as one), checked to be a
+/// regular file, and then that very inode is reopened for reading through
+/// `/proc/self/fd` (so a swap between check and open cannot substitute
+/// another file). Returns the file and its status.
+pub fn open_regular(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+) -> Result<(std::fs::File, nix::sys::stat::FileStat), OpenError> {
+    let path_fd = match openat(
+        dir,
+        name,
+        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => return Err(OpenError::Missing),
+        Err(e) => return Err(OpenError::Io(e)),
+    };
+    let st = nix::sys::stat::fstat(&path_fd).map_err(OpenError::Io)?;
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
+        return Err(OpenError::NotRegular(kind_name(st.st_mode)));
+    }
+    let read_flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
+    let proc_path = format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&path_fd)
+    );
+    let fd = match nix::fcntl::open(proc_path.as_str(), read_flags, Mode::empty()) {
+        Ok(fd) => fd,
+        // No /proc: open by name and make sure it is the same inode.
+        Err(Errno::ENOENT) => {
+            let fd = openat(dir, name, read_flags | OFlag::O_NOFOLLOW, Mode::empty())
+                .map_err(OpenError::Io)?;
+            let again = nix::sys::stat::fstat(&fd).map_err(OpenError::Io)?;
+            if (again.st_dev, again.st_ino) != (st.st_dev, st.st_ino) {
+                return Err(OpenError::Io(Errno::ESTALE));
+            }
+            fd
+        }
+        Err(e) => return Err(OpenError::Io(e)),
+    };
+    Ok((std::fs::File::from(fd), st))
+}
+
+/// Read at most `limit` bytes of a file opened by [`open_regular`]; more is
+/// an error (`Ok(None)`), not a truncation.
+pub fn read_capped(file: std::fs::File, limit: u64) -> io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    file.take(limit + 1).read_to_end(&mut bytes)?;
+    Ok((bytes.len() as u64 <= limit).then_some(bytes))
+}
+
+/// Deepest directory [`remove_at`] descends into before it moves the rest
+/// up: the descriptors it holds stay few whatever the depth of the tree.
+const REMOVE_MAX_DEPTH: usize = 32;
+
+/// Remove `name` in `dir` and, if it is a directory, everything beneath it,
+/// by descriptors only: a link is unlinked, never followed. Works on trees
+/// of any depth (a tenant can nest directories far deeper than a path can
+/// name): subtrees deeper than [`REMOVE_MAX_DEPTH`] are first moved up
+/// into `dir` under a temporary name, then removed in turn.
+pub fn remove_at(dir: BorrowedFd<'_>, name: &OsStr) -> nix::Result<()> {
+    let mut pending: Vec<OsString> = vec![name.to_os_string()];
+    let mut moved = 0u64;
+    while let Some(top) = pending.pop() {
+        match unlinkat(dir, top.as_os_str(), UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(Errno::ENOENT) => continue,
+            Err(Errno::EISDIR) | Err(Errno::EPERM) => {}
+            Err(e) => return Err(e),
+        }
+        // Depth-first with an explicit stack of (descriptor, name in parent).
+        let first = match openat(dir, top.as_os_str(), DIR_FLAGS, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) => continue,
+            Err(e) => return Err(e),
+        };
+        let mut stack: Vec<(OwnedFd, OsString)> = vec![(first, top.clone())];
+        while let Some((fd, _)) = stack.last() {
+            let fd = fd.as_fd();
+            let mut descend = None;
+            for child in list_dir(fd)? {
+                match unlinkat(fd, child.as_os_str(), UnlinkatFlags::NoRemoveDir) {
+                    Ok(()) | Err(Errno::ENOENT) => {}
+                    Err(Errno::EISDIR) | Err(Errno::EPERM) => {
+                        descend = Some(child);
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            match descend {
+                Some(child) if stack.len() < REMOVE_MAX_DEPTH => {
+                    let sub = openat(fd, child.as_os_str(), DIR_FLAGS, Mode::empty())?;
+                    stack.push((sub, child));
+                }
+                Some(child) => {
+                    // Too deep: move this subtree up beside the top and come
+                    // back for it later.
+                    let spare = loop {
+                        moved += 1;
+                        let spare =
+                            OsString::from(format!(".slug-remove-{}-{moved}", std::process::id()));
+                        let taken = fstatat(dir, spare.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW);
+                        if taken == Err(Errno::ENOENT) {
+                            break spare;
+                        }
+                    };
+                    nix::fcntl::renameat(fd, child.as_os_str(), dir, spare.as_os_str())?;
+                    pending.push(spare);
+                }
+                None => {
+                    let (_, name) = stack.pop().expect("non-empty");
+                    let parent = stack.last().map_or(dir, |(fd, _)| fd.as_fd());
+                    match unlinkat(parent, name.as_os_str(), UnlinkatFlags::RemoveDir) {
+                        Ok(()) | Err(Errno::ENOENT) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Remove what is at `path`, whatever it is, never following a link: a
+/// directory (not a link to one) with everything in it (see [`remove_at`]),
+/// anything else on its own. A path that does not exist is not an error.
+pub fn remove_entry(path: &Path) -> io::Result<()> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let Some(name) = path.file_name() else {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "no file name"));
+    };
+    let dir = match nix::fcntl::open(
+        parent,
+        DIR_FLAGS.difference(OFlag::O_NOFOLLOW),
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    remove_at(dir.as_fd(), name).map_err(io::Error::from)
+}
+
+/// The names in the directory open at `dir` (without `.` and `..`), in
+/// byte order.
+pub fn list_dir(dir: BorrowedFd<'_>) -> nix::Result<Vec<OsString>> {
+    // A fresh open of "." (not a dup, which would share the read offset).
+    let fd = openat(dir, ".", DIR_FLAGS, Mode::empty())?;
+    let mut d = nix::dir::Dir::from_fd(fd)?;
+    let mut names = Vec::new();
+    for entry in d.iter() {
+        let entry = entry?;
+        let name = entry.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            names.push(OsStr::from_bytes(name).to_os_string());
+        }
+    }
+    names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    Ok(names)
 }
 
 /// Ownership to give to everything created (when running as root).
@@ -117,11 +329,37 @@ impl RootDir {
             path: path.to_path_buf(),
             source: e.into(),
         })?;
-        Ok(Self {
+        let dir = Self {
             root,
             owner,
             cached: None,
+        };
+        // The root itself belongs to the owner too (a buildpack writes its
+        // `export` file into its own directory).
+        dir.chown_fd(dir.root.as_fd()).map_err(|e| RootError::Io {
+            path: path.to_path_buf(),
+            source: e.into(),
+        })?;
+        Ok(dir)
+    }
+
+    /// Open an existing directory as a root (never created, not through a
+    /// link at its last component).
+    pub fn open_existing(path: &Path) -> Result<Self, RootError> {
+        let root = nix::fcntl::open(path, DIR_FLAGS, Mode::empty()).map_err(|e| RootError::Io {
+            path: path.to_path_buf(),
+            source: e.into(),
+        })?;
+        Ok(Self {
+            root,
+            owner: None,
+            cached: None,
         })
+    }
+
+    /// Give what is created from now on to `owner`.
+    pub fn set_owner(&mut self, owner: Owner) {
+        self.owner = owner;
     }
 
     /// The root's own file descriptor.
@@ -201,6 +439,89 @@ impl RootDir {
     /// descriptor could point at a directory no longer in the tree.
     fn invalidate(&mut self) {
         self.cached = None;
+    }
+
+    /// The directory `path` beneath the root, opened (never created, never
+    /// through a link).
+    pub fn open_subdir(&mut self, path: &[&OsStr]) -> Result<OwnedFd, RootError> {
+        let fd = self.open_dir(path, false)?;
+        fd.try_clone_to_owned().map_err(|source| RootError::Io {
+            path: join(path),
+            source,
+        })
+    }
+
+    /// Read the regular file at `path`, at most `limit` bytes. `Ok(None)` when
+    /// nothing of that name exists; a link, FIFO, device, a parent that is a
+    /// link, or a larger file is an error. Nothing outside the root is ever
+    /// opened, and a FIFO never blocks.
+    pub fn read_file(&mut self, path: &[&OsStr], limit: u64) -> Result<Option<Vec<u8>>, RootError> {
+        let Some((name, parents)) = path.split_last() else {
+            return Err(RootError::NotRegular {
+                path: PathBuf::from("."),
+                kind: "a directory",
+            });
+        };
+        let parent = match self.open_dir(parents, false) {
+            Ok(fd) => fd,
+            Err(RootError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                return Ok(None)
+            }
+            Err(e) => return Err(e),
+        };
+        let file = match open_regular(parent, name) {
+            Ok((file, _)) => file,
+            Err(OpenError::Missing) => return Ok(None),
+            Err(e) => return Err(e.into_root_error(path)),
+        };
+        match read_capped(file, limit) {
+            Ok(Some(bytes)) => Ok(Some(bytes)),
+            Ok(None) => Err(RootError::TooLarge {
+                path: join(path),
+                limit,
+            }),
+            Err(source) => Err(RootError::Io {
+                path: join(path),
+                source,
+            }),
+        }
+    }
+
+    /// Replace whatever is at `path` (a file, a link, an empty directory)
+    /// with a new regular file holding `bytes`.
+    pub fn write_file(
+        &mut self,
+        path: &[&OsStr],
+        bytes: &[u8],
+        mode: u32,
+    ) -> Result<(), RootError> {
+        use std::io::Write;
+        let mut file = self.create_file(path, mode)?;
+        file.write_all(bytes).map_err(|source| RootError::Io {
+            path: join(path),
+            source,
+        })
+    }
+
+    /// Remove what is at `path` beneath the root, never following a link: a
+    /// link or file is unlinked, a directory removed with all it holds. A
+    /// missing path is not an error.
+    pub fn remove(&mut self, path: &[&OsStr]) -> Result<(), RootError> {
+        let Some((name, parents)) = path.split_last() else {
+            return Ok(());
+        };
+        let parent = match self.open_dir(parents, false) {
+            Ok(fd) => fd.try_clone_to_owned().map_err(|source| RootError::Io {
+                path: join(path),
+                source,
+            })?,
+            Err(RootError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                return Ok(())
+            }
+            Err(e) => return Err(e),
+        };
+        self.invalidate();
+        remove_at(parent.as_fd(), name).map_err(|e| io_err(path, e))
     }
 
     /// Create (or keep) the directory at `path` with `mode`.

@@ -18,7 +18,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use crate::archive::{unpack_slug, ArchiveError, UnpackOptions, UnpackSummary};
-use crate::fetch::{open_slug_url, FetchError, FetchOptions};
+use crate::http::{self, HttpError, HttpOptions};
 use crate::procfile::{is_valid_process_type, Procfile, ProcfileError};
 use crate::release::{is_valid_env_name, Release, ReleaseError};
 
@@ -42,6 +42,11 @@ pub enum RuntimeError {
     },
     #[error("cannot read {path}: {source}")]
     Read { path: PathBuf, source: io::Error },
+    #[error("{path}: {source}")]
+    InSlug {
+        path: PathBuf,
+        source: crate::rootdir::RootError,
+    },
     #[error("env dir {dir}: {name:?} is not a valid variable name")]
     EnvDirName { dir: PathBuf, name: String },
     #[error("env dir {dir}: {name} is not a regular file")]
@@ -71,7 +76,7 @@ pub enum RuntimeError {
         source: ArchiveError,
     },
     #[error(transparent)]
-    Fetch(#[from] FetchError),
+    Fetch(#[from] HttpError),
     #[error("cannot prepare the app dir {path}: {source}")]
     AppDir { path: PathBuf, source: io::Error },
 }
@@ -246,60 +251,48 @@ pub enum SlugSource {
 /// Put the app into `app_dir`: unpack the slug (files owned by `owner` as
 /// they are created, and the app dir itself too), or check that an app dir
 /// used as it is holds something. Returns what was unpacked, if anything.
+/// A slug that fails to install leaves the app dir as it found it (removed
+/// if it did not exist, emptied if it was empty).
 pub fn install_slug(
     source: &SlugSource,
     app_dir: &Path,
     opts: &UnpackOptions,
-    fetch: &FetchOptions,
+    http_opts: &HttpOptions,
 ) -> Result<Option<UnpackSummary>, RuntimeError> {
-    let owner = opts.owner;
-    let summary = match source {
-        SlugSource::AppDir => {
-            let state = match std::fs::read_dir(app_dir).map(|mut e| e.next().is_some()) {
-                Ok(true) => return Ok(None),
-                Ok(false) => "empty",
-                Err(e) if e.kind() == io::ErrorKind::NotFound => "missing",
-                Err(source) => {
-                    return Err(RuntimeError::AppDir {
-                        path: app_dir.to_path_buf(),
-                        source,
-                    })
-                }
-            };
-            return Err(RuntimeError::NoApp {
-                dir: app_dir.to_path_buf(),
-                state,
-            });
-        }
-        SlugSource::File(path) => {
-            let file = std::fs::File::open(path).map_err(|source| RuntimeError::OpenSlug {
-                path: path.clone(),
-                source,
-            })?;
-            unpack_slug(file, app_dir, opts).map_err(|source| RuntimeError::Unpack {
-                origin: path.display().to_string(),
-                source,
-            })?
-        }
-        SlugSource::Stdin => {
-            unpack_slug(io::stdin(), app_dir, opts).map_err(|source| RuntimeError::Unpack {
-                origin: "on stdin".to_string(),
-                source,
-            })?
-        }
-        SlugSource::Url(url) => {
-            let download = open_slug_url(url, fetch)?;
-            let watch = download.watch();
-            unpack_slug(download, app_dir, opts).map_err(|source| match watch.network_error() {
-                Some(fetch_error) => RuntimeError::Fetch(fetch_error),
-                None => RuntimeError::Unpack {
-                    origin: watch.url().to_string(),
+    if *source == SlugSource::AppDir {
+        let state = match std::fs::read_dir(app_dir).map(|mut e| e.next().is_some()) {
+            Ok(true) => return Ok(None),
+            Ok(false) => "empty",
+            Err(e) if e.kind() == io::ErrorKind::NotFound => "missing",
+            Err(source) => {
+                return Err(RuntimeError::AppDir {
+                    path: app_dir.to_path_buf(),
                     source,
-                },
-            })?
+                })
+            }
+        };
+        return Err(RuntimeError::NoApp {
+            dir: app_dir.to_path_buf(),
+            state,
+        });
+    }
+    let before = match std::fs::read_dir(app_dir).map(|mut e| e.next().is_none()) {
+        Ok(true) => Before::Empty,
+        Ok(false) => Before::NotEmpty,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Before::Missing,
+        Err(source) => {
+            return Err(RuntimeError::AppDir {
+                path: app_dir.to_path_buf(),
+                source,
+            })
         }
     };
-    if let Some((uid, gid)) = owner {
+    let installed = unpack_source(source, app_dir, opts, http_opts);
+    if installed.is_err() {
+        undo_install(app_dir, before);
+    }
+    let summary = installed?;
+    if let Some((uid, gid)) = opts.owner {
         std::os::unix::fs::chown(app_dir, Some(uid), Some(gid)).map_err(|source| {
             RuntimeError::AppDir {
                 path: app_dir.to_path_buf(),
@@ -310,15 +303,114 @@ pub fn install_slug(
     Ok(Some(summary))
 }
 
+/// What the app dir was before a slug was unpacked into it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Before {
+    Missing,
+    Empty,
+    NotEmpty,
+}
+
+fn undo_install(app_dir: &Path, before: Before) {
+    match before {
+        Before::Missing => {
+            let _ = crate::rootdir::remove_entry(app_dir);
+        }
+        Before::Empty => {
+            if let Ok(dir) = crate::tree::open_dir(app_dir) {
+                use std::os::fd::AsFd;
+                for name in crate::rootdir::list_dir(dir.as_fd()).unwrap_or_default() {
+                    let _ = crate::rootdir::remove_at(dir.as_fd(), &name);
+                }
+            }
+        }
+        // Someone else's files are there (a reused app dir): leave them.
+        Before::NotEmpty => {}
+    }
+}
+
+fn unpack_source(
+    source: &SlugSource,
+    app_dir: &Path,
+    opts: &UnpackOptions,
+    http_opts: &HttpOptions,
+) -> Result<UnpackSummary, RuntimeError> {
+    match source {
+        SlugSource::AppDir => unreachable!("handled by install_slug"),
+        SlugSource::File(path) => {
+            let file = std::fs::File::open(path).map_err(|source| RuntimeError::OpenSlug {
+                path: path.clone(),
+                source,
+            })?;
+            unpack_slug(file, app_dir, opts).map_err(|source| RuntimeError::Unpack {
+                origin: path.display().to_string(),
+                source,
+            })
+        }
+        SlugSource::Stdin => {
+            unpack_slug(io::stdin(), app_dir, opts).map_err(|source| RuntimeError::Unpack {
+                origin: "on stdin".to_string(),
+                source,
+            })
+        }
+        SlugSource::Url(url) => {
+            let download = http::get(url, http_opts)?;
+            let watch = download.watch();
+            let mut opts = opts.clone();
+            // The unpacker stops waiting for bytes at the download's
+            // deadline, even while a read from the network is stuck.
+            if let Some(deadline) = http_opts.deadline {
+                opts.cancel = Some(crate::cancel::Cancel::new(
+                    deadline.saturating_duration_since(std::time::Instant::now())
+                        + std::time::Duration::from_secs(1),
+                ));
+            }
+            unpack_slug(download, app_dir, &opts).map_err(|source| match watch.network_error() {
+                Some(fetch_error) => RuntimeError::Fetch(fetch_error),
+                None if matches!(source, ArchiveError::Stopped(_)) => {
+                    RuntimeError::Fetch(HttpError::TimedOut {
+                        what: http_opts.what,
+                        url: watch.url().to_string(),
+                        limit: http_opts.deadline.map_or(std::time::Duration::ZERO, |d| {
+                            d.saturating_duration_since(std::time::Instant::now())
+                        }),
+                        bytes: watch.bytes(),
+                    })
+                }
+                None => RuntimeError::Unpack {
+                    origin: watch.url().to_string(),
+                    source,
+                },
+            })
+        }
+    }
+}
+
+/// Read a file of the slug (`.release`, `Procfile`) beneath the app dir:
+/// never through a link, never a FIFO or device, at most `limit` bytes.
+fn read_slug_file(app_dir: &Path, name: &str, limit: u64) -> Result<Option<Vec<u8>>, RuntimeError> {
+    let path = app_dir.join(name);
+    let mut root =
+        crate::rootdir::RootDir::open_existing(app_dir).map_err(|e| RuntimeError::Read {
+            path: app_dir.to_path_buf(),
+            source: e.into_io(),
+        })?;
+    root.read_file(&[OsStr::new(name)], limit)
+        .map_err(|source| RuntimeError::InSlug { path, source })
+}
+
 /// Load the slug's `.release`, if it has one.
 pub fn load_release(app_dir: &Path) -> Result<Release, RuntimeError> {
     let path = app_dir.join(".release");
-    match std::fs::read(&path) {
-        Ok(bytes) => {
+    match read_slug_file(
+        app_dir,
+        ".release",
+        crate::release::MAX_RELEASE_BYTES as u64,
+    )? {
+        Some(bytes) => {
             Release::parse(&bytes).map_err(|source| RuntimeError::Release { path, source })
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Release::default()),
-        Err(source) => Err(RuntimeError::Read { path, source }),
+        None => Ok(Release::default()),
     }
 }
 
@@ -329,11 +421,14 @@ pub fn load_process_types(
     release: &Release,
 ) -> Result<Vec<(String, String)>, RuntimeError> {
     let path = app_dir.join("Procfile");
-    let procfile = match std::fs::read(&path) {
-        Ok(bytes) => Procfile::parse_bytes(&bytes)
+    let procfile = match read_slug_file(
+        app_dir,
+        "Procfile",
+        crate::procfile::MAX_PROCFILE_BYTES as u64,
+    )? {
+        Some(bytes) => Procfile::parse_bytes(&bytes)
             .map_err(|source| RuntimeError::Procfile { path, source })?,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Procfile::default(),
-        Err(source) => return Err(RuntimeError::Read { path, source }),
+        None => Procfile::default(),
     };
     let mut types = procfile.entries().to_vec();
     let defaults = Procfile::from_map(&release.default_process_types);
@@ -539,18 +634,12 @@ impl ProcessSpec {
 /// Find an executable `name` in `path` (a `PATH` value), else in the
 /// standard places.
 pub fn find_program(name: &str, path: Option<&OsStr>) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let dirs = path
-        .map(|p| std::env::split_paths(p).collect::<Vec<_>>())
-        .unwrap_or_default();
-    dirs.into_iter()
-        .filter(|d| d.is_absolute())
-        .chain(["/usr/local/bin", "/usr/bin", "/bin"].map(PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| {
-            p.metadata()
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
+    crate::exe::find(name, path)
+}
+
+/// The bash that runs export files and the launcher.
+pub fn find_bash() -> PathBuf {
+    crate::exe::find_here(LAUNCHER_SHELL).unwrap_or_else(|| PathBuf::from("/bin/bash"))
 }
 
 /// The launcher's arguments (after the program name `bash`).

@@ -8,9 +8,14 @@
 //! links, and only paths found by that walk are removed, so no pattern
 //! (`../x`, `/etc`, a path through a symlink) can reach outside it.
 
+use std::ffi::OsStr;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
+
+use crate::rootdir::{RootDir, RootError};
+use crate::tree::{Visit, WalkError};
 
 /// Largest `.slugignore` accepted, in bytes.
 pub const MAX_SLUGIGNORE_BYTES: u64 = 1 << 20;
@@ -68,17 +73,20 @@ impl Slugignore {
         Ok(Self { matcher, warnings })
     }
 
-    /// Read `root/.slugignore` if present.
+    /// Read `root/.slugignore` if present (a regular file: a link, a FIFO
+    /// or a device is an error, never opened).
     pub fn load(root: &Path) -> Result<Option<Self>, SlugignoreError> {
-        let path = root.join(".slugignore");
-        let meta = match std::fs::symlink_metadata(&path) {
-            Ok(m) if m.is_file() => m,
-            _ => return Ok(None),
+        let io = |source| SlugignoreError::Io {
+            path: root.join(".slugignore"),
+            source,
         };
-        if meta.len() > MAX_SLUGIGNORE_BYTES {
-            return Err(SlugignoreError::TooLarge);
-        }
-        let text = std::fs::read(&path).map_err(|source| SlugignoreError::Io { path, source })?;
+        let mut dir = RootDir::open_existing(root).map_err(|e| io(e.into_io()))?;
+        let text = match dir.read_file(&[OsStr::new(".slugignore")], MAX_SLUGIGNORE_BYTES) {
+            Ok(Some(text)) => text,
+            Ok(None) => return Ok(None),
+            Err(RootError::TooLarge { .. }) => return Err(SlugignoreError::TooLarge),
+            Err(e) => return Err(io(e.into_io())),
+        };
         Self::parse(root, &String::from_utf8_lossy(&text)).map(Some)
     }
 
@@ -87,45 +95,31 @@ impl Slugignore {
         self.matcher.matched(relative, is_dir).is_ignore()
     }
 
-    /// Remove every matching file and directory beneath `root`. Returns the
-    /// removed paths, relative to `root`, in walk order.
+    /// Remove every matching file and directory beneath `root`, walking it
+    /// by descriptors (a link is matched and removed as a link, never
+    /// followed). Returns the removed paths, relative to `root`, in walk
+    /// order.
     pub fn apply(&self, root: &Path) -> Result<Vec<PathBuf>, SlugignoreError> {
-        let mut removed = Vec::new();
-        self.apply_in(root, Path::new(""), &mut removed)?;
-        Ok(removed)
-    }
-
-    fn apply_in(
-        &self,
-        root: &Path,
-        rel_dir: &Path,
-        removed: &mut Vec<PathBuf>,
-    ) -> Result<(), SlugignoreError> {
-        let dir = root.join(rel_dir);
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| SlugignoreError::Io { path, source }
         };
-        let mut names: Vec<_> = std::fs::read_dir(&dir)
-            .map_err(io(&dir))?
-            .map(|e| e.map(|e| e.file_name()))
-            .collect::<Result<_, _>>()
-            .map_err(io(&dir))?;
-        names.sort();
-        for name in names {
-            let rel = rel_dir.join(&name);
-            let path = root.join(&rel);
-            // symlink_metadata: a link is matched and removed as a file, never followed.
-            let meta = std::fs::symlink_metadata(&path).map_err(io(&path))?;
-            let is_dir = meta.is_dir();
-            if self.matches(&rel, is_dir) {
-                crate::rootdir::remove_entry(&path).map_err(io(&path))?;
-                removed.push(rel);
-            } else if is_dir {
-                self.apply_in(root, &rel, removed)?;
+        let fd = crate::tree::open_dir(root).map_err(io(root))?;
+        let mut removed = Vec::new();
+        crate::tree::walk(fd.as_fd(), usize::MAX, &mut |e| {
+            if self.matches(e.path, e.is_dir()) {
+                crate::rootdir::remove_at(e.dir, e.name).map_err(|errno| WalkError::Io {
+                    path: e.path.to_path_buf(),
+                    errno,
+                })?;
+                removed.push(e.path.to_path_buf());
+                Ok(Visit::Skip)
+            } else {
+                Ok(Visit::Descend)
             }
-        }
-        Ok(())
+        })
+        .map_err(|e| io(root)(e.into_io()))?;
+        Ok(removed)
     }
 }
 

@@ -2,14 +2,19 @@
 //! process owes the processes under it, done with a signalfd and no signal
 //! handlers (so no unsafe code).
 //!
-//! * The app runs in its own process group; SIGTERM, SIGINT, SIGHUP,
-//!   SIGQUIT, SIGUSR1, SIGUSR2 and SIGWINCH are forwarded to that group.
-//! * Every child is reaped, including orphans that the kernel re-parents to
-//!   us (PID 1, or a child subreaper otherwise), so no zombie stays behind.
-//! * SIGTERM starts the grace period; the group is SIGKILLed when it ends,
-//!   as a dyno is 30 seconds after SIGTERM.
-//! * When the app's main process exits, what is left of its group gets
-//!   SIGTERM, then SIGKILL after the grace period; then we exit with the main
+//! * The supervisor keeps the rights the app lacks: started as root, it
+//!   stays root and only the app runs as the app user, so the app can
+//!   neither kill it (`kill -9 $PPID`) nor trace it.
+//! * It is PID 1 or a child subreaper, so every descendant of the app, even
+//!   one that called `setsid`, stays below it; every one that exits is
+//!   reaped, so no zombie stays behind.
+//! * The app runs in its own process group; SIGINT, SIGHUP, SIGQUIT,
+//!   SIGUSR1, SIGUSR2 and SIGWINCH are forwarded to that group; SIGTERM goes
+//!   to every descendant (as a dyno's SIGTERM goes to every process).
+//! * SIGTERM starts the grace period; every descendant is SIGKILLed when it
+//!   ends, as a dyno is 30 seconds after SIGTERM.
+//! * When the app's main process exits, every descendant left gets SIGTERM,
+//!   then SIGKILL after the grace period; then we exit with the main
 //!   process's status (its code, or 128+N when killed by signal N).
 //! * With a terminal on stdin the app's group becomes the foreground group,
 //!   so an interactive `slugrunner bash` works under init.
@@ -28,6 +33,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
+use crate::proctree;
 use crate::runtime::ProcessSpec;
 
 /// Signals passed on to the app's process group.
@@ -86,6 +92,10 @@ pub struct SuperviseOptions {
     /// Register as child subreaper (needed when not PID 1 for orphans to
     /// come to us).
     pub subreaper: bool,
+    /// Run the app as this (uid, gid), the supervisor keeping its own.
+    pub run_as: Option<(u32, u32)>,
+    /// The binary that drops privileges for the app (slugrunner itself).
+    pub helper: Option<std::path::PathBuf>,
 }
 
 fn sig_err(call: &'static str) -> impl FnOnce(nix::Error) -> SuperviseError {
@@ -100,14 +110,42 @@ fn cstring(bytes: &OsStr, what: &str) -> Result<CString, SuperviseError> {
 
 /// Start `spec` in a new process group with an empty signal mask and default
 /// dispositions (posix_spawn: std's `Command` would pass on the mask that
-/// the supervisor blocks). The supervisor's own cwd moves to `spec.cwd`.
-fn spawn(spec: &ProcessSpec, reset: &SigSet) -> Result<Pid, SuperviseError> {
+/// the supervisor blocks). When it must run as another user, what is
+/// started is `helper` in its exec-as mode ([`crate::user::EXEC_AS_ARG`]),
+/// which drops to that user and execs the program: the supervisor itself
+/// keeps its rights. The supervisor's own cwd moves to `spec.cwd`.
+fn spawn(
+    spec: &ProcessSpec,
+    reset: &SigSet,
+    opts: &SuperviseOptions,
+) -> Result<Pid, SuperviseError> {
     let spawn_err = |source: std::io::Error| SuperviseError::Spawn {
         program: spec.program.display().to_string(),
         source,
     };
     std::env::set_current_dir(&spec.cwd).map_err(spawn_err)?;
-    let mut args = vec![cstring(&spec.arg0(), "the program name")?];
+    let (program, mut args) = match (opts.run_as, &opts.helper) {
+        (None, _) => (
+            spec.program.clone(),
+            vec![cstring(&spec.arg0(), "the program name")?],
+        ),
+        (Some((uid, gid)), Some(helper)) => (
+            helper.clone(),
+            vec![
+                cstring(OsStr::new("slugrunner"), "the program name")?,
+                cstring(OsStr::new(crate::user::EXEC_AS_ARG), "an argument")?,
+                cstring(OsStr::new(&uid.to_string()), "the uid")?,
+                cstring(OsStr::new(&gid.to_string()), "the gid")?,
+                cstring(spec.program.as_os_str(), "the program")?,
+                cstring(&spec.arg0(), "the program name")?,
+            ],
+        ),
+        (Some(_), None) => {
+            return Err(spawn_err(std::io::Error::other(
+                "no helper to start the app as another user",
+            )))
+        }
+    };
     for arg in &spec.args {
         args.push(cstring(arg, "an argument")?);
     }
@@ -133,7 +171,7 @@ fn spawn(spec: &ProcessSpec, reset: &SigSet) -> Result<Pid, SuperviseError> {
     attr.set_sigmask(&SigSet::empty()).map_err(io)?;
     attr.set_sigdefault(reset).map_err(io)?;
     let actions = PosixSpawnFileActions::init().map_err(io)?;
-    posix_spawn(spec.program.as_path(), &actions, &attr, &args, &env).map_err(io)
+    posix_spawn(program.as_path(), &actions, &attr, &args, &env).map_err(io)
 }
 
 /// Run `spec` under supervision until it and its process group are gone.
@@ -161,8 +199,9 @@ pub fn supervise(spec: &ProcessSpec, opts: &SuperviseOptions) -> Result<ChildExi
     // and for SIGPIPE, which the Rust runtime ignores.
     let mut reset = mask;
     reset.add(Signal::SIGPIPE);
-    let main = spawn(spec, &reset)?;
+    let main = spawn(spec, &reset, opts)?;
     give_terminal(main);
+    let me = nix::unistd::getpid();
 
     let mut main_exit: Option<ChildExit> = None;
     let mut kill_at: Option<Instant> = None;
@@ -171,23 +210,25 @@ pub fn supervise(spec: &ProcessSpec, opts: &SuperviseOptions) -> Result<ChildExi
         reap(main, &mut main_exit)?;
         let now = Instant::now();
         if let Some(exit) = main_exit {
-            if !group_alive(main) {
+            if !group_alive(main) && proctree::descendants(me).is_empty() {
                 return Ok(exit);
             }
             if kill_at.is_none() {
-                tracing::debug!("main process exited; terminating the rest of its group");
+                tracing::debug!("main process exited; terminating what is left of the app");
                 let _ = killpg(main, Signal::SIGTERM);
+                proctree::signal_descendants(me, Signal::SIGTERM);
                 kill_at = Some(now + opts.grace);
             }
             if killed_at.is_some_and(|t| now >= t + KILL_SETTLE) {
-                tracing::warn!("processes of the app's group survived SIGKILL; exiting anyway");
+                tracing::warn!("processes of the app survived SIGKILL; exiting anyway");
                 return Ok(exit);
             }
         }
         if let Some(deadline) = kill_at {
             if killed_at.is_none() && now >= deadline {
-                tracing::warn!("grace period over; sending SIGKILL to the app's process group");
+                tracing::warn!("grace period over; sending SIGKILL to every process of the app");
                 let _ = killpg(main, Signal::SIGKILL);
+                proctree::signal_descendants(me, Signal::SIGKILL);
                 killed_at = Some(now);
             }
         }
@@ -214,8 +255,13 @@ pub fn supervise(spec: &ProcessSpec, opts: &SuperviseOptions) -> Result<ChildExi
             }
             tracing::debug!("forwarding {sig} to the app's process group");
             let _ = killpg(main, sig);
-            if sig == Signal::SIGTERM && kill_at.is_none() {
-                kill_at = Some(Instant::now() + opts.grace);
+            if sig == Signal::SIGTERM {
+                // Every process of the dyno gets it, also those that left
+                // the group.
+                proctree::signal_descendants(me, sig);
+                if kill_at.is_none() {
+                    kill_at = Some(Instant::now() + opts.grace);
+                }
             }
         }
     }

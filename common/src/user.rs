@@ -144,25 +144,67 @@ pub fn resolve_run_user(spec: Option<&str>, app_dir: &Path) -> Result<RunUser, U
             });
         }
     }
-    if let Ok(Some(u)) = User::from_name(SLUG_USER) {
-        return Ok(RunUser {
-            uid: u.uid.as_raw(),
-            gid: u.gid.as_raw(),
-            name: u.name,
-        });
+    let (uid, gid, name) = fallback_build_user();
+    Ok(RunUser { uid, gid, name })
+}
+
+/// The unprivileged user that root hands work to when nothing more
+/// specific is known: `slug` if it exists, else `nobody`, else uid/gid
+/// 65534. Returns (uid, gid, name).
+pub fn fallback_build_user() -> (u32, u32, String) {
+    for name in [SLUG_USER, "nobody"] {
+        if let Ok(Some(u)) = User::from_name(name) {
+            return (u.uid.as_raw(), u.gid.as_raw(), u.name);
+        }
     }
-    Ok(match User::from_name("nobody") {
-        Ok(Some(u)) => RunUser {
-            uid: u.uid.as_raw(),
-            gid: u.gid.as_raw(),
-            name: u.name,
-        },
-        _ => RunUser {
-            uid: NOBODY_ID,
-            gid: NOBODY_ID,
-            name: "nobody".into(),
-        },
-    })
+    (NOBODY_ID, NOBODY_ID, "nobody".into())
+}
+
+/// First argument of the exec-as mode: `BIN __exec-as UID GID PROGRAM
+/// ARGV0 ARGS...` drops to UID:GID for good and execs PROGRAM with the
+/// environment it was given. The supervisor starts the app this way, so
+/// that it keeps its own rights while the app runs unprivileged.
+pub const EXEC_AS_ARG: &str = "__exec-as";
+
+/// If this process was started in the exec-as mode, do it (never returns
+/// on success); `None` for a normal start. Call it first thing in `main`.
+pub fn dispatch_exec_as() -> Option<std::process::ExitCode> {
+    use std::os::unix::process::CommandExt;
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).map(|a| a.as_os_str()) != Some(std::ffi::OsStr::new(EXEC_AS_ARG)) {
+        return None;
+    }
+    let fail = |what: String| {
+        crate::log::line(format_args!("slugrunner: {what}"));
+        Some(std::process::ExitCode::from(
+            crate::exit::Exit::SpawnFailed.code(),
+        ))
+    };
+    let num = |i: usize| {
+        args.get(i)
+            .and_then(|a| a.to_str())
+            .and_then(|a| a.parse::<u32>().ok())
+    };
+    let (Some(uid), Some(gid), Some(program), Some(argv0)) =
+        (num(2), num(3), args.get(4), args.get(5))
+    else {
+        return fail(format!(
+            "{EXEC_AS_ARG}: expected UID GID PROGRAM ARGV0 ARGS..."
+        ));
+    };
+    let user = RunUser {
+        uid,
+        gid,
+        name: uid.to_string(),
+    };
+    if let Err(e) = drop_privileges(&user) {
+        return fail(e.to_string());
+    }
+    let err = std::process::Command::new(program)
+        .arg0(argv0)
+        .args(&args[6..])
+        .exec();
+    fail(format!("cannot start {}: {err}", program.to_string_lossy()))
 }
 
 /// Become `user` for good: supplementary groups, gid, then uid. A no-op

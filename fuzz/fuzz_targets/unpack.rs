@@ -11,7 +11,7 @@ fuzz_target!(|data: &[u8]| {
         max_entries: 1000,
         ..Default::default()
     };
-    let opts = common::archive::UnpackOptions { owner: None, limits };
+    let opts = common::archive::UnpackOptions { limits, ..Default::default() };
     let _ = common::archive::unpack_slug(std::io::Cursor::new(data.to_vec()), &dest, &opts);
     let beside: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(beside.len() <= 1, "something was created beside the destination: {beside:?}");

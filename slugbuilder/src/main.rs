@@ -14,9 +14,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{ArgAction, Parser};
-use common::build::{self, BuildConfig, BuildError, SlugOutput, SourceInput};
-use common::child::Interrupt;
+use common::build::{self, BuildConfig, BuildError, Bundled, SlugOutput, SourceInput};
+use common::cancel::{Cancel, Stop};
 use common::exit::Exit;
+use common::sandbox::{Policy, SandboxConfig, UidRange};
 use nix::sys::signal::Signal;
 
 /// The bundled buildpacks, packed at compile time by build.rs.
@@ -29,9 +30,15 @@ static BUNDLED_BUILDPACKS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/bui
 /// log goes to stderr. Nothing is written to the slug destination unless the
 /// whole build succeeds.
 ///
+/// Buildpack code runs in a sandbox: as a uid of the build's own (when
+/// root), in PID and mount namespaces of its own per step (when the kernel
+/// allows), with a private /tmp and APP_DIR; nothing it starts outlives its
+/// step. The build log says which sandbox a build got.
+///
 /// Exit codes: 0 ok, 1 internal error, 2 usage, 10 bad input, 11 no buildpack
 /// applies, 12 buildpack fetch failed, 13 compile failed, 14 release output
-/// invalid, 15 packing failed, 16 build timed out, 17 interrupted.
+/// invalid, 15 packing failed, 16 build timed out, 17 interrupted, 18 the
+/// sandbox was required but is not available.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 struct Args {
@@ -54,6 +61,16 @@ struct Args {
     /// buildpacks bundled in this binary.
     #[arg(long, value_name = "DIR", env = "BUILDPACK_PATH")]
     buildpacks_dir: Option<PathBuf>,
+
+    /// Let the app's .buildpacks name local paths and file:// URLs (they
+    /// are then read with the build user's rights). Off by default: the
+    /// operator's own --buildpack and BUILDPACK_PATH are always allowed.
+    #[arg(
+        long,
+        env = "SLUGBUILDER_ALLOW_LOCAL_BUILDPACKS",
+        value_parser = clap::builder::FalseyValueParser::new()
+    )]
+    allow_local_buildpacks: bool,
 
     /// Cache directory kept between builds of the same app (CACHE_DIR).
     /// Default: a temporary one.
@@ -87,12 +104,14 @@ struct Args {
     #[arg(long, env = "REQUEST_ID")]
     request_id: Option<String>,
 
-    /// Where the app will live at run time (APP_DIR for buildpacks).
+    /// Where the app will live at run time (APP_DIR for buildpacks). In the
+    /// sandbox it is a private, writable directory for the build's steps.
     #[arg(long, value_name = "PATH", default_value = "/app")]
-    app_dir: String,
+    app_dir: PathBuf,
 
-    /// Clamp file times in the slug to this Unix time. Default: the newest
-    /// mtime in the source archive, so equal sources give equal slugs.
+    /// Clamp file times in the slug to this Unix time. Default: 315532800
+    /// (1980-01-01), so the same tree gives the same slug bytes however it
+    /// was archived (commit, tree or directory).
     #[arg(long, env = "SOURCE_DATE_EPOCH", value_name = "SECONDS")]
     source_date_epoch: Option<u64>,
 
@@ -113,11 +132,46 @@ struct Args {
     #[arg(long, value_name = "DIR")]
     work_dir: Option<PathBuf>,
 
-    /// When slugbuilder runs as root, run buildpack code as this user
-    /// (USER[:GROUP] or UID[:GID]). Default: `slug` if that user exists, else
-    /// `nobody`. `root` keeps buildpacks running as root (not recommended).
+    /// When slugbuilder runs as root, run buildpack code as this fixed user
+    /// (USER[:GROUP] or UID[:GID]) instead of a uid of the build's own from
+    /// --build-uid-range. Builds then share a uid. `root` keeps buildpacks
+    /// running as root (not recommended).
     #[arg(long, env = "SLUGBUILDER_BUILD_USER", value_name = "USER")]
     build_user: Option<String>,
+
+    /// When slugbuilder runs as root, each build runs its buildpacks as a
+    /// uid of its own from this range (FIRST-LAST; gid = uid). Set aside a
+    /// range no user or container of the host uses.
+    #[arg(long, env = "SLUGBUILDER_BUILD_UID_RANGE", value_name = "FIRST-LAST", default_value_t = common::sandbox::uids::DEFAULT_RANGE)]
+    build_uid_range: UidRange,
+
+    /// Where the uid leases of running builds are kept (root-owned).
+    #[arg(long, env = "SLUGBUILDER_UID_LOCK_DIR", value_name = "DIR", default_value = common::sandbox::uids::DEFAULT_LOCK_DIR)]
+    uid_lock_dir: PathBuf,
+
+    /// How buildpack steps are confined: `auto` (namespaces when the kernel
+    /// allows, else a subreaper and a warning), `namespaces` (required:
+    /// fail with exit 18 without them) or `none` (e.g. one container per
+    /// build already).
+    #[arg(
+        long,
+        env = "SLUGBUILDER_SANDBOX",
+        value_name = "MODE",
+        default_value = "auto"
+    )]
+    sandbox: Policy,
+
+    /// Also show this host path read-only inside the sandbox (the system
+    /// directories /usr, /bin, /lib*, /etc, /opt, /sys always are).
+    /// Repeatable.
+    #[arg(long, value_name = "PATH")]
+    sandbox_ro: Vec<PathBuf>,
+
+    /// Accept a source tar that ends without its end-of-archive marker
+    /// (refused by default: it is what a `git archive` that died half-way
+    /// leaves).
+    #[arg(long)]
+    allow_truncated_source: bool,
 
     /// Fail the build when the compressed slug exceeds this many bytes.
     #[arg(long, default_value_t = build::DEFAULT_MAX_SLUG_SIZE, value_name = "BYTES")]
@@ -127,11 +181,12 @@ struct Args {
     #[arg(long, default_value_t = build::DEFAULT_SLUG_SIZE_WARNING, value_name = "BYTES")]
     slug_size_warning: u64,
 
-    /// Refuse a source archive that unpacks to more than this many bytes.
+    /// Refuse a source archive that unpacks to more than this many bytes,
+    /// and a slug that would (apparent sizes, as slugrunner counts them).
     #[arg(long, default_value_t = common::archive::DEFAULT_MAX_BYTES, value_name = "BYTES")]
     max_unpacked_bytes: u64,
 
-    /// Refuse a source archive with more entries than this.
+    /// Refuse a source archive or a slug with more entries than this.
     #[arg(long, default_value_t = common::archive::Limits::default().max_entries, value_name = "N")]
     max_entries: u64,
 
@@ -147,12 +202,27 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
 }
 
 fn main() -> ExitCode {
+    // A sandbox helper (this same binary, started for one buildpack step)
+    // does its job and nothing else; before any thread exists.
+    if let Some(code) = common::sandbox::dispatch() {
+        return code;
+    }
     let args = Args::parse();
     init_logging(args.verbose);
+    // Config vars given as -e KEY=VALUE are visible to every user in
+    // /proc/PID/cmdline: hide them now that they are parsed.
+    if !args.env_vars.is_empty() {
+        if let Err(e) = common::cmdline::hide_env_values() {
+            tracing::warn!("cannot hide -e values from /proc/self/cmdline: {e}");
+        }
+    }
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("slugbuilder: {}", common::log::error_line(err.chain()));
+            common::log::line(format_args!(
+                "slugbuilder: {}",
+                common::log::error_line(err.chain())
+            ));
             let exit = err
                 .downcast_ref::<BuildError>()
                 .map_or(Exit::Internal, BuildError::exit);
@@ -192,27 +262,15 @@ fn run(args: Args) -> anyhow::Result<()> {
         )
         .into());
     }
-    let interrupt = Interrupt::new();
-    watch_signals(Arc::clone(&interrupt)).context("installing signal handling")?;
-
-    // The bundled buildpacks are written out only when they are needed.
-    let bundled_tmp = tempfile::Builder::new()
-        .prefix("slugbuilder-buildpacks-")
-        .tempdir()
-        .context("creating a directory for the bundled buildpacks")?;
-    common::archive::unpack(
-        std::io::Cursor::new(BUNDLED_BUILDPACKS),
-        bundled_tmp.path(),
-        &Default::default(),
-    )
-    .context("writing out the bundled buildpacks")?;
-    let bundled = bundled_tmp.path().to_path_buf();
-    // Readable by an unprivileged build user too.
-    std::fs::set_permissions(
-        &bundled,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .context("opening up the bundled buildpacks directory")?;
+    if !args.app_dir.is_absolute() {
+        return Err(BuildError::BadInput(format!(
+            "--app-dir {}: must be an absolute path",
+            args.app_dir.display()
+        ))
+        .into());
+    }
+    let cancel = Cancel::new(Duration::from_secs(args.timeout));
+    guard(Arc::clone(&cancel)).context("installing signal handling")?;
 
     let cfg = BuildConfig {
         source: match args.source {
@@ -227,8 +285,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         },
         explicit_buildpacks: args.buildpacks,
         buildpacks_env: std::env::var("BUILDPACKS").ok(),
-        buildpacks_dir: args.buildpacks_dir.unwrap_or_else(|| bundled.clone()),
-        bundled_dir: Some(bundled),
+        buildpacks_dir: args.buildpacks_dir,
+        bundled: Some(Bundled(BUNDLED_BUILDPACKS)),
+        allow_local_buildpacks: args.allow_local_buildpacks,
         cache_dir: args.cache_dir,
         env_dir: args.env_dir,
         env_vars: args.env_vars,
@@ -244,88 +303,106 @@ fn run(args: Args) -> anyhow::Result<()> {
         path: std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
         source_date_epoch: args.source_date_epoch,
         compression_level: args.compression_level,
-        timeout: Duration::from_secs(args.timeout),
         tmp_dir: args.work_dir,
-        build_user: build_user(args.build_user.as_deref())?,
+        sandbox: SandboxConfig {
+            policy: args.sandbox,
+            helper: Some(PathBuf::from("/proc/self/exe")),
+            fixed_user: build_user(args.build_user.as_deref())?,
+            uid_range: args.build_uid_range,
+            lock_dir: args.uid_lock_dir,
+            read_only: args.sandbox_ro,
+        },
         limits: common::archive::Limits {
             max_bytes: args.max_unpacked_bytes,
             max_entries: args.max_entries,
             ..Default::default()
         },
+        allow_truncated_source: args.allow_truncated_source,
         slug_size_warning: args.slug_size_warning,
         max_slug_size: args.max_slug_size,
     };
     tracing::debug!(?cfg, "build configuration");
-    build::build(&cfg, interrupt)?;
+    build::build(&cfg, cancel)?;
     Ok(())
 }
 
-/// Who runs buildpack code: nobody changes unless we are root, and then
-/// never root unless asked for by name.
+/// The operator's fixed build user, if named (only meaningful as root).
 fn build_user(spec: Option<&str>) -> anyhow::Result<Option<(u32, u32)>> {
-    use common::user::{parse_user_spec, NOBODY_ID, SLUG_USER};
+    let Some(spec) = spec else {
+        return Ok(None);
+    };
     if !nix::unistd::Uid::effective().is_root() {
         return Ok(None);
     }
-    let user = match spec {
-        Some(spec) => {
-            parse_user_spec(spec).map_err(|e| BuildError::BadInput(format!("--build-user: {e}")))?
-        }
-        None => parse_user_spec(SLUG_USER)
-            .or_else(|_| parse_user_spec("nobody"))
-            .unwrap_or(common::user::RunUser {
-                uid: NOBODY_ID,
-                gid: NOBODY_ID,
-                name: "nobody".into(),
-            }),
-    };
-    if user.uid == 0 {
-        return Ok(None);
-    }
-    tracing::info!(user = %user.name, uid = user.uid, gid = user.gid, "buildpacks run unprivileged");
+    let user = common::user::parse_user_spec(spec)
+        .map_err(|e| BuildError::BadInput(format!("--build-user: {e}")))?;
     Ok(Some((user.uid, user.gid)))
 }
 
-/// SIGTERM, SIGINT and SIGHUP end the build: the running buildpack's whole
-/// process group is killed and the build fails with exit code 17. A second
-/// signal exits at once.
+/// How long the build may take to clean up after SIGTERM (or its time
+/// limit) before the process ends anyway: within the 2 seconds promised.
+const STOP_GRACE: Duration = Duration::from_millis(1500);
+
+/// SIGTERM, SIGINT and SIGHUP end the build, and so does its time limit:
+/// the running buildpack step is killed at once and the build stops at its
+/// next check, exiting 17 (interrupted) or 16 (timed out). Should it not
+/// be done within [`STOP_GRACE`] (blocked on a pipe, say), or on a second
+/// signal, this thread cleans up (workspace, half-written slug) and exits
+/// itself.
 ///
 /// Handlers, not a blocked mask plus sigwait: a blocked mask would be
-/// inherited by buildpack processes (std's spawn keeps it), which could then
-/// not be stopped by their own `timeout` or Ctrl-C. Handlers are reset to
-/// the default on exec, so children start clean.
-fn watch_signals(interrupt: Arc<Interrupt>) -> std::io::Result<()> {
+/// inherited by buildpack processes, which could then not be stopped by
+/// their own `timeout` or Ctrl-C. Handlers are reset to the default on
+/// exec, so children start clean.
+fn guard(cancel: Arc<Cancel>) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let mut streams = runtime.block_on(async {
         Ok::<_, std::io::Error>([
-            (signal(SignalKind::terminate())?, Signal::SIGTERM),
-            (signal(SignalKind::interrupt())?, Signal::SIGINT),
-            (signal(SignalKind::hangup())?, Signal::SIGHUP),
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::hangup())?,
         ])
     })?;
-    std::thread::spawn(move || {
-        runtime.block_on(async move {
-            let mut seen = false;
-            loop {
-                let [(term, _), (int, _), (hup, _)] = &mut streams;
-                let sig = tokio::select! {
-                    _ = term.recv() => Signal::SIGTERM,
-                    _ = int.recv() => Signal::SIGINT,
-                    _ = hup.recv() => Signal::SIGHUP,
+    let deadline = tokio::time::Instant::from_std(cancel.deadline());
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let [term, int, hup] = &mut streams;
+                let stop = tokio::select! {
+                    _ = term.recv() => Stop::Interrupted(Signal::SIGTERM),
+                    _ = int.recv() => Stop::Interrupted(Signal::SIGINT),
+                    _ = hup.recv() => Stop::Interrupted(Signal::SIGHUP),
+                    _ = tokio::time::sleep_until(deadline) => Stop::TimedOut,
                 };
-                if seen {
-                    eprintln!("slugbuilder: {sig} again, exiting now");
-                    std::process::exit(Exit::Interrupted.code().into());
+                match stop {
+                    Stop::Interrupted(sig) => common::log::line(format_args!(
+                        "slugbuilder: received {sig}, stopping the build"
+                    )),
+                    Stop::TimedOut => common::log::line(format_args!(
+                        "slugbuilder: the build's time limit is reached, stopping it"
+                    )),
                 }
-                seen = true;
-                eprintln!("slugbuilder: received {sig}, stopping the build");
-                interrupt.trigger(sig);
-            }
-        })
-    });
+                cancel.trigger(stop);
+                let again = tokio::select! {
+                    _ = term.recv() => Some(Signal::SIGTERM),
+                    _ = int.recv() => Some(Signal::SIGINT),
+                    _ = hup.recv() => Some(Signal::SIGHUP),
+                    _ = tokio::time::sleep(STOP_GRACE) => None,
+                };
+                match again {
+                    Some(sig) => {
+                        common::log::line(format_args!("slugbuilder: {sig} again, exiting now"))
+                    }
+                    None => common::log::line(format_args!("slugbuilder: {}; exiting now", stop)),
+                }
+                cancel.emergency();
+                std::process::exit(stop.exit().code().into());
+            })
+        })?;
     Ok(())
 }
 

@@ -75,6 +75,18 @@ pub struct Args {
     )]
     pub grace_period: Duration,
 
+    /// Give up downloading SLUG_URL after this many seconds in all (retries
+    /// included); a download that stays slower than 16 KiB per 30 s also
+    /// fails. Exit code 20.
+    #[arg(
+        long,
+        env = "SLUGRUNNER_DOWNLOAD_TIMEOUT",
+        value_name = "SECS",
+        default_value = "600",
+        value_parser = parse_seconds
+    )]
+    pub download_timeout: Duration,
+
     /// Refuse a slug that unpacks to more than this many bytes.
     #[arg(long, default_value_t = common::archive::DEFAULT_MAX_BYTES, value_name = "BYTES")]
     pub max_unpacked_bytes: u64,

@@ -14,7 +14,7 @@ use anyhow::Context;
 use clap::Parser;
 use common::archive::{Limits, UnpackOptions};
 use common::exit::Exit;
-use common::fetch::FetchOptions;
+use common::http::HttpOptions;
 use common::runtime::{self, EnvSources, Launch, ProcessSpec, RuntimeError, SlugSource};
 use common::supervise::{self, SuperviseError, SuperviseOptions};
 use common::user::{self, UserError};
@@ -22,10 +22,18 @@ use common::user::{self, UserError};
 use cli::{Args, Cmd};
 
 fn main() -> ExitCode {
+    // The supervisor starts the app through this binary, which drops to the
+    // app user and execs it.
+    if let Some(code) = user::dispatch_exec_as() {
+        return code;
+    }
     match run() {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("slugrunner: {err:#}");
+            common::log::line(format_args!(
+                "slugrunner: {}",
+                common::log::error_line(err.chain())
+            ));
             exit_for(&err).into()
         }
     }
@@ -56,13 +64,16 @@ fn run() -> anyhow::Result<ExitCode> {
             max_entries: args.max_entries,
             ..Limits::default()
         },
+        ..UnpackOptions::default()
     };
-    if let Some(summary) = runtime::install_slug(
-        &slug_source(&args),
-        &args.app_dir,
-        &unpack,
-        &FetchOptions::default(),
-    )? {
+    let download = HttpOptions {
+        what: "SLUG_URL",
+        deadline: Some(std::time::Instant::now() + args.download_timeout),
+        ..HttpOptions::default()
+    };
+    if let Some(summary) =
+        runtime::install_slug(&slug_source(&args), &args.app_dir, &unpack, &download)?
+    {
         tracing::info!(
             entries = summary.entries,
             bytes = summary.bytes,
@@ -94,17 +105,26 @@ fn run() -> anyhow::Result<ExitCode> {
     let env = runtime::dyno_env(std::env::vars_os(), &sources, &app_dir, &dyno);
     let spec = ProcessSpec::launcher(&launch, &app_dir, env);
 
-    user::drop_privileges(&run_user)?;
     let pid1 = nix::unistd::getpid().as_raw() == 1;
     if args.init || pid1 {
+        // The supervisor keeps its rights: the app cannot kill or trace it.
+        let current = user::RunUser::current();
+        let run_as = (current.uid != run_user.uid || current.gid != run_user.gid)
+            .then_some((run_user.uid, run_user.gid));
+        if run_as.is_some() && !current.is_root() {
+            user::drop_privileges(&run_user)?;
+        }
         let opts = SuperviseOptions {
             grace: args.grace_period,
             subreaper: !pid1,
+            run_as: run_as.filter(|_| current.is_root()),
+            helper: Some(std::path::PathBuf::from("/proc/self/exe")),
         };
         let exit = supervise::supervise(&spec, &opts)?;
         tracing::info!(?exit, "process ended");
         Ok(ExitCode::from(exit.exit_code()))
     } else {
+        user::drop_privileges(&run_user)?;
         // Nothing stands between the platform and the app.
         let source = spec.command().exec();
         Err(SuperviseError::Spawn {

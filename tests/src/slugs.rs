@@ -216,6 +216,50 @@ pub fn processes() -> Vec<(i32, char, i32)> {
     found
 }
 
+/// Pids of the processes with an argument equal to `arg` (their command
+/// line, as /proc shows it to the host).
+pub fn processes_with_arg(arg: &str) -> Vec<i32> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if pid == std::process::id() as i32 {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        if cmdline.split(|&b| b == 0).any(|a| a == arg.as_bytes()) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// A tag no other test uses (e.g. a `sleep` duration to find a process by).
+pub fn unique_tag() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{}.{}{:03}",
+        7000 + std::process::id() % 1000,
+        N.fetch_add(1, Ordering::SeqCst),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_millis())
+    )
+}
+
+/// Wait until no process has `arg` on its command line; the ones left.
+pub fn wait_processes_gone(arg: &str, timeout: Duration) -> Vec<i32> {
+    wait_until(timeout, || processes_with_arg(arg).is_empty());
+    processes_with_arg(arg)
+}
+
 /// A one-shot HTTP server on 127.0.0.1: answers the given responses in
 /// order, one per connection, then stops. Returns the base URL and a handle
 /// that yields the request lines it saw.

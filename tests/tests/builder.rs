@@ -21,15 +21,6 @@ fn shared_tempdir() -> tempfile::TempDir {
     dir
 }
 
-/// A file in `dir` that the build user may write.
-fn shared_file(dir: &Path, name: &str) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let path = dir.join(name);
-    std::fs::write(&path, "").unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
-    path
-}
-
 fn buildpack(name: &str) -> PathBuf {
     fixtures().join("buildpacks").join(name)
 }
@@ -230,6 +221,14 @@ fn gzip_input_and_source_dir_and_output_file() {
     assert_eq!(names, [std::ffi::OsString::from("slug.tgz")]);
 }
 
+/// The `KEY=value` lines of an `env` dump.
+fn env_map(dump: &str) -> BTreeMap<String, String> {
+    dump.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 #[test]
 fn compile_sees_only_the_documented_environment() {
     let out = Build::new(web_app().tar())
@@ -241,36 +240,81 @@ fn compile_sees_only_the_documented_environment() {
         .run();
     assert_ok(&out);
     let files = slug_files(&out.stdout);
-    let env = text(&files, ".recorded/env");
-    for expected in [
-        "STACK=heroku-22",
-        "SOURCE_VERSION=0123abcd",
-        "REQUEST_ID=req-42",
-        "APP_DIR=/srv/app",
-        "HOME=/",
-        "PATH=",
-    ] {
-        assert!(env.contains(expected), "{expected} missing from:\n{env}");
+    let env = env_map(&text(&files, ".recorded/env"));
+    // Exactly these, plus what bash itself sets for the programs it runs.
+    let keys: Vec<&str> = env
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !["PWD", "SHLVL", "_"].contains(k))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "APP_DIR",
+            "HOME",
+            "PATH",
+            "REQUEST_ID",
+            "SOURCE_VERSION",
+            "STACK",
+            "TMPDIR"
+        ],
+        "{env:?}"
+    );
+    assert_eq!(env["STACK"], "heroku-22");
+    assert_eq!(env["SOURCE_VERSION"], "0123abcd");
+    assert_eq!(env["REQUEST_ID"], "req-42");
+    assert_eq!(env["APP_DIR"], "/srv/app");
+    assert_eq!(env["PATH"], std::env::var("PATH").unwrap());
+    let sandboxed = stderr(&out).contains("Build sandbox: namespaces")
+        || stderr(&out).contains("Build sandbox: user namespace");
+    let cwd = text(&files, ".recorded/cwd").trim().to_string();
+    if sandboxed {
+        // Fixed places inside the sandbox, the same for every build.
+        assert_eq!(env["HOME"], "/workspace/home");
+        assert_eq!(env["TMPDIR"], "/tmp");
+        assert_eq!(cwd, "/workspace/build");
+    } else {
+        // The build's own private directories, never the caller's.
+        assert!(
+            env["HOME"].contains("/slugbuilder-") && env["HOME"].ends_with("/home"),
+            "{env:?}"
+        );
+        assert!(
+            env["TMPDIR"].contains("/slugbuilder-") && env["TMPDIR"].ends_with("/tmp"),
+            "{env:?}"
+        );
+        assert!(
+            cwd.contains("/slugbuilder-") && cwd.ends_with("/build"),
+            "{cwd}"
+        );
     }
-    assert!(!env.contains("do-not-leak"), "caller env leaked:\n{env}");
-    // The build runs in the build dir, not in the caller's cwd.
-    assert!(text(&files, ".recorded/cwd").contains("slugbuilder-"));
     // Buildpacks start with no signal blocked or ignored by slugbuilder.
     let signals = text(&files, ".recorded/signals");
-    assert!(signals.contains("SigBlk:\t0000000000000000"), "{signals}");
-    // As root, buildpack code runs unprivileged.
+    let mask = |name: &str| {
+        signals
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+            .unwrap()
+    };
+    // The standard signals (1-31); the C library reserves 32 and 33.
+    assert_eq!(mask("SigBlk:") & 0x7fff_ffff, 0, "{signals}");
+    assert_eq!(mask("SigIgn:") & 0x7fff_ffff, 0, "{signals}");
+    // As root, buildpack code runs unprivileged, as a uid of its own.
     if e2e::slugs::is_root() {
         let id = text(&files, ".recorded/id");
-        assert!(
-            id.starts_with("uid=65534") || !id.starts_with("uid=0("),
-            "{id}"
-        );
+        assert!(!id.starts_with("uid=0("), "{id}");
         let out = Build::new(web_app().tar())
             .buildpack("recorder")
             .args(["--build-user", "root"])
             .run();
         assert_ok(&out);
         assert!(text(&slug_files(&out.stdout), ".recorded/id").starts_with("uid=0("));
+        assert!(
+            stderr(&out).contains("Buildpacks run as root"),
+            "{}",
+            stderr(&out)
+        );
     }
 }
 
@@ -366,7 +410,18 @@ fn multi_buildpack_with_export_via_buildpacks_file() {
             buildpack("needs-export").display()
         ),
     )]);
-    let out = Build::new(app.tar()).run();
+    // Local paths in an app's .buildpacks need the operator's consent.
+    let refused = Build::new(app.tar()).run();
+    assert_fails_with(&refused, 12);
+    assert!(
+        stderr(&refused)
+            .contains("named in .buildpacks: local paths and file:// URLs are not allowed"),
+        "{}",
+        stderr(&refused)
+    );
+    let out = Build::new(app.tar())
+        .args(["--allow-local-buildpacks"])
+        .run();
     assert_ok(&out);
     let files = slug_files(&out.stdout);
     let seen = text(&files, "seen-export.txt");
@@ -444,7 +499,8 @@ fn git_stdout(dir: &Path, args: &[&str]) -> String {
 /// A git repo holding the `marker` buildpack at tag v1, and a broken
 /// compile on main afterwards, so that only the tag builds.
 fn buildpack_repo() -> (tempfile::TempDir, String) {
-    let tmp = tempfile::tempdir().unwrap();
+    // Clones run as the build user: the repository must be readable.
+    let tmp = shared_tempdir();
     let repo = tmp.path().join("bp.git");
     std::fs::create_dir(&repo).unwrap();
     git(&repo, &["init", "-q"]);
@@ -667,45 +723,84 @@ fn app_procfile_is_kept_and_validated() {
     );
 }
 
+/// The app as a tar whose every entry has `mtime` (a tree archive made at
+/// that time).
+fn tar_at(app: &App, mtime: u64) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    b.follow_symlinks(false);
+    b.mode(tar::HeaderMode::Complete);
+    let mut paths = Vec::new();
+    fn collect(dir: &Path, rel: &Path, out: &mut Vec<(PathBuf, PathBuf)>) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let r = rel.join(e.file_name());
+            out.push((e.path(), r.clone()));
+            if e.file_type().unwrap().is_dir() {
+                collect(&e.path(), &r, out);
+            }
+        }
+    }
+    collect(app.path(), Path::new(""), &mut paths);
+    for (path, rel) in paths {
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
+        h.set_mtime(mtime);
+        if meta.is_dir() {
+            b.append_data(&mut h, &rel, std::io::empty()).unwrap();
+        } else {
+            b.append_data(&mut h, &rel, std::fs::File::open(&path).unwrap())
+                .unwrap();
+        }
+    }
+    b.into_inner().unwrap()
+}
+
 #[test]
 fn builds_are_reproducible() {
     let app = web_app();
-    let one = Build::new(app.tar())
-        .buildpack("recorder")
-        .env("REQUEST_ID", "r")
-        .run();
-    std::thread::sleep(Duration::from_millis(1100));
-    let two = Build::new(app.tar())
-        .buildpack("recorder")
-        .env("REQUEST_ID", "r")
-        .run();
-    assert_ok(&one);
-    assert_ok(&two);
-    // The recorder writes temp paths into the slug; the fixture below does not.
-    let stable = Build::new(app.tar()).buildpack("exporter").run();
-    std::thread::sleep(Duration::from_millis(1100));
-    let again = Build::new(app.tar()).buildpack("exporter").run();
-    assert_ok(&stable);
-    assert_eq!(
-        format!("{:x}", Sha256::digest(&stable.stdout)),
-        format!("{:x}", Sha256::digest(&again.stdout)),
-        "two builds of the same source must give the same bytes"
-    );
-    // SOURCE_DATE_EPOCH sets the clamp explicitly, and changes the bytes.
-    let epoch = Build::new(app.tar())
+    let sha = |out: &Output| format!("{:x}", Sha256::digest(&out.stdout));
+    // The same tree archived at two different times (as `git archive
+    // HEAD:dir` stamps the current time), and as a directory.
+    let early = Build::new(tar_at(&app, 1_000_000_000))
         .buildpack("exporter")
-        .env("SOURCE_DATE_EPOCH", "86400")
         .run();
-    assert_ok(&epoch);
-    assert_ne!(epoch.stdout, stable.stdout);
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&epoch.stdout[..]));
+    let late = Build::new(tar_at(&app, 1_700_000_000))
+        .buildpack("exporter")
+        .run();
+    let dir = Build::new(Vec::new())
+        .buildpack("exporter")
+        .args([std::ffi::OsStr::new("--source"), app.path().as_os_str()])
+        .run();
+    for out in [&early, &late, &dir] {
+        assert_ok(out);
+    }
+    assert_eq!(sha(&early), sha(&late), "archive times must not matter");
+    assert_eq!(sha(&early), sha(&dir), "a directory gives the same slug");
+    // The default epoch is 1980-01-01, whatever the source's mtimes.
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&early.stdout[..]));
     for entry in archive.entries().unwrap() {
         let entry = entry.unwrap();
-        assert!(entry.header().mtime().unwrap() <= 86400);
+        assert_eq!(entry.header().mtime().unwrap(), 315_532_800);
         assert_eq!(
             (entry.header().uid().unwrap(), entry.header().gid().unwrap()),
             (0, 0)
         );
+    }
+    // SOURCE_DATE_EPOCH sets the clamp explicitly, and changes the bytes.
+    let epoch = Build::new(tar_at(&app, 1_000_000_000))
+        .buildpack("exporter")
+        .env("SOURCE_DATE_EPOCH", "86400")
+        .run();
+    assert_ok(&epoch);
+    assert_ne!(sha(&epoch), sha(&early));
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&epoch.stdout[..]));
+    for entry in archive.entries().unwrap() {
+        assert_eq!(entry.unwrap().header().mtime().unwrap(), 86400);
     }
 }
 
@@ -732,75 +827,73 @@ fn source_version_comes_from_git_archive() {
 
 #[test]
 fn time_limit_kills_the_buildpack_group() {
-    let tmp = shared_tempdir();
-    let pids = shared_file(tmp.path(), "pids");
+    let tag = e2e::slugs::unique_tag();
     let start = Instant::now();
     let out = Build::new(web_app().tar())
         .buildpack("sleeper")
-        .env("SLEEPER_PIDS", &pids)
-        .args(["--pass-env", "SLEEPER_PIDS", "--timeout", "2"])
+        .env("SLEEPER_TAG", &tag)
+        .args(["--pass-env", "SLEEPER_TAG", "--timeout", "3"])
         .run();
     assert_fails_with(&out, 16);
     assert!(start.elapsed() < Duration::from_secs(20));
     assert!(stderr(&out).contains("time limit"), "{}", stderr(&out));
-    assert_group_dead(&pids);
+    // All three sleeps, the one that left the group (setsid) too.
+    let left = e2e::slugs::wait_processes_gone(&tag, Duration::from_secs(5));
+    assert!(left.is_empty(), "buildpack processes survived: {left:?}");
 }
 
 #[test]
 fn sigterm_stops_the_build_and_its_buildpack() {
-    let tmp = shared_tempdir();
-    let pids = shared_file(tmp.path(), "pids");
-    let app = web_app();
-    let mut child = Command::new(bin("slugbuilder"))
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap())
-        .env("SLEEPER_PIDS", &pids)
-        .args(["--pass-env", "SLEEPER_PIDS", "--buildpack"])
-        .arg(buildpack("sleeper"))
-        .arg("--source")
-        .arg(app.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    assert!(e2e::slugs::wait_until(Duration::from_secs(20), || pids
-        .exists()
-        && std::fs::read_to_string(&pids)
-            .is_ok_and(|s| s.ends_with('\n'))));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
+    for signal in [
         nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let status = e2e::slugs::wait_timeout(&mut child, Duration::from_secs(20));
-    assert_eq!(status.code(), Some(17));
-    let mut stdout = Vec::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_end(&mut stdout)
-        .unwrap();
-    assert!(stdout.is_empty());
-    assert_group_dead(&pids);
-}
-
-/// Both processes the sleeper started must be gone (or zombies).
-fn assert_group_dead(pids: &Path) {
-    let text = std::fs::read_to_string(pids).expect("sleeper wrote its pids");
-    for pid in text.split_whitespace() {
-        let gone = e2e::slugs::wait_until(Duration::from_secs(10), || {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .map(|s| {
-                    s.rsplit(')')
-                        .next()
-                        .unwrap_or("")
-                        .trim_start()
-                        .starts_with('Z')
-                })
-                .unwrap_or(true)
-        });
-        assert!(gone, "buildpack process {pid} survived");
+        nix::sys::signal::Signal::SIGINT,
+        nix::sys::signal::Signal::SIGHUP,
+    ] {
+        let tag = e2e::slugs::unique_tag();
+        let work = tempfile::tempdir().unwrap();
+        let app = web_app();
+        let child = e2e::slugs::Guarded::new(
+            Command::new(bin("slugbuilder"))
+                .env_clear()
+                .env("PATH", std::env::var_os("PATH").unwrap())
+                .env("SLEEPER_TAG", &tag)
+                .args(["--pass-env", "SLEEPER_TAG", "--buildpack"])
+                .arg(buildpack("sleeper"))
+                .arg("--source")
+                .arg(app.path())
+                .arg("--work-dir")
+                .arg(work.path())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        assert!(
+            e2e::slugs::wait_until(Duration::from_secs(20), || e2e::slugs::processes_with_arg(
+                &tag
+            )
+            .len()
+                >= 3),
+            "the sleeper did not start"
+        );
+        nix::sys::signal::kill(child.pid(), signal).unwrap();
+        let start = Instant::now();
+        let out = child.output(Duration::from_secs(20));
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{signal}: took {:?}",
+            start.elapsed()
+        );
+        assert_eq!(out.code(), Some(17), "{signal}: {}", out.stderr);
+        assert!(out.stdout.is_empty(), "{signal}: a slug was written");
+        let left = e2e::slugs::wait_processes_gone(&tag, Duration::from_secs(5));
+        assert!(
+            left.is_empty(),
+            "{signal}: buildpack processes survived: {left:?}"
+        );
+        // Nothing of the build is left in its work dir.
+        let entries: Vec<_> = std::fs::read_dir(work.path()).unwrap().collect();
+        assert!(entries.is_empty(), "{signal}: left behind: {entries:?}");
     }
 }
 
@@ -811,6 +904,16 @@ fn short_names_map_to_bundled_buildpacks() {
         .args(["--buildpack", "heroku/procfile"])
         .run();
     assert_ok(&out);
+    // The bundled procfile buildpack ran (it names itself "Procfile").
+    assert!(
+        stderr(&out).contains("-----> Procfile app detected"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        text(&slug_files(&out.stdout), "Procfile"),
+        "web: ./bin/web\n"
+    );
     let out = Build::new(app.tar())
         .args(["--buildpack", "heroku/cobol"])
         .run();

@@ -1,61 +1,25 @@
-//! The slug and source archives: safe unpacking and reproducible packing.
-//!
-//! Unpacking accepts gzip-compressed or plain tar (told apart by magic
-//! bytes), streams entries straight to disk through [`RootDir`] (so nothing
-//! is written outside the destination and links are never followed), keeps
-//! only regular files, directories, symlinks and inside hard links, drops
-//! special mode bits and archive owners, and enforces [`Limits`].
-//!
-//! Packing walks a directory in byte order and writes a deterministic tar:
-//! owners 0:0 with no names, modes normalised like git (0755 / 0644),
-//! mtimes clamped to an epoch, symlinks stored as links, hard links once.
+//! Unpacking a tar (plain or gzip) safely: every entry goes through
+//! [`RootDir`], extension headers are bounded and parsed strictly, and a
+//! stream that ends without its end-of-archive marker is reported as
+//! truncated.
 
-use std::collections::{BTreeSet, HashMap};
-use std::ffi::OsStr;
-use std::fs::File;
+use std::cell::Cell;
+use std::collections::BTreeSet;
+use std::ffi::{OsStr, OsString};
 use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
 
 use flate2::bufread::MultiGzDecoder;
-use tar::{EntryType, Header};
+use nix::errno::Errno;
+use tar::EntryType;
 
-use crate::pgzip::ParallelGzWriter;
-use crate::rootdir::{components, remove_entry, Owner, RootDir, RootError};
-
-/// Bounds on what an archive may make us do. Defaults are generous for real
-/// apps and small enough that a hostile archive fails fast.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Total bytes of file content (apparent size), checked against each
-    /// entry's header before anything of it is written.
-    pub max_bytes: u64,
-    /// Number of entries.
-    pub max_entries: u64,
-    /// Length of one path or link target, in bytes.
-    pub max_path_len: usize,
-    /// Number of components in one path.
-    pub max_depth: usize,
-    /// Size of one extension header (PAX record set, GNU long name or link).
-    pub max_extension_header: u64,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_bytes: DEFAULT_MAX_BYTES,
-            max_entries: 1_000_000,
-            max_path_len: 4096,
-            max_depth: 128,
-            max_extension_header: 1 << 20,
-        }
-    }
-}
-
-/// Default bound on unpacked bytes: 4 GiB, a few times Heroku's 1 GB
-/// compressed slug limit (slugs compress about 3:1).
-pub const DEFAULT_MAX_BYTES: u64 = 4 << 30;
+use super::{ArchiveError, Limits};
+use crate::cancel::{Cancel, Stop};
+use crate::rootdir::{components, list_dir, remove_at, Owner, RootDir};
 
 /// How to unpack.
 #[derive(Debug, Clone, Default)]
@@ -63,6 +27,11 @@ pub struct UnpackOptions {
     /// Owner (uid, gid) for every created entry; `None` keeps the caller's.
     pub owner: Owner,
     pub limits: Limits,
+    /// Give up waiting for input when the build must stop.
+    pub cancel: Option<Arc<Cancel>>,
+    /// Accept a tar that ends without its end-of-archive marker (two zero
+    /// blocks), as a tool that died half-way leaves it.
+    pub allow_truncated: bool,
 }
 
 /// What an unpack saw.
@@ -81,50 +50,25 @@ pub struct UnpackSummary {
     pub gzip: bool,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ArchiveError {
-    #[error("the archive is empty")]
-    Empty,
-    #[error("not a tar archive (and not gzip): {0}")]
-    NotTar(String),
-    #[error("corrupt archive: {0}")]
-    Corrupt(String),
-    #[error(transparent)]
-    Unsafe(#[from] RootError),
-    #[error(
-        "{path:?}: unsupported entry type {kind} (only files, directories and links are allowed)"
-    )]
-    UnsupportedType { path: PathBuf, kind: String },
-    #[error("archive exceeds the limit of {limit} {what}")]
-    Limit { what: &'static str, limit: u64 },
-    #[error("{path:?}: path is longer or deeper than allowed")]
-    PathTooLong { path: PathBuf },
-    #[error("{path:?}: hard link target leaves the destination")]
-    LinkEscapes { path: PathBuf },
-    #[error("writing {path:?}: {source}")]
-    Write {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("reading {path:?}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-}
-
-impl ArchiveError {
-    /// Whether the archive itself is at fault (as opposed to the disk).
-    pub fn is_bad_input(&self) -> bool {
-        !matches!(self, ArchiveError::Write { .. } | ArchiveError::Read { .. })
-            && !matches!(self, ArchiveError::Unsafe(RootError::Io { .. }))
+fn corrupt(e: io::Error) -> ArchiveError {
+    match stop_of(&e) {
+        Some(stop) => ArchiveError::Stopped(stop),
+        None => ArchiveError::Corrupt(e.to_string()),
     }
 }
 
-fn corrupt(e: io::Error) -> ArchiveError {
-    ArchiveError::Corrupt(e.to_string())
+/// An input read that gave up because the build must stop.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Stopped(Stop);
+
+fn stop_of(e: &io::Error) -> Option<Stop> {
+    let inner = e.get_ref()?;
+    if let Some(Stopped(stop)) = inner.downcast_ref::<Stopped>() {
+        return Some(*stop);
+    }
+    // Wrapped once more by the tar reader.
+    inner.downcast_ref::<io::Error>().and_then(stop_of)
 }
 
 /// Marks an error of the input stream itself (a truncated or corrupt gzip
@@ -143,6 +87,9 @@ impl std::error::Error for InputError {}
 /// An error from the tar reader: the input stream's own errors and errors
 /// after the first entry are corruption; before it, the input is not a tar.
 fn read_error(e: io::Error, seen_any: bool) -> ArchiveError {
+    if let Some(stop) = stop_of(&e) {
+        return ArchiveError::Stopped(stop);
+    }
     if seen_any || e.get_ref().is_some_and(|inner| inner.is::<InputError>()) {
         corrupt(e)
     } else {
@@ -154,13 +101,27 @@ const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 const CHUNK: usize = 256 * 1024;
 
 /// A reader fed by a decompression thread, so that inflating the next
-/// chunk overlaps with writing the previous one to disk. At most a few
-/// chunks are in flight: memory stays bounded whatever the input.
+/// chunk overlaps with writing the previous one to disk, and so that a
+/// build can stop waiting for input that never comes. At most a few chunks
+/// are in flight: memory stays bounded whatever the input.
 struct Pipelined {
     rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
     current: Vec<u8>,
     pos: usize,
     done: bool,
+    /// Stop waiting for the next chunk when the build must stop (a stdin
+    /// that never ends must not outlast SIGTERM or the deadline).
+    cancel: Option<Arc<Cancel>>,
+}
+
+/// Wait for a message of the decompression thread.
+fn receive<T>(rx: &std::sync::mpsc::Receiver<T>, cancel: Option<&Cancel>) -> io::Result<Option<T>> {
+    match cancel {
+        Some(cancel) => cancel
+            .recv(rx)
+            .map_err(|stop| io::Error::other(Stopped(stop))),
+        None => Ok(rx.recv().ok()),
+    }
 }
 
 impl Read for Pipelined {
@@ -169,16 +130,16 @@ impl Read for Pipelined {
             if self.done {
                 return Ok(0);
             }
-            match self.rx.recv() {
-                Ok(Ok(chunk)) => {
+            match receive(&self.rx, self.cancel.as_deref()) {
+                Ok(Some(Ok(chunk))) => {
                     self.current = chunk;
                     self.pos = 0;
                 }
-                Ok(Err(e)) => {
+                Ok(Some(Err(e))) | Err(e) => {
                     self.done = true;
                     return Err(e);
                 }
-                Err(_) => {
+                Ok(None) => {
                     self.done = true;
                     return Ok(0);
                 }
@@ -191,75 +152,112 @@ impl Read for Pipelined {
     }
 }
 
+/// What the decompression thread found at the start of its input.
+enum Format {
+    Empty,
+    Plain,
+    Gzip,
+    Failed(io::Error),
+}
+
 /// Start decompressing `reader` (gzip when it starts with the gzip magic,
 /// else passed through) on a thread. Returns the decompressed stream and
-/// whether it was gzip.
+/// whether it was gzip. Even the first read happens on that thread, so
+/// `cancel` can end a wait for input that never comes.
 pub fn decompressed(
     reader: impl Read + Send + 'static,
+    cancel: Option<Arc<Cancel>>,
 ) -> Result<(Box<dyn Read>, bool), ArchiveError> {
-    let mut buffered = BufReader::with_capacity(CHUNK, reader);
-    let head = buffered.fill_buf().map_err(corrupt)?;
-    if head.is_empty() {
-        return Err(ArchiveError::Empty);
-    }
-    let gzip = head.len() >= 2 && head[..2] == GZIP_MAGIC;
-    let mut source: Box<dyn Read + Send> = if gzip {
-        Box::new(MultiGzDecoder::new(buffered))
-    } else {
-        Box::new(buffered)
-    };
+    let (format_tx, format_rx) = std::sync::mpsc::sync_channel(1);
     let (tx, rx) = std::sync::mpsc::sync_channel(4);
     std::thread::Builder::new()
         .name("decompress".into())
-        .spawn(move || loop {
-            let mut chunk = vec![0u8; CHUNK];
-            let mut filled = 0;
-            // Fill whole chunks: fewer, larger hand-offs.
-            let result = loop {
-                match source.read(&mut chunk[filled..]) {
-                    Ok(0) => break Ok(()),
-                    Ok(n) => {
-                        filled += n;
-                        if filled == chunk.len() {
-                            break Ok(());
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => break Err(e),
-                }
-            };
-            let eof = filled < chunk.len();
-            chunk.truncate(filled);
-            if filled > 0 && tx.send(Ok(chunk)).is_err() {
-                return;
-            }
-            match result {
+        .spawn(move || {
+            let mut buffered = BufReader::with_capacity(CHUNK, reader);
+            let gzip = match buffered.fill_buf() {
                 Err(e) => {
-                    let what = if gzip { "gzip stream" } else { "input" };
-                    let e = io::Error::new(
-                        e.kind(),
-                        InputError(io::Error::new(e.kind(), format!("{what}: {e}"))),
-                    );
-                    let _ = tx.send(Err(e));
+                    let _ = format_tx.send(Format::Failed(e));
                     return;
                 }
-                Ok(()) if eof => return,
-                Ok(()) => {}
-            }
+                Ok([]) => {
+                    let _ = format_tx.send(Format::Empty);
+                    return;
+                }
+                Ok(head) => head.len() >= 2 && head[..2] == GZIP_MAGIC,
+            };
+            let _ = format_tx.send(if gzip { Format::Gzip } else { Format::Plain });
+            let source: Box<dyn Read + Send> = if gzip {
+                Box::new(MultiGzDecoder::new(buffered))
+            } else {
+                Box::new(buffered)
+            };
+            pump(source, gzip, &tx);
         })
         .map_err(|e| ArchiveError::Read {
             path: PathBuf::from("<input>"),
             source: e,
         })?;
+    let gzip = match receive(&format_rx, cancel.as_deref()).map_err(corrupt)? {
+        Some(Format::Gzip) => true,
+        Some(Format::Plain) => false,
+        Some(Format::Empty) => return Err(ArchiveError::Empty),
+        Some(Format::Failed(e)) => return Err(corrupt(e)),
+        None => return Err(ArchiveError::Empty),
+    };
     Ok((
         Box::new(Pipelined {
             rx,
             current: Vec::new(),
             pos: 0,
             done: false,
+            cancel,
         }),
         gzip,
     ))
+}
+
+/// Read `source` in whole chunks and hand them over until it ends.
+fn pump(
+    mut source: Box<dyn Read + Send>,
+    gzip: bool,
+    tx: &std::sync::mpsc::SyncSender<io::Result<Vec<u8>>>,
+) {
+    loop {
+        let mut chunk = vec![0u8; CHUNK];
+        let mut filled = 0;
+        // Fill whole chunks: fewer, larger hand-offs.
+        let result = loop {
+            match source.read(&mut chunk[filled..]) {
+                Ok(0) => break Ok(()),
+                Ok(n) => {
+                    filled += n;
+                    if filled == chunk.len() {
+                        break Ok(());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        let eof = filled < chunk.len();
+        chunk.truncate(filled);
+        if filled > 0 && tx.send(Ok(chunk)).is_err() {
+            return;
+        }
+        match result {
+            Err(e) => {
+                let what = if gzip { "gzip stream" } else { "input" };
+                let e = io::Error::new(
+                    e.kind(),
+                    InputError(io::Error::new(e.kind(), format!("{what}: {e}"))),
+                );
+                let _ = tx.send(Err(e));
+                return;
+            }
+            Ok(()) if eof => return,
+            Ok(()) => {}
+        }
+    }
 }
 
 /// Unpack a gzip or plain tar stream into `dest` (created if missing).
@@ -268,19 +266,19 @@ pub fn unpack(
     dest: &Path,
     opts: &UnpackOptions,
 ) -> Result<UnpackSummary, ArchiveError> {
-    unpack_observed(reader, dest, opts, &mut |_| {})
+    let mut root = RootDir::open(dest, opts.owner)?;
+    unpack_observed(reader, &mut root, opts, &mut |_| {})
 }
 
 /// [`unpack`], calling `on_entry` with each entry's path components.
 fn unpack_observed(
     reader: impl Read + Send + 'static,
-    dest: &Path,
+    root: &mut RootDir,
     opts: &UnpackOptions,
     on_entry: &mut dyn FnMut(&[&OsStr]),
 ) -> Result<UnpackSummary, ArchiveError> {
-    let (reader, gzip) = decompressed(reader)?;
-    let mut root = RootDir::open(dest, opts.owner)?;
-    let mut summary = unpack_tar(reader, &mut root, &opts.limits, on_entry)?;
+    let (reader, gzip) = decompressed(reader, opts.cancel.clone())?;
+    let mut summary = unpack_tar(reader, root, opts, on_entry)?;
     summary.gzip = gzip;
     Ok(summary)
 }
@@ -288,42 +286,72 @@ fn unpack_observed(
 /// Unpack a slug into `app_dir`, accepting both layouts in the wild:
 /// rooted at `./` (herokuish, Deis) and at `./app/` (Heroku's platform API).
 /// An `./app/`-rooted slug is recognised when `app` is its only top-level
-/// entry, and its contents are moved up into `app_dir`.
+/// entry and a real directory (not a link), and its contents are moved up
+/// into `app_dir`, by descriptors.
 pub fn unpack_slug(
     reader: impl Read + Send + 'static,
     app_dir: &Path,
     opts: &UnpackOptions,
 ) -> Result<UnpackSummary, ArchiveError> {
     let mut top_level: BTreeSet<Vec<u8>> = BTreeSet::new();
-    let summary = unpack_observed(reader, app_dir, opts, &mut |comps| {
+    let mut root = RootDir::open(app_dir, opts.owner)?;
+    let summary = unpack_observed(reader, &mut root, opts, &mut |comps| {
         if let Some(first) = comps.first() {
             if top_level.len() < 2 {
                 top_level.insert(first.as_bytes().to_vec());
             }
         }
     })?;
-    if top_level.len() == 1 && top_level.contains(b"app".as_slice()) && app_dir.join("app").is_dir()
-    {
-        hoist(app_dir)?;
+    if top_level.len() == 1 && top_level.contains(b"app".as_slice()) {
+        hoist(&root, app_dir)?;
     }
     Ok(summary)
 }
 
-/// Move `dir/app/*` up into `dir`.
-fn hoist(dir: &Path) -> Result<(), ArchiveError> {
-    let write_err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| ArchiveError::Write { path, source }
+/// Move `app/*` up into the root, by descriptors: `app` must be a real
+/// directory (a link named `app` stays a link, and nothing it points at is
+/// ever touched).
+fn hoist(root: &RootDir, dir: &Path) -> Result<(), ArchiveError> {
+    let err = |what: &str| {
+        let path = dir.join(what);
+        move |e: Errno| ArchiveError::Write {
+            path,
+            source: e.into(),
+        }
     };
-    let staging = dir.join(format!(".slug-app-{}", std::process::id()));
-    std::fs::rename(dir.join("app"), &staging).map_err(write_err(dir))?;
-    for child in std::fs::read_dir(&staging).map_err(write_err(&staging))? {
-        let child = child.map_err(write_err(&staging))?;
-        let target = dir.join(child.file_name());
-        remove_entry(&target).map_err(write_err(&target))?;
-        std::fs::rename(child.path(), &target).map_err(write_err(&target))?;
+    let top = root.fd();
+    let app = OsStr::new("app");
+    let st = nix::sys::stat::fstatat(top, app, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+        .map_err(err("app"))?;
+    if nix::sys::stat::SFlag::from_bits_truncate(st.st_mode) & nix::sys::stat::SFlag::S_IFMT
+        != nix::sys::stat::SFlag::S_IFDIR
+    {
+        return Ok(());
     }
-    std::fs::remove_dir(&staging).map_err(write_err(&staging))
+    // Out of the way first: the slug's app/ may hold an entry named `app`.
+    let staging = OsString::from(format!(".slug-app-{}", std::process::id()));
+    nix::fcntl::renameat(top, app, top, staging.as_os_str()).map_err(err("app"))?;
+    let moved = nix::fcntl::openat(
+        top,
+        staging.as_os_str(),
+        nix::fcntl::OFlag::O_RDONLY
+            | nix::fcntl::OFlag::O_DIRECTORY
+            | nix::fcntl::OFlag::O_NOFOLLOW
+            | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(err("app"))?;
+    for name in list_dir(moved.as_fd()).map_err(err("app"))? {
+        remove_at(top, &name).map_err(err(&name.to_string_lossy()))?;
+        nix::fcntl::renameat(moved.as_fd(), name.as_os_str(), top, name.as_os_str())
+            .map_err(err(&name.to_string_lossy()))?;
+    }
+    nix::unistd::unlinkat(
+        top,
+        staging.as_os_str(),
+        nix::unistd::UnlinkatFlags::RemoveDir,
+    )
+    .map_err(err("app"))
 }
 
 /// Mode for a created file: no setuid/setgid/sticky, no world write.
@@ -391,10 +419,17 @@ fn strip_nul(mut v: Vec<u8>) -> Vec<u8> {
 fn unpack_tar(
     reader: Box<dyn Read>,
     root: &mut RootDir,
-    limits: &Limits,
+    opts: &UnpackOptions,
     on_entry: &mut dyn FnMut(&[&OsStr]),
 ) -> Result<UnpackSummary, ArchiveError> {
-    let mut archive = tar::Archive::new(reader);
+    let limits = &opts.limits;
+    let consumed = Rc::new(Cell::new(0u64));
+    let mut archive = tar::Archive::new(Counting {
+        inner: reader,
+        count: Rc::clone(&consumed),
+    });
+    // Where the last entry's data (padded to a block) ends.
+    let mut last_end = 0u64;
     let mut summary = UnpackSummary::default();
     let mut seen_any = false;
     let mut pending = Pending::default();
@@ -409,6 +444,9 @@ fn unpack_tar(
         let header = entry.header().clone();
         let kind = header.entry_type();
         let size = header.entry_size().map_err(corrupt)?;
+        last_end = entry
+            .raw_file_position()
+            .saturating_add(size.div_ceil(512).saturating_mul(512));
         match kind {
             EntryType::GNULongName => {
                 pending.long_name = Some(strip_nul(read_extension(&mut entry, size, limits)?));
@@ -568,7 +606,29 @@ fn unpack_tar(
             "extension header at the end of the archive describes no entry".into(),
         ));
     }
+    // The tar reader stops at the first zero block, or at the end of the
+    // input: input that ends right after the last entry never had its
+    // end-of-archive marker (the writer died between two files).
+    if consumed.get() <= last_end && !opts.allow_truncated {
+        return Err(ArchiveError::Truncated {
+            entries: summary.entries,
+        });
+    }
     Ok(summary)
+}
+
+/// Counts the bytes the tar reader took.
+struct Counting {
+    inner: Box<dyn Read>,
+    count: Rc<Cell<u64>>,
+}
+
+impl Read for Counting {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.set(self.count.get() + n as u64);
+        Ok(n)
+    }
 }
 
 fn entry_type_name(kind: EntryType) -> String {
@@ -614,221 +674,13 @@ fn parse_pax(data: &[u8]) -> Result<Vec<(String, Vec<u8>)>, ArchiveError> {
     Ok(out)
 }
 
-/// How to pack.
-#[derive(Debug, Clone, Default)]
-pub struct PackOptions {
-    /// Clamp every mtime to at most this (SOURCE_DATE_EPOCH semantics);
-    /// `None` keeps mtimes as they are.
-    pub mtime_clamp: Option<u64>,
-    /// Leave out the root `.git` directory.
-    pub skip_root_git: bool,
-}
-
-/// What a pack wrote.
-#[derive(Debug, Clone, Default)]
-pub struct PackSummary {
-    pub entries: u64,
-    /// Bytes of file content (uncompressed).
-    pub bytes: u64,
-    /// Paths of sockets and other special files that were left out.
-    pub skipped: Vec<PathBuf>,
-}
-
-/// Write `dir` as an uncompressed, deterministic tar to `out`, rooted at `./`.
-pub fn pack_tar(
-    dir: &Path,
-    out: impl Write,
-    opts: &PackOptions,
-) -> Result<PackSummary, ArchiveError> {
-    let mut builder = tar::Builder::new(out);
-    builder.follow_symlinks(false);
-    let mut packer = Packer {
-        builder,
-        opts,
-        summary: PackSummary::default(),
-        hardlinks: HashMap::new(),
-    };
-    let root_meta = std::fs::symlink_metadata(dir).map_err(|source| ArchiveError::Read {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    packer.append_dir_header(Path::new("./"), &root_meta)?;
-    packer.walk(dir, Path::new("."), true)?;
-    packer
-        .builder
-        .finish()
-        .map_err(|source| ArchiveError::Write {
-            path: PathBuf::from("<archive>"),
-            source,
-        })?;
-    Ok(packer.summary)
-}
-
-/// Write `dir` as a deterministic gzip-compressed tar to `out`, compressed
-/// on all cores (see [`crate::pgzip`]); the bytes do not depend on the
-/// number of cores.
-pub fn pack_gzip(
-    dir: &Path,
-    out: impl Write,
-    level: u32,
-    opts: &PackOptions,
-) -> Result<PackSummary, ArchiveError> {
-    let write_err = |source| ArchiveError::Write {
-        path: PathBuf::from("<archive>"),
-        source,
-    };
-    let threads = std::thread::available_parallelism().map_or(1, usize::from);
-    let gz = ParallelGzWriter::new(out, level, threads).map_err(write_err)?;
-    let mut buffered = io::BufWriter::with_capacity(CHUNK, gz);
-    let summary = pack_tar(dir, &mut buffered, opts)?;
-    let gz = buffered
-        .into_inner()
-        .map_err(|e| write_err(e.into_error()))?;
-    gz.finish().map_err(write_err)?;
-    Ok(summary)
-}
-
-struct Packer<'a, W: Write> {
-    builder: tar::Builder<W>,
-    opts: &'a PackOptions,
-    summary: PackSummary,
-    /// (dev, ino) of multiply-linked files -> archive path of the first one.
-    hardlinks: HashMap<(u64, u64), PathBuf>,
-}
-
-impl<W: Write> Packer<'_, W> {
-    fn header(&self, meta: &std::fs::Metadata, kind: EntryType, mode: u32) -> Header {
-        let mut h = Header::new_gnu();
-        h.set_entry_type(kind);
-        h.set_mode(mode);
-        h.set_uid(0);
-        h.set_gid(0);
-        let mtime = u64::try_from(meta.mtime()).unwrap_or(0);
-        h.set_mtime(match self.opts.mtime_clamp {
-            Some(clamp) => mtime.min(clamp),
-            None => mtime,
-        });
-        h.set_size(0);
-        h
-    }
-
-    fn write_err(path: &Path) -> impl FnOnce(io::Error) -> ArchiveError + '_ {
-        move |source| ArchiveError::Write {
-            path: path.to_path_buf(),
-            source,
-        }
-    }
-
-    fn append_dir_header(
-        &mut self,
-        name: &Path,
-        meta: &std::fs::Metadata,
-    ) -> Result<(), ArchiveError> {
-        let mut h = self.header(meta, EntryType::Directory, 0o755);
-        self.builder
-            .append_data(&mut h, name, io::empty())
-            .map_err(Self::write_err(name))?;
-        self.summary.entries += 1;
-        Ok(())
-    }
-
-    fn walk(&mut self, dir: &Path, archive_dir: &Path, is_root: bool) -> Result<(), ArchiveError> {
-        let read_err = |source| ArchiveError::Read {
-            path: dir.to_path_buf(),
-            source,
-        };
-        let mut children: Vec<_> = std::fs::read_dir(dir)
-            .map_err(read_err)?
-            .map(|e| e.map(|e| e.file_name()))
-            .collect::<Result<_, _>>()
-            .map_err(read_err)?;
-        children.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-        for name in children {
-            if is_root && self.opts.skip_root_git && name == ".git" {
-                continue;
-            }
-            let path = dir.join(&name);
-            let archive_path = archive_dir.join(&name);
-            let meta = std::fs::symlink_metadata(&path).map_err(|source| ArchiveError::Read {
-                path: path.clone(),
-                source,
-            })?;
-            let ft = meta.file_type();
-            if ft.is_dir() {
-                self.append_dir_header(&archive_path, &meta)?;
-                self.walk(&path, &archive_path, false)?;
-            } else if ft.is_symlink() {
-                let target = std::fs::read_link(&path).map_err(|source| ArchiveError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
-                let mut h = self.header(&meta, EntryType::Symlink, 0o777);
-                self.builder
-                    .append_link(&mut h, &archive_path, &target)
-                    .map_err(Self::write_err(&archive_path))?;
-                self.summary.entries += 1;
-            } else if ft.is_file() {
-                self.append_file(&path, &archive_path, &meta)?;
-            } else {
-                self.summary.skipped.push(archive_path);
-            }
-        }
-        Ok(())
-    }
-
-    fn append_file(
-        &mut self,
-        path: &Path,
-        archive_path: &Path,
-        meta: &std::fs::Metadata,
-    ) -> Result<(), ArchiveError> {
-        let mode = if meta.mode() & 0o111 != 0 {
-            0o755
-        } else {
-            0o644
-        };
-        if meta.nlink() > 1 {
-            let key = (meta.dev(), meta.ino());
-            if let Some(first) = self.hardlinks.get(&key) {
-                let mut h = self.header(meta, EntryType::Link, mode);
-                let first = first.clone();
-                self.builder
-                    .append_link(&mut h, archive_path, &first)
-                    .map_err(Self::write_err(archive_path))?;
-                self.summary.entries += 1;
-                return Ok(());
-            }
-            self.hardlinks.insert(key, archive_path.to_path_buf());
-        }
-        // O_NOFOLLOW: if the file was swapped for a link since the walk saw
-        // it, fail instead of packing whatever the link points at.
-        let file = File::options()
-            .read(true)
-            .custom_flags(nix::libc::O_NOFOLLOW)
-            .open(path)
-            .map_err(|source| ArchiveError::Read {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        let size = meta.len();
-        let mut h = self.header(meta, EntryType::Regular, mode);
-        h.set_size(size);
-        // Exactly `size` bytes: a file that grows while packing must not
-        // corrupt the archive, and one that shrinks is an error.
-        let mut data = file.take(size);
-        self.builder
-            .append_data(&mut h, archive_path, &mut data)
-            .map_err(Self::write_err(archive_path))?;
-        self.summary.entries += 1;
-        self.summary.bytes += size;
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::{pack_gzip, PackOptions};
     use super::*;
-    use std::os::unix::fs::symlink;
+    use crate::rootdir::RootError;
+    use std::os::unix::fs::{symlink, MetadataExt};
+    use tar::Header;
 
     fn tar_with(entries: &[(&str, EntryType, &[u8], Option<&str>)]) -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());
@@ -929,6 +781,7 @@ mod tests {
         let opts = PackOptions {
             mtime_clamp: Some(1_000),
             skip_root_git: true,
+            ..PackOptions::default()
         };
         let mut one = Vec::new();
         pack_gzip(&src, &mut one, 6, &opts).unwrap();
@@ -981,5 +834,71 @@ mod tests {
         assert!(parse_pax(b"99 a=b\n").is_err());
         assert!(parse_pax(b"6 ab\n\n").is_err());
         assert!(parse_pax(b"x a=b\n").is_err());
+    }
+
+    #[test]
+    fn a_tar_without_its_end_marker_is_truncated() {
+        let whole = tar_with(&[
+            ("a", EntryType::Regular, b"1", None),
+            ("b", EntryType::Regular, b"2", None),
+        ]);
+        // git archive dying between two files: the first entry and its
+        // padding, then nothing.
+        let cut = whole[..1024].to_vec();
+        let tmp = tempfile::tempdir().unwrap();
+        let err = unpack_bytes(cut.clone(), &tmp.path().join("d")).unwrap_err();
+        assert!(
+            matches!(err, ArchiveError::Truncated { entries: 1 }),
+            "{err}"
+        );
+        let accepting = UnpackOptions {
+            allow_truncated: true,
+            ..UnpackOptions::default()
+        };
+        unpack(io::Cursor::new(cut), &tmp.path().join("e"), &accepting).unwrap();
+        // One zero block is enough of a marker.
+        unpack_bytes(whole[..2048 + 512].to_vec(), &tmp.path().join("f")).unwrap();
+    }
+
+    /// A slug whose only entry is a link `app` to a host directory: nothing
+    /// of that directory may move.
+    #[test]
+    fn an_app_link_is_never_hoisted_through() {
+        let tmp = tempfile::tempdir().unwrap();
+        let host = tmp.path().join("host");
+        std::fs::create_dir(&host).unwrap();
+        std::fs::write(host.join("precious"), "data").unwrap();
+        let bytes = tar_with(&[("app", EntryType::Symlink, b"", Some(host.to_str().unwrap()))]);
+        let dest = tmp.path().join("dest");
+        unpack_slug(io::Cursor::new(bytes), &dest, &UnpackOptions::default()).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(host.join("precious")).unwrap(),
+            "data"
+        );
+        assert!(dest
+            .join("app")
+            .symlink_metadata()
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert!(!dest.join("precious").exists());
+    }
+
+    #[test]
+    fn waiting_for_input_ends_when_the_build_must_stop() {
+        let (reader, _writer) = std::io::pipe().unwrap();
+        let cancel = crate::cancel::Cancel::new(std::time::Duration::from_millis(200));
+        let opts = UnpackOptions {
+            cancel: Some(cancel),
+            ..UnpackOptions::default()
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let start = std::time::Instant::now();
+        let err = unpack(reader, tmp.path(), &opts).unwrap_err();
+        assert!(
+            matches!(err, ArchiveError::Stopped(Stop::TimedOut)),
+            "{err}"
+        );
+        assert!(start.elapsed() < std::time::Duration::from_secs(2));
     }
 }

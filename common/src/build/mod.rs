@@ -1,0 +1,366 @@
+//! One build: source archive in, buildpacks run, slug out.
+//!
+//! The sequence follows Heroku's: unpack the source into a private build
+//! directory, drop the root `.git`, apply `.slugignore`, choose buildpacks
+//! (explicit list, `BUILDPACK_URL`, `.buildpacks`, `BUILDPACKS`, else
+//! detection over the installed ones), then for each: detect, compile,
+//! source its `export`; then release, write `.release` (and a Procfile from
+//! `default_process_types` when the app has none) and pack the slug. The
+//! slug is only written to its destination once everything succeeded.
+//!
+//! Every buildpack step runs in the build's [`Sandbox`]; every phase is
+//! under the build's one deadline ([`Cancel`]); and every file slugbuilder
+//! itself reads or writes in the build dir is reached by descriptors
+//! beneath it ([`crate::rootdir`]), never through a link.
+//!
+//! The parts: [`workspace`] (the build's private directories), [`source`]
+//! (receiving the app and its config vars), [`steps`] (choosing and running
+//! buildpacks), [`slug`] (release metadata, packing and delivery).
+
+mod slug;
+mod source;
+mod steps;
+mod workspace;
+
+use std::ffi::OsString;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use slug::{DEFAULT_MAX_SLUG_SIZE, DEFAULT_SLUG_SIZE_WARNING};
+pub use source::DEFAULT_EPOCH;
+
+use crate::archive::{self, ArchiveError};
+use crate::buildpack::BuildpackError;
+use crate::cancel::{Cancel, Stop};
+use crate::child::{StepError, StepRunner};
+use crate::exit::Exit;
+use crate::log;
+use crate::procfile::ProcfileError;
+use crate::release::ReleaseError;
+use crate::sandbox::{Sandbox, SandboxConfig, SandboxError};
+use crate::slugignore::{Slugignore, SlugignoreError};
+
+/// Where the app source comes from.
+#[derive(Debug, Clone)]
+pub enum SourceInput {
+    /// A tar (plain or gzip) on standard input.
+    Stdin,
+    /// A tar file.
+    File(PathBuf),
+    /// A directory, copied as is (minus its root `.git`).
+    Dir(PathBuf),
+}
+
+/// Where the slug goes.
+#[derive(Debug, Clone)]
+pub enum SlugOutput {
+    Stdout,
+    File(PathBuf),
+}
+
+/// Everything a build needs, checked before any work starts.
+#[derive(Debug, Clone)]
+pub struct BuildConfig {
+    pub source: SourceInput,
+    pub output: SlugOutput,
+    /// Buildpacks named on the command line (`--buildpack`, in order), or
+    /// `BUILDPACK_URL`; highest priority.
+    pub explicit_buildpacks: Vec<String>,
+    /// `BUILDPACKS` (comma-separated); used when the app has no `.buildpacks`.
+    pub buildpacks_env: Option<String>,
+    /// Installed buildpacks, for detection; `None`: the bundled ones.
+    pub buildpacks_dir: Option<PathBuf>,
+    /// Bundled buildpacks (a tar), for detection by default and for short
+    /// names like `heroku/python`.
+    pub bundled: Option<Bundled>,
+    /// Whether the app's `.buildpacks` may name local paths and `file://`.
+    pub allow_local_buildpacks: bool,
+    pub cache_dir: Option<PathBuf>,
+    pub env_dir: Option<PathBuf>,
+    /// `--env KEY=VALUE` config vars, written into ENV_DIR.
+    pub env_vars: Vec<(String, String)>,
+    /// Caller variables passed through to buildpacks (name, value).
+    pub pass_env: Vec<(OsString, OsString)>,
+    pub stack: String,
+    pub source_version: Option<String>,
+    pub request_id: String,
+    /// Where the app will live at run time (`APP_DIR`).
+    pub app_dir: PathBuf,
+    /// The caller's PATH, so that stack tools are found.
+    pub path: OsString,
+    pub source_date_epoch: Option<u64>,
+    pub compression_level: u32,
+    /// Parent directory for the build's private work directory.
+    pub tmp_dir: Option<PathBuf>,
+    pub sandbox: SandboxConfig,
+    /// Bounds for unpacking the source and for packing the slug.
+    pub limits: archive::Limits,
+    /// Accept a source tar without its end-of-archive marker.
+    pub allow_truncated_source: bool,
+    /// Warn when the compressed slug is larger than this.
+    pub slug_size_warning: u64,
+    /// Fail when the compressed slug is larger than this.
+    pub max_slug_size: u64,
+}
+
+/// The bundled buildpacks, as a tar embedded in the binary.
+#[derive(Clone, Copy)]
+pub struct Bundled(pub &'static [u8]);
+
+impl std::fmt::Debug for Bundled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Bundled({} bytes)", self.0.len())
+    }
+}
+
+/// Which buildpack step failed (its exit code follows from it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Detect,
+    Compile,
+    Export,
+    Release,
+}
+
+impl Phase {
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Detect => "bin/detect",
+            Phase::Compile => "bin/compile",
+            Phase::Export => "export",
+            Phase::Release => "bin/release",
+        }
+    }
+
+    /// The documented exit code of a failure in this phase.
+    pub fn exit(self) -> Exit {
+        match self {
+            Phase::Detect => Exit::NoBuildpack,
+            Phase::Compile | Phase::Export => Exit::CompileFailed,
+            Phase::Release => Exit::ReleaseInvalid,
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("bad source archive: {0}")]
+    Source(#[source] ArchiveError),
+    #[error("{0}")]
+    Slugignore(#[from] SlugignoreError),
+    #[error("{0}")]
+    BadInput(String),
+    #[error("no buildpack applies to this app (tried: {tried}); set BUILDPACK_URL or add a .buildpacks file")]
+    NoBuildpack { tried: String },
+    #[error("buildpack {buildpack} does not apply to this app (bin/detect: {status})")]
+    Refused { buildpack: String, status: String },
+    #[error("{0}")]
+    Fetch(#[from] BuildpackError),
+    #[error("buildpack {buildpack}: {phase} failed ({status})")]
+    StepFailed {
+        buildpack: String,
+        phase: Phase,
+        status: String,
+    },
+    #[error("buildpack {buildpack}: bin/release: {source}")]
+    Release {
+        buildpack: String,
+        #[source]
+        source: ReleaseError,
+    },
+    #[error("app Procfile: {0}")]
+    Procfile(#[from] ProcfileError),
+    #[error("buildpack {buildpack}: {phase}: {source}")]
+    Step {
+        buildpack: String,
+        phase: Phase,
+        #[source]
+        source: StepError,
+    },
+    #[error("{0}")]
+    Stopped(Stop),
+    #[error("{0}")]
+    Sandbox(#[from] SandboxError),
+    #[error("packing the slug: {0}")]
+    Pack(#[source] ArchiveError),
+    #[error("the compiled slug is larger than the limit of {} (use .slugignore to leave files out)", log::human_size(*limit))]
+    SlugTooLarge { limit: u64 },
+    #[error("writing the slug to {path:?}: {source}")]
+    Output {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl BuildError {
+    /// The documented exit code for this failure.
+    pub fn exit(&self) -> Exit {
+        match self {
+            BuildError::Stopped(stop) => stop.exit(),
+            BuildError::Source(ArchiveError::Stopped(stop))
+            | BuildError::Pack(ArchiveError::Stopped(stop))
+            | BuildError::Fetch(BuildpackError::Stopped(stop))
+            | BuildError::Step {
+                source: StepError::Stopped(stop),
+                ..
+            } => stop.exit(),
+            BuildError::Source(e) if !e.is_bad_input() => Exit::Internal,
+            BuildError::Source(_)
+            | BuildError::Slugignore(_)
+            | BuildError::BadInput(_)
+            | BuildError::Procfile(_) => Exit::BadInput,
+            BuildError::NoBuildpack { .. } | BuildError::Refused { .. } => Exit::NoBuildpack,
+            BuildError::Fetch(_) => Exit::BuildpackFetch,
+            BuildError::StepFailed { phase, .. } => phase.exit(),
+            BuildError::Release { .. } => Exit::ReleaseInvalid,
+            BuildError::Step {
+                source: StepError::OutputTooLarge { .. },
+                phase: Phase::Release,
+                ..
+            } => Exit::ReleaseInvalid,
+            BuildError::Step { phase, .. } => phase.exit(),
+            BuildError::Sandbox(SandboxError::Unavailable(_)) => Exit::Sandbox,
+            BuildError::Sandbox(_) => Exit::Internal,
+            BuildError::Pack(_) | BuildError::Output { .. } | BuildError::SlugTooLarge { .. } => {
+                Exit::PackFailed
+            }
+            BuildError::Io { .. } => Exit::Internal,
+        }
+    }
+}
+
+impl From<Stop> for BuildError {
+    fn from(stop: Stop) -> Self {
+        BuildError::Stopped(stop)
+    }
+}
+
+fn io_ctx(context: impl Into<String>) -> impl FnOnce(io::Error) -> BuildError {
+    let context = context.into();
+    move |source| BuildError::Io { context, source }
+}
+
+/// What a successful build produced.
+#[derive(Debug, Clone)]
+pub struct BuildReport {
+    pub slug_bytes: u64,
+    pub sha256: String,
+    pub buildpacks: Vec<String>,
+    pub process_types: Vec<String>,
+    pub sandbox: String,
+}
+
+/// Run a whole build. The slug reaches `cfg.output` only on success.
+pub fn build(cfg: &BuildConfig, cancel: Arc<Cancel>) -> Result<BuildReport, BuildError> {
+    let started = Instant::now();
+    // A wrong destination is found out now, not after the whole build.
+    let staging = slug::Staging::create(cfg, &cancel)?;
+    // Orphans of buildpack steps come to us, to be swept.
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        tracing::warn!("cannot become a child subreaper: {e}");
+    }
+    let mut ws = workspace::Workspace::create(cfg, &cancel)?;
+    let sandbox = Sandbox::create(&cfg.sandbox, ws.places(), &cfg.app_dir, &ws.scratch)?;
+    ws.hand_over(sandbox.user(), &cancel)?;
+    let bundled_dir = ws.unpack_bundled(cfg.bundled)?;
+    let sandbox = Arc::new(sandbox);
+    tracing::info!(elapsed = ?started.elapsed(), "workspace and sandbox ready");
+    let runner = StepRunner::new(Arc::clone(&cancel), Arc::clone(&sandbox))
+        .map_err(io_ctx("starting the step runner"))?;
+    let owner = sandbox.user().map(|u| (u.uid, u.gid));
+
+    // 1. Source.
+    let summary = source::receive(cfg, &ws.build, owner, &cancel)?;
+    let source_version = cfg
+        .source_version
+        .clone()
+        .or(summary.pax_comment.filter(|c| source::is_commit_id(c)));
+    let epoch = cfg.source_date_epoch.unwrap_or(DEFAULT_EPOCH);
+    source::remove_root_git(&ws.build)?;
+    if let Some(ignore) = Slugignore::load(&ws.build)? {
+        for w in &ignore.warnings {
+            log::warn(w);
+        }
+        let removed = ignore.apply(&ws.build)?;
+        if !removed.is_empty() {
+            log::header(format!(
+                "Removed {} path(s) matching .slugignore",
+                removed.len()
+            ));
+        }
+    }
+    source::prepare_env_dir(cfg, &ws.env, owner)?;
+    cancel.check()?;
+    // Said once the input is known to be good (a bad archive gets its one
+    // error line, nothing more).
+    log::header(sandbox.describe());
+    for warning in &sandbox.warnings {
+        log::warn(warning);
+    }
+    if !sandbox.mode().has_namespaces() {
+        workspace::check_app_dir(&cfg.app_dir, sandbox.user());
+    }
+
+    // 2. Buildpacks.
+    let env = steps::base_env(cfg, &sandbox, source_version.as_deref());
+    let ran = steps::run_buildpacks(cfg, &runner, &ws, bundled_dir.as_deref(), env, owner)?;
+    cancel.check()?;
+
+    // 3. Release metadata and process types.
+    let process_types = slug::write_release(&ws.build, &ran.release)?;
+
+    // 4. Slug.
+    log::header("Compressing...");
+    let (slug_bytes, sha256) = slug::pack(cfg, &ws, &staging, epoch, owner, &cancel)?;
+    cancel.check()?;
+    staging.deliver(cfg)?;
+    log::info(format!("Done: {}", log::human_size(slug_bytes)));
+    log::header(format!(
+        "Compiled slug size is {}",
+        log::human_size(slug_bytes)
+    ));
+    log::info(format!("sha256: {sha256}"));
+    tracing::info!(elapsed = ?started.elapsed(), "build done");
+    Ok(BuildReport {
+        slug_bytes,
+        sha256,
+        buildpacks: ran.buildpacks.iter().map(|b| b.spec.clone()).collect(),
+        process_types,
+        sandbox: sandbox.describe(),
+    })
+}
+
+/// Random request id (hex), like the platform's.
+pub fn new_request_id() -> String {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .is_err()
+    {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        bytes = (nanos ^ u128::from(std::process::id())).to_le_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// How long a build may take by default (Heroku's 15 minutes).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(900);

@@ -1,0 +1,416 @@
+//! The end of a build: release metadata (`.release`, the Procfile), the
+//! slug packed into a staging file, and its delivery.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use super::workspace::Workspace;
+use super::{BuildConfig, BuildError, SlugOutput};
+use crate::archive::{self, ArchiveError, PackOptions};
+use crate::cancel::{Cancel, CleanupId};
+use crate::log;
+use crate::procfile::{Procfile, ProcfileError, MAX_PROCFILE_BYTES};
+use crate::release::Release;
+use crate::rootdir::{components, Owner, RootDir, RootError};
+
+/// Heroku's soft limit on compressed slugs.
+pub const DEFAULT_SLUG_SIZE_WARNING: u64 = 300 << 20;
+/// Heroku's hard limit on compressed slugs (1 GB since 2026).
+pub const DEFAULT_MAX_SLUG_SIZE: u64 = 1 << 30;
+
+/// The file the slug is packed into before it goes to its destination:
+/// next to the output file (so the final rename is atomic), or in the
+/// work dir for stdout. Made before the build starts, so that a wrong
+/// destination fails at once; removed unless delivered.
+#[derive(Debug)]
+pub struct Staging {
+    path: tempfile::TempPath,
+    file: Option<File>,
+    cancel: Arc<Cancel>,
+    cleanup: CleanupId,
+}
+
+impl Staging {
+    pub fn create(cfg: &BuildConfig, cancel: &Arc<Cancel>) -> Result<Self, BuildError> {
+        let dir = match &cfg.output {
+            SlugOutput::File(path) => path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from(".")),
+            SlugOutput::Stdout => cfg.tmp_dir.clone().unwrap_or_else(std::env::temp_dir),
+        };
+        let out_err = |source: io::Error| {
+            let path = match &cfg.output {
+                SlugOutput::File(p) => p.clone(),
+                SlugOutput::Stdout => dir.clone(),
+            };
+            BuildError::Output { path, source }
+        };
+        if let SlugOutput::File(path) = &cfg.output {
+            if path.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+                return Err(out_err(io::Error::new(
+                    io::ErrorKind::IsADirectory,
+                    "is a directory",
+                )));
+            }
+        }
+        let tmp = tempfile::Builder::new()
+            .prefix(".slug-")
+            .suffix(".tgz.partial")
+            .tempfile_in(&dir)
+            .map_err(out_err)?;
+        let (file, path) = tmp.into_parts();
+        let cleanup = cancel.remove_on_emergency(&path);
+        Ok(Self {
+            path,
+            file: Some(file),
+            cancel: Arc::clone(cancel),
+            cleanup,
+        })
+    }
+
+    /// Move the finished slug to its destination.
+    pub fn deliver(mut self, cfg: &BuildConfig) -> Result<(), BuildError> {
+        drop(self.file.take());
+        match &cfg.output {
+            SlugOutput::File(path) => {
+                // Files from tempfile are 0600; a slug is meant to be shared.
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(0o644))
+                    .map_err(|source| BuildError::Output {
+                        path: path.clone(),
+                        source,
+                    })?;
+                std::fs::rename(&self.path, path).map_err(|source| BuildError::Output {
+                    path: path.clone(),
+                    source,
+                })?;
+                Ok(())
+            }
+            SlugOutput::Stdout => {
+                let out_err = |source| BuildError::Output {
+                    path: PathBuf::from("<stdout>"),
+                    source,
+                };
+                let mut file = File::open(&self.path).map_err(out_err)?;
+                let stdout = io::stdout();
+                let mut out = stdout.lock();
+                let mut buf = vec![0u8; 1 << 20];
+                loop {
+                    self.cancel.check()?;
+                    let n = file.read(&mut buf).map_err(out_err)?;
+                    if n == 0 {
+                        break;
+                    }
+                    out.write_all(&buf[..n]).map_err(out_err)?;
+                }
+                out.flush().map_err(out_err)
+            }
+        }
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        // TempPath removes the file if it is still there.
+        self.cancel.forget(self.cleanup);
+    }
+}
+
+/// Counts and hashes what passes through.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    bytes: u64,
+    /// Stop writing past this many bytes: a slug over the hard limit fails
+    /// as soon as it gets there, not after filling the disk.
+    limit: u64,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.bytes + buf.len() as u64 > self.limit {
+            return Err(io::Error::new(
+                io::ErrorKind::FileTooLarge,
+                "slug over the size limit",
+            ));
+        }
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Pack the build dir into the staging file. Returns (size, sha256).
+pub fn pack(
+    cfg: &BuildConfig,
+    ws: &Workspace,
+    staging: &Staging,
+    epoch: u64,
+    reader: Owner,
+    cancel: &Arc<Cancel>,
+) -> Result<(u64, String), BuildError> {
+    let out_err = |source| BuildError::Output {
+        path: staging.path.to_path_buf(),
+        source,
+    };
+    let file = staging
+        .file
+        .as_ref()
+        .expect("staging file is open until delivery")
+        .try_clone()
+        .map_err(out_err)?;
+    let mut writer = HashingWriter {
+        inner: io::BufWriter::with_capacity(1 << 20, file),
+        hasher: Sha256::new(),
+        bytes: 0,
+        limit: cfg.max_slug_size,
+    };
+    let opts = PackOptions {
+        mtime_clamp: Some(epoch),
+        skip_root_git: true,
+        max_bytes: cfg.limits.max_bytes,
+        max_entries: cfg.limits.max_entries,
+        max_depth: cfg.limits.max_depth,
+        reader,
+        cancel: Some(Arc::clone(cancel)),
+    };
+    let too_large = |e: &ArchiveError| matches!(e, ArchiveError::Write { source, .. } if source.kind() == io::ErrorKind::FileTooLarge);
+    let summary = archive::pack_gzip(&ws.build, &mut writer, cfg.compression_level, &opts)
+        .map_err(|e| {
+            if too_large(&e) {
+                BuildError::SlugTooLarge {
+                    limit: cfg.max_slug_size,
+                }
+            } else if let ArchiveError::Stopped(stop) = e {
+                BuildError::Stopped(stop)
+            } else {
+                BuildError::Pack(e)
+            }
+        })?;
+    for skipped in &summary.skipped {
+        log::warn(format!(
+            "left out of the slug (not a file, directory or link): {}",
+            skipped.display()
+        ));
+    }
+    writer.flush().map_err(out_err)?;
+    let HashingWriter {
+        inner,
+        hasher,
+        bytes,
+        ..
+    } = writer;
+    if bytes > cfg.slug_size_warning {
+        log::warn(format!(
+            "Your slug size ({}) exceeds the soft limit of {}, which may slow app boot and deploys",
+            log::human_size(bytes),
+            log::human_size(cfg.slug_size_warning)
+        ));
+    }
+    let file = inner.into_inner().map_err(|e| out_err(e.into_error()))?;
+    file.sync_all().map_err(out_err)?;
+    Ok((bytes, format!("{:x}", hasher.finalize())))
+}
+
+fn root_io(context: &str) -> impl FnOnce(RootError) -> BuildError + '_ {
+    move |e| BuildError::Io {
+        context: context.to_string(),
+        source: e.into_io(),
+    }
+}
+
+/// Store `.release`, write a Procfile from the defaults when the app has
+/// none, and print the process types. Returns the process type names.
+/// Every file is reached beneath the build dir by descriptors: a link
+/// named `.release` or `Procfile` is replaced, never written through, and
+/// a Procfile that is not a regular file is refused, never read.
+pub fn write_release(build: &Path, release: &Release) -> Result<Vec<String>, BuildError> {
+    let mut root = RootDir::open_existing(build).map_err(root_io("opening the build dir"))?;
+    root.write_file(
+        &[OsStr::new(".release")],
+        release.to_yaml().as_bytes(),
+        0o644,
+    )
+    .map_err(root_io("writing .release"))?;
+    log::header("Discovering process types");
+    let procfile = match root.read_file(&[OsStr::new("Procfile")], MAX_PROCFILE_BYTES as u64) {
+        Ok(Some(bytes)) => Some(Procfile::parse_bytes(&bytes)?),
+        Ok(None) => None,
+        Err(RootError::TooLarge { .. }) => return Err(ProcfileError::TooLarge.into()),
+        Err(RootError::NotRegular { kind, .. }) => {
+            return Err(BuildError::BadInput(format!(
+                "Procfile is {kind}, not a regular file"
+            )))
+        }
+        Err(e) => return Err(root_io("reading the Procfile")(e)),
+    };
+    let mut types: Vec<(String, String)> = Vec::new();
+    match &procfile {
+        Some(p) => {
+            types.extend(p.entries().iter().cloned());
+            log::info(format!(
+                "Procfile declares types     -> {}",
+                list_or_none(p.names())
+            ));
+            let defaults: Vec<(String, String)> = release
+                .default_process_types
+                .iter()
+                .filter(|(k, _)| p.get(k).is_none())
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            if !defaults.is_empty() {
+                log::info(format!(
+                    "Default types for buildpack -> {}",
+                    list_or_none(defaults.iter().map(|(k, _)| k.as_str()))
+                ));
+                types.extend(defaults);
+            }
+        }
+        None => {
+            let p = Procfile::from_map(&release.default_process_types);
+            types.extend(p.entries().iter().cloned());
+            log::info(format!(
+                "Default types for buildpack -> {}",
+                list_or_none(p.names())
+            ));
+            if !p.is_empty() {
+                root.write_file(&[OsStr::new("Procfile")], p.to_string().as_bytes(), 0o644)
+                    .map_err(root_io("writing the Procfile"))?;
+            }
+        }
+    }
+    for (name, command) in &types {
+        if let Some(path) = missing_program(&mut root, command) {
+            log::warn(format!(
+                "Process type {name}: {path} is not in the slug (the command is `{command}`)"
+            ));
+        }
+    }
+    if !types.iter().any(|(n, _)| n == "web") {
+        log::warn(
+            "This app has no web process type: `slugrunner start web` will fail. Add a Procfile with a `web:` line (e.g. `web: gunicorn app:app --bind 0.0.0.0:$PORT`)",
+        );
+    }
+    Ok(types.into_iter().map(|(n, _)| n).collect())
+}
+
+/// If `command` starts with a relative path to a program (`./bin/web`,
+/// `target/release/app`) that is not in the build dir, that path. Looked
+/// up by descriptors, without following links (a link counts as present).
+fn missing_program(root: &mut RootDir, command: &str) -> Option<String> {
+    let mut words = command.split_whitespace();
+    let mut first = words.next()?;
+    // `exec ./x`, `VAR=value ./x`
+    while first == "exec" || (first.contains('=') && !first.contains('/')) {
+        first = words.next()?;
+    }
+    if first.starts_with('/')
+        || !first.contains('/')
+        || first.contains(['$', '`', '"', '\'', '~', '*'])
+    {
+        return None;
+    }
+    let comps = components(first.as_bytes()).ok()?;
+    if comps.is_empty() {
+        return None;
+    }
+    let (name, parents) = comps.split_last()?;
+    let present = root
+        .open_subdir(parents)
+        .ok()
+        .and_then(|dir| {
+            nix::sys::stat::fstatat(&dir, *name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW).ok()
+        })
+        .is_some();
+    (!present).then(|| {
+        String::from_utf8_lossy(first.as_bytes())
+            .chars()
+            .take(200)
+            .collect()
+    })
+}
+
+fn list_or_none<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    let names: Vec<&str> = names.collect();
+    if names.is_empty() {
+        "(none)".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_procfile_program_missing_from_the_slug_is_found() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("bin")).unwrap();
+        std::fs::write(tmp.path().join("bin/web"), "").unwrap();
+        std::os::unix::fs::symlink("web", tmp.path().join("bin/link")).unwrap();
+        let mut root = RootDir::open_existing(tmp.path()).unwrap();
+        let mut missing = |c: &str| missing_program(&mut root, c);
+        assert_eq!(missing("./bin/web --port $PORT"), None);
+        assert_eq!(missing("bin/link"), None);
+        assert_eq!(missing("exec ./bin/web"), None);
+        assert_eq!(
+            missing("./target/release/app"),
+            Some("./target/release/app".into())
+        );
+        assert_eq!(missing("FOO=1 bin/nope"), Some("bin/nope".into()));
+        assert_eq!(missing("gunicorn app:app"), None);
+        assert_eq!(missing("/usr/bin/env python"), None);
+        assert_eq!(missing("$HOME/bin/x"), None);
+        assert_eq!(missing("../outside/x"), None);
+    }
+
+    #[test]
+    fn release_and_procfile_links_are_replaced_not_written_through() {
+        let tmp = tempfile::tempdir().unwrap();
+        let build = tmp.path().join("build");
+        std::fs::create_dir(&build).unwrap();
+        let victim = tmp.path().join("victim.sh");
+        std::fs::write(&victim, "#!/bin/sh\necho safe\n").unwrap();
+        std::os::unix::fs::symlink(&victim, build.join(".release")).unwrap();
+        let release = Release::parse(b"default_process_types:\n  web: run\n").unwrap();
+        write_release(&build, &release).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&victim).unwrap(),
+            "#!/bin/sh\necho safe\n"
+        );
+        assert!(std::fs::read_to_string(build.join(".release"))
+            .unwrap()
+            .contains("web: run"));
+        assert_eq!(
+            std::fs::read_to_string(build.join("Procfile")).unwrap(),
+            "web: run\n"
+        );
+    }
+
+    #[test]
+    fn a_procfile_link_is_refused_unread() {
+        let tmp = tempfile::tempdir().unwrap();
+        let build = tmp.path().join("build");
+        std::fs::create_dir(&build).unwrap();
+        let secret = tmp.path().join("secret");
+        std::fs::write(&secret, "root-password: hunter2\n").unwrap();
+        std::os::unix::fs::symlink(&secret, build.join("Procfile")).unwrap();
+        let err = write_release(&build, &Release::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+}

@@ -1,0 +1,379 @@
+//! Choosing buildpacks and running their steps: detect, compile, export,
+//! release.
+
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use super::workspace::Workspace;
+use super::{BuildConfig, BuildError, Phase};
+use crate::buildpack::{self, describe_status, Buildpack, Fetcher, Origin};
+use crate::child::{Env, Step, StepRunner};
+use crate::log;
+use crate::release::Release;
+use crate::rootdir::{Owner, RootDir, RootError};
+use crate::sandbox::Sandbox;
+
+/// The bundled catch-all buildpack (apps that only bring a Procfile).
+const FALLBACK_BUILDPACK: &str = "procfile";
+
+/// Largest `.buildpacks` file read.
+const MAX_LIST_FILE: u64 = 64 << 10;
+
+/// The documented compile environment, and nothing else of ours.
+pub fn base_env(cfg: &BuildConfig, sandbox: &Sandbox, source_version: Option<&str>) -> Env {
+    let inner = sandbox.inner();
+    let mut env = Env::new();
+    env.insert("PATH".into(), cfg.path.clone());
+    env.insert("HOME".into(), inner.home.clone().into());
+    env.insert("TMPDIR".into(), inner.tmp.clone().into());
+    env.insert("STACK".into(), cfg.stack.clone().into());
+    env.insert("REQUEST_ID".into(), cfg.request_id.clone().into());
+    env.insert("APP_DIR".into(), cfg.app_dir.clone().into());
+    if let Some(v) = source_version {
+        env.insert("SOURCE_VERSION".into(), v.into());
+    }
+    for (k, v) in &cfg.pass_env {
+        env.insert(k.clone(), v.clone());
+    }
+    env
+}
+
+/// What the buildpacks did.
+#[derive(Debug)]
+pub struct Ran {
+    pub buildpacks: Vec<Buildpack>,
+    pub release: Release,
+}
+
+/// Choose, fetch and run the buildpacks.
+pub fn run_buildpacks(
+    cfg: &BuildConfig,
+    runner: &StepRunner,
+    ws: &Workspace,
+    bundled: Option<&Path>,
+    mut env: Env,
+    owner: Owner,
+) -> Result<Ran, BuildError> {
+    let sandbox = runner.sandbox();
+    // git refuses to clone a repository owned by another user (an
+    // operator's file:// buildpack) unless told it is safe; git's local
+    // transport drops `-c` options, so it goes into the build's own HOME.
+    RootDir::open_existing(&ws.home)
+        .and_then(|mut home| {
+            home.set_owner(owner);
+            home.write_file(
+                &[OsStr::new(".gitconfig")],
+                b"[safe]\n\tdirectory = *\n",
+                0o644,
+            )
+        })
+        .map_err(|e| BuildError::Io {
+            context: "writing the build's .gitconfig".into(),
+            source: e.into_io(),
+        })?;
+    let mut fetcher = Fetcher::new(
+        runner,
+        env.clone(),
+        ws.buildpacks.clone(),
+        runner.cancel_arc(),
+    );
+    fetcher.bundled = bundled.map(Path::to_path_buf);
+    fetcher.owner = owner;
+    fetcher.allow_local = cfg.allow_local_buildpacks;
+
+    let build_inner = sandbox.inner().build.clone();
+    let (buildpacks, detected_name) = match choose_buildpacks(cfg, &ws.build)? {
+        Some(specs) => {
+            if specs.len() > 1 {
+                log::header("Fetching buildpacks");
+            }
+            let mut bps = Vec::new();
+            for (spec, origin) in &specs {
+                bps.push(fetcher.fetch(spec, *origin)?);
+            }
+            (bps, None)
+        }
+        None => {
+            let installed_dir = match (&cfg.buildpacks_dir, bundled) {
+                (Some(dir), _) => dir.clone(),
+                (None, Some(dir)) => dir.to_path_buf(),
+                (None, None) => {
+                    return Err(BuildError::NoBuildpack {
+                        tried: "none installed".into(),
+                    })
+                }
+            };
+            let (bp, name) =
+                detect_installed(&installed_dir, runner, &mut fetcher, &env, &build_inner)?;
+            (vec![bp], Some(name))
+        }
+    };
+
+    let mut release = Release::default();
+    for (i, bp) in buildpacks.iter().enumerate() {
+        let name = match (&detected_name, i) {
+            (Some(n), 0) => n.clone(),
+            _ => detect_explicit(runner, bp, &env, &build_inner)?,
+        };
+        log::header(format!("{name} app detected"));
+        compile(runner, bp, &env)?;
+        if let Some(export) = bp.export_file() {
+            source_export(runner, bp, &export, &mut env, &build_inner)?;
+        }
+    }
+    for bp in &buildpacks {
+        if let Some(r) = run_release(runner, bp, &env, &build_inner)? {
+            release.merge(r);
+        }
+    }
+    Ok(Ran {
+        buildpacks,
+        release,
+    })
+}
+
+/// Buildpacks named explicitly, in priority order, with who named them;
+/// `None` means detect.
+fn choose_buildpacks(
+    cfg: &BuildConfig,
+    build: &Path,
+) -> Result<Option<Vec<(String, Origin)>>, BuildError> {
+    let operator = |list: Vec<String>| list.into_iter().map(|s| (s, Origin::Operator)).collect();
+    if !cfg.explicit_buildpacks.is_empty() {
+        return Ok(Some(operator(cfg.explicit_buildpacks.clone())));
+    }
+    let mut root = RootDir::open_existing(build).map_err(|e| BuildError::Io {
+        context: "opening the build dir".into(),
+        source: e.into_io(),
+    })?;
+    match root.read_file(&[OsStr::new(".buildpacks")], MAX_LIST_FILE) {
+        Ok(Some(text)) => {
+            let list = buildpack::parse_list_file(&String::from_utf8_lossy(&text));
+            if !list.is_empty() {
+                return Ok(Some(list.into_iter().map(|s| (s, Origin::App)).collect()));
+            }
+        }
+        Ok(None) => {}
+        Err(e @ (RootError::NotRegular { .. } | RootError::TooLarge { .. })) => {
+            return Err(BuildError::BadInput(format!(".buildpacks: {e}")))
+        }
+        Err(e) => {
+            return Err(BuildError::Io {
+                context: "reading .buildpacks".into(),
+                source: e.into_io(),
+            })
+        }
+    }
+    if let Some(env) = &cfg.buildpacks_env {
+        let list = buildpack::parse_list_env(env);
+        if !list.is_empty() {
+            return Ok(Some(operator(list)));
+        }
+    }
+    Ok(None)
+}
+
+fn step_err(
+    bp: &Buildpack,
+    phase: Phase,
+) -> impl FnOnce(crate::child::StepError) -> BuildError + '_ {
+    move |source| BuildError::Step {
+        buildpack: bp.spec.clone(),
+        phase,
+        source,
+    }
+}
+
+/// `program` of `bp` as the sandbox sees it.
+fn inner_bin(runner: &StepRunner, bp: &Buildpack, step: &str) -> PathBuf {
+    runner.sandbox().to_inner(&bp.bin(step))
+}
+
+/// Run `bin/detect`: `Ok(Ok(name))` when it applies, `Ok(Err(status))` when not.
+fn run_detect(
+    runner: &StepRunner,
+    bp: &Buildpack,
+    env: &Env,
+    build: &Path,
+) -> Result<Result<String, String>, BuildError> {
+    let program = inner_bin(runner, bp, "detect");
+    let out = runner
+        .run(Step::new(&program, &[build.as_os_str()], env, build).capture())
+        .map_err(step_err(bp, Phase::Detect))?;
+    if !out.status.success() {
+        return Ok(Err(describe_status(out.status)));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let name = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("");
+    Ok(Ok(if name.is_empty() {
+        bp.name.clone()
+    } else {
+        name.chars().filter(|c| !c.is_control()).take(100).collect()
+    }))
+}
+
+fn detect_explicit(
+    runner: &StepRunner,
+    bp: &Buildpack,
+    env: &Env,
+    build: &Path,
+) -> Result<String, BuildError> {
+    if !bp.has("detect") {
+        return Ok(bp.name.clone());
+    }
+    run_detect(runner, bp, env, build)?.map_err(|status| BuildError::Refused {
+        buildpack: bp.spec.clone(),
+        status,
+    })
+}
+
+fn detect_installed(
+    dir: &Path,
+    runner: &StepRunner,
+    fetcher: &mut Fetcher<'_>,
+    env: &Env,
+    build: &Path,
+) -> Result<(Buildpack, String), BuildError> {
+    let installed = buildpack::installed(dir)?;
+    let mut matched: Vec<(Buildpack, String)> = Vec::new();
+    for candidate in &installed {
+        if !buildpack::is_executable(&candidate.dir.join("bin/detect")) {
+            continue;
+        }
+        let bp = fetcher.copy_installed(candidate)?;
+        if let Ok(name) = run_detect(runner, &bp, env, build)? {
+            matched.push((bp, name));
+        }
+    }
+    let mut matched = matched.into_iter();
+    let Some(first) = matched.next() else {
+        return Err(BuildError::NoBuildpack {
+            tried: installed
+                .iter()
+                .map(|i| i.name.clone())
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    };
+    // The bundled `procfile` buildpack applies to every app with a Procfile:
+    // naming it would turn the warning into noise on every build.
+    let others: Vec<String> = matched
+        .map(|(bp, _)| bp.name)
+        .filter(|name| name != FALLBACK_BUILDPACK)
+        .collect();
+    if !others.is_empty() {
+        log::warn(format!(
+            "Using buildpack {}; these also detected this app: {} (set BUILDPACKS or .buildpacks to use several)",
+            first.0.name,
+            others.join(", ")
+        ));
+    }
+    Ok(first)
+}
+
+fn compile(runner: &StepRunner, bp: &Buildpack, env: &Env) -> Result<(), BuildError> {
+    let inner = runner.sandbox().inner();
+    let args = [
+        inner.build.as_os_str(),
+        inner.cache.as_os_str(),
+        inner.env.as_os_str(),
+    ];
+    let program = inner_bin(runner, bp, "compile");
+    let out = runner
+        .run(Step::new(&program, &args, env, &inner.build))
+        .map_err(step_err(bp, Phase::Compile))?;
+    if !out.status.success() {
+        return Err(BuildError::StepFailed {
+            buildpack: bp.spec.clone(),
+            phase: Phase::Compile,
+            status: describe_status(out.status),
+        });
+    }
+    Ok(())
+}
+
+/// Variables that bash sets for itself and that must not leak into the
+/// environment of later buildpacks.
+const SHELL_VARS: &[&str] = &["_", "SHLVL", "PWD", "OLDPWD"];
+
+/// Source the buildpack's `export` file in a sandboxed bash (never in our
+/// own process) and take the variables it exports for the later buildpacks.
+fn source_export(
+    runner: &StepRunner,
+    bp: &Buildpack,
+    export: &Path,
+    env: &mut Env,
+    build: &Path,
+) -> Result<(), BuildError> {
+    let bash = crate::runtime::find_bash();
+    let script = OsStr::new(". \"$1\" >&2 && exec env -0");
+    let export_inner = runner.sandbox().to_inner(export);
+    let out = runner
+        .run(
+            Step::new(
+                &bash,
+                &[
+                    OsStr::new("-c"),
+                    script,
+                    OsStr::new("export"),
+                    export_inner.as_os_str(),
+                ],
+                env,
+                build,
+            )
+            .capture(),
+        )
+        .map_err(step_err(bp, Phase::Export))?;
+    if !out.status.success() {
+        return Err(BuildError::StepFailed {
+            buildpack: bp.spec.clone(),
+            phase: Phase::Export,
+            status: describe_status(out.status),
+        });
+    }
+    let mut exported = Env::new();
+    for record in out.stdout.split(|&b| b == 0).filter(|r| !r.is_empty()) {
+        if let Some(eq) = record.iter().position(|&b| b == b'=') {
+            let key = OsStr::from_bytes(&record[..eq]).to_os_string();
+            if SHELL_VARS.iter().any(|v| OsStr::new(v) == key) {
+                continue;
+            }
+            exported.insert(key, OsString::from(OsStr::from_bytes(&record[eq + 1..])));
+        }
+    }
+    *env = exported;
+    Ok(())
+}
+
+fn run_release(
+    runner: &StepRunner,
+    bp: &Buildpack,
+    env: &Env,
+    build: &Path,
+) -> Result<Option<Release>, BuildError> {
+    if !bp.has("release") {
+        return Ok(None);
+    }
+    let program = inner_bin(runner, bp, "release");
+    let out = runner
+        .run(Step::new(&program, &[build.as_os_str()], env, build).capture())
+        .map_err(step_err(bp, Phase::Release))?;
+    if !out.status.success() {
+        return Err(BuildError::StepFailed {
+            buildpack: bp.spec.clone(),
+            phase: Phase::Release,
+            status: describe_status(out.status),
+        });
+    }
+    Release::parse(&out.stdout)
+        .map(Some)
+        .map_err(|source| BuildError::Release {
+            buildpack: bp.spec.clone(),
+            source,
+        })
+}

@@ -1,0 +1,281 @@
+//! The private directories of one build, and their removal.
+//!
+//! ```text
+//! slugbuilder-XXXXXX/   root-owned, 0711
+//!   build/              BUILD_DIR          } owned by the build user, 0700
+//!   home/               HOME               }
+//!   tmp/                TMPDIR (and /tmp)  }
+//!   app/                APP_DIR (/app)     }
+//!   buildpacks/         private buildpack copies
+//!   env/                ENV_DIR (config vars), 0500, files 0400
+//!   scratch/            the sandbox's own files (root only)
+//! ```
+//!
+//! The cache dir (`--cache-dir`, else `cache/` in the workspace) is locked
+//! for the build (two builds of one app wait for each other), handed to the
+//! build user for the build, and closed again (root-owned, 0700) after it,
+//! so that no later holder of the same uid can reach it.
+//!
+//! Everything is removed when the build ends, however it ends: on return
+//! (success or failure), on a panic (unwinding drops the workspace), and on
+//! an abrupt exit (the cleanup is registered with [`Cancel::emergency`]).
+
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use nix::fcntl::{Flock, FlockArg};
+
+use super::{io_ctx, BuildConfig, BuildError};
+use crate::cancel::{Cancel, CleanupId, POLL};
+use crate::log;
+use crate::sandbox::{BuildUser, Places};
+
+#[derive(Debug)]
+pub struct Workspace {
+    pub root: PathBuf,
+    pub build: PathBuf,
+    pub home: PathBuf,
+    pub env: PathBuf,
+    pub tmp: PathBuf,
+    pub app: PathBuf,
+    pub buildpacks: PathBuf,
+    pub scratch: PathBuf,
+    pub cache: PathBuf,
+    /// Held for the whole build.
+    _cache_lock: Option<Flock<File>>,
+    /// Close the cache again at the end (it was handed to a leased uid).
+    close_cache: bool,
+    cancel: Arc<Cancel>,
+    cleanup: CleanupId,
+}
+
+impl Workspace {
+    pub fn create(cfg: &BuildConfig, cancel: &Arc<Cancel>) -> Result<Self, BuildError> {
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("slugbuilder-");
+        let dir = match &cfg.tmp_dir {
+            Some(dir) => builder.tempdir_in(dir),
+            None => builder.tempdir(),
+        }
+        .map_err(io_ctx("creating the build workspace"))?;
+        let root = dir.keep();
+        let cleanup = cancel.remove_on_emergency(&root);
+        let mut ws = Workspace {
+            build: root.join("build"),
+            home: root.join("home"),
+            env: root.join("env"),
+            tmp: root.join("tmp"),
+            app: root.join("app"),
+            buildpacks: root.join("buildpacks"),
+            scratch: root.join("scratch"),
+            cache: root.join("cache"),
+            root,
+            _cache_lock: None,
+            close_cache: false,
+            cancel: Arc::clone(cancel),
+            cleanup,
+        };
+        for dir in [
+            &ws.build,
+            &ws.home,
+            &ws.env,
+            &ws.tmp,
+            &ws.app,
+            &ws.buildpacks,
+            &ws.scratch,
+        ] {
+            std::fs::create_dir(dir).map_err(io_ctx(format!("creating {}", dir.display())))?;
+            set_mode(dir, 0o700)?;
+        }
+        match &cfg.cache_dir {
+            Some(c) => {
+                std::fs::create_dir_all(c)
+                    .map_err(io_ctx(format!("creating cache dir {}", c.display())))?;
+                ws.cache = std::path::absolute(c)
+                    .map_err(io_ctx(format!("resolving cache dir {}", c.display())))?;
+                ws._cache_lock = Some(lock_cache(&ws.cache, cancel)?);
+            }
+            None => {
+                std::fs::create_dir(&ws.cache).map_err(io_ctx("creating a cache dir"))?;
+                set_mode(&ws.cache, 0o700)?;
+            }
+        }
+        Ok(ws)
+    }
+
+    /// The build's directories, for the sandbox.
+    pub fn places(&self) -> Places {
+        Places {
+            build: self.build.clone(),
+            cache: self.cache.clone(),
+            env: self.env.clone(),
+            home: self.home.clone(),
+            tmp: self.tmp.clone(),
+            app: self.app.clone(),
+            buildpacks: self.buildpacks.clone(),
+        }
+    }
+
+    /// Write out the bundled buildpacks (root's, in the scratch dir; builds
+    /// get copies).
+    pub fn unpack_bundled(
+        &self,
+        bundled: Option<super::Bundled>,
+    ) -> Result<Option<PathBuf>, BuildError> {
+        let Some(super::Bundled(tar)) = bundled else {
+            return Ok(None);
+        };
+        let dir = self.scratch.join("bundled");
+        crate::archive::unpack(std::io::Cursor::new(tar), &dir, &Default::default()).map_err(
+            |e| BuildError::Io {
+                context: "writing out the bundled buildpacks".into(),
+                source: std::io::Error::other(e.to_string()),
+            },
+        )?;
+        Ok(Some(dir))
+    }
+
+    /// Give the build user its directories and the cache.
+    pub fn hand_over(
+        &mut self,
+        user: Option<&BuildUser>,
+        cancel: &Cancel,
+    ) -> Result<(), BuildError> {
+        let Some(user) = user else {
+            return Ok(());
+        };
+        let owner = (user.uid, user.gid);
+        // The build user may pass through the workspace, not list it.
+        set_mode(&self.root, 0o711)?;
+        for dir in [
+            &self.build,
+            &self.home,
+            &self.tmp,
+            &self.app,
+            &self.buildpacks,
+            &self.env,
+        ] {
+            chown(dir, owner)?;
+        }
+        set_mode(&self.env, 0o500)?;
+        cancel.check()?;
+        let started = std::time::Instant::now();
+        let fd = crate::tree::open_dir(&self.cache).map_err(io_ctx(format!(
+            "opening cache dir {}",
+            self.cache.display()
+        )))?;
+        let entries = crate::tree::chown_tree(fd.as_fd(), user.uid, user.gid).map_err(|e| {
+            BuildError::Io {
+                context: format!(
+                    "handing the cache dir {} to the build user",
+                    self.cache.display()
+                ),
+                source: e.into_io(),
+            }
+        })?;
+        nix::sys::stat::fchmod(&fd, nix::sys::stat::Mode::from_bits_truncate(0o700))
+            .map_err(|e| io_ctx("setting the mode of the cache dir")(e.into()))?;
+        tracing::debug!(entries, elapsed = ?started.elapsed(), "cache handed to the build user");
+        self.close_cache = user.leased;
+        Ok(())
+    }
+}
+
+impl Drop for Workspace {
+    fn drop(&mut self) {
+        if let Err(e) = crate::rootdir::remove_entry(&self.root) {
+            log::warn(format!(
+                "could not remove the build workspace {}: {e}",
+                self.root.display()
+            ));
+        }
+        if self.close_cache {
+            // Root's again: a later build that leases the same uid must not
+            // reach this app's cache.
+            if let Ok(fd) = crate::tree::open_dir(&self.cache) {
+                let _ = nix::unistd::fchown(
+                    &fd,
+                    Some(nix::unistd::Uid::from_raw(0)),
+                    Some(nix::unistd::Gid::from_raw(0)),
+                );
+                let _ =
+                    nix::sys::stat::fchmod(&fd, nix::sys::stat::Mode::from_bits_truncate(0o700));
+            }
+        }
+        self.cancel.forget(self.cleanup);
+    }
+}
+
+/// Take the cache dir for this build; another build of the same app waits
+/// (within the deadline).
+fn lock_cache(dir: &Path, cancel: &Cancel) -> Result<Flock<File>, BuildError> {
+    let open = || {
+        File::options()
+            .read(true)
+            .custom_flags(nix::libc::O_DIRECTORY | nix::libc::O_CLOEXEC)
+            .open(dir)
+            .map_err(io_ctx(format!("opening cache dir {}", dir.display())))
+    };
+    let mut said = false;
+    let mut file = open()?;
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok(lock),
+            Err((f, nix::errno::Errno::EWOULDBLOCK)) => {
+                if !said {
+                    log::header(format!(
+                        "Waiting for another build that uses the cache dir {}",
+                        dir.display()
+                    ));
+                    said = true;
+                }
+                cancel.check()?;
+                std::thread::sleep(POLL);
+                file = f;
+            }
+            Err((_, e)) => {
+                return Err(BuildError::Io {
+                    context: format!("locking cache dir {}", dir.display()),
+                    source: e.into(),
+                })
+            }
+        }
+    }
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<(), BuildError> {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(io_ctx(format!("setting the mode of {}", path.display())))
+}
+
+fn chown(path: &Path, (uid, gid): (u32, u32)) -> Result<(), BuildError> {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+        .map_err(io_ctx(format!("changing the owner of {}", path.display())))
+}
+
+/// Without a mount namespace APP_DIR is the host's own: say so when the
+/// build user will not be able to write it.
+pub fn check_app_dir(app_dir: &Path, user: Option<&BuildUser>) {
+    use std::os::unix::fs::MetadataExt;
+    let writable = match (std::fs::metadata(app_dir), user) {
+        (Err(_), _) => false,
+        (Ok(m), Some(u)) => {
+            m.is_dir()
+                && ((m.uid() == u.uid && m.mode() & 0o200 != 0)
+                    || (m.gid() == u.gid && m.mode() & 0o020 != 0)
+                    || m.mode() & 0o002 != 0)
+        }
+        (Ok(m), None) => {
+            m.is_dir() && nix::unistd::access(app_dir, nix::unistd::AccessFlags::W_OK).is_ok()
+        }
+    };
+    if !writable {
+        log::warn(format!(
+            "APP_DIR {} does not exist or is not writable here, and without a mount namespace it cannot be provided: buildpacks that build into it (as Heroku's Python buildpack does) will fail",
+            app_dir.display()
+        ));
+    }
+}

@@ -1,0 +1,510 @@
+//! One HTTP client for every URL slugbuilder and slugrunner fetch: a slug
+//! (`SLUG_URL`), a buildpack tarball.
+//!
+//! Bodies are streamed, never held in memory. Connection failures and
+//! 5xx/408/429 answers are retried with a doubling backoff; other 4xx
+//! answers are final. A download has an overall deadline and a rule of
+//! minimum progress (so a server that trickles one byte every 20 seconds
+//! fails instead of holding us for ever), on top of the longest silence
+//! allowed for one read. Once the body is streaming a failure is not
+//! retried (the consumer has written part of it), but it is reported as a
+//! download error, not as a bad archive: [`DownloadWatch`] remembers
+//! whether reading from the network failed.
+//!
+//! URLs are shown without credentials or query string: slug URLs are often
+//! pre-signed, and their signature is a secret.
+
+use std::io::{self, Read};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum HttpError {
+    #[error("{what} {url}: only http:// and https:// URLs are supported")]
+    UnsupportedScheme { what: &'static str, url: String },
+    #[error("{what} {url}: server answered HTTP {status} (after {attempts} attempt(s))")]
+    Status {
+        what: &'static str,
+        url: String,
+        status: u16,
+        attempts: u32,
+    },
+    #[error("{what} {url}: {reason} (after {attempts} attempt(s))")]
+    Transport {
+        what: &'static str,
+        url: String,
+        reason: String,
+        attempts: u32,
+    },
+    #[error("{what} {url}: not done within the time limit of {}s ({bytes} bytes received)", limit.as_secs())]
+    TimedOut {
+        what: &'static str,
+        url: String,
+        limit: Duration,
+        bytes: u64,
+    },
+    #[error("{what} {url}: too slow: {got} bytes in {}s, at least {min} needed", window.as_secs())]
+    TooSlow {
+        what: &'static str,
+        url: String,
+        got: u64,
+        min: u64,
+        window: Duration,
+    },
+}
+
+/// How hard to try, and for how long.
+#[derive(Debug, Clone)]
+pub struct HttpOptions {
+    /// What the URL is, for messages (`SLUG_URL`, `buildpack`).
+    pub what: &'static str,
+    /// Total attempts, at least 1.
+    pub attempts: u32,
+    /// Wait before the second attempt; doubled after each failure.
+    pub backoff: Duration,
+    pub connect_timeout: Duration,
+    /// Longest silence while waiting for the answer or the body.
+    pub read_timeout: Duration,
+    /// The whole download (every attempt and the body) ends by then.
+    pub deadline: Option<Instant>,
+    /// Minimum progress: at least this many bytes in every window of this
+    /// length, once the body streams.
+    pub min_progress: Option<(u64, Duration)>,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        Self {
+            what: "URL",
+            attempts: 3,
+            backoff: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(30),
+            read_timeout: Duration::from_secs(30),
+            deadline: None,
+            min_progress: Some((16 << 10, Duration::from_secs(30))),
+        }
+    }
+}
+
+/// `url` without user info and query: safe to print.
+pub fn redact_url(url: &str) -> String {
+    let without_query = url.split(['?', '#']).next().unwrap_or(url);
+    match without_query.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = match rest.find('/') {
+                Some(i) => rest.split_at(i),
+                None => (rest, ""),
+            };
+            let host = authority.rsplit('@').next().unwrap_or(authority);
+            format!("{scheme}://{host}{path}")
+        }
+        None => without_query.to_string(),
+    }
+}
+
+/// A body being downloaded.
+pub struct Download {
+    body: Box<dyn Read + Send>,
+    watch: DownloadWatch,
+    opts: HttpOptions,
+    started: Instant,
+    window_start: Instant,
+    window_bytes: u64,
+}
+
+/// Observes a [`Download`] after it was handed to a consumer that takes
+/// readers by value.
+#[derive(Debug, Clone, Default)]
+pub struct DownloadWatch {
+    url: String,
+    state: Arc<Mutex<WatchState>>,
+}
+
+#[derive(Debug, Default)]
+struct WatchState {
+    bytes: u64,
+    network_error: Option<HttpError>,
+}
+
+impl std::fmt::Debug for Download {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Download")
+            .field("watch", &self.watch)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Download {
+    /// A handle that still works once the download is moved away.
+    pub fn watch(&self) -> DownloadWatch {
+        self.watch.clone()
+    }
+
+    fn fail(&self, error: HttpError) -> io::Error {
+        self.watch.lock().network_error = Some(error.clone());
+        io::Error::other(error)
+    }
+}
+
+impl DownloadWatch {
+    /// The redacted URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Body bytes received so far.
+    pub fn bytes(&self) -> u64 {
+        self.lock().bytes
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, WatchState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// If reading the body failed, the download error (as opposed to the
+    /// consumer rejecting the bytes).
+    pub fn network_error(&self) -> Option<HttpError> {
+        self.lock().network_error.clone()
+    }
+}
+
+impl Read for Download {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let now = Instant::now();
+        if let Some(deadline) = self.opts.deadline {
+            if now >= deadline {
+                let bytes = self.watch.bytes();
+                return Err(self.fail(HttpError::TimedOut {
+                    what: self.opts.what,
+                    url: self.watch.url.clone(),
+                    limit: deadline.saturating_duration_since(self.started),
+                    bytes,
+                }));
+            }
+        }
+        let result = self.body.read(buf);
+        match &result {
+            Ok(n) => {
+                self.watch.lock().bytes += *n as u64;
+                self.window_bytes += *n as u64;
+                if let Some((min, window)) = self.opts.min_progress {
+                    let now = Instant::now();
+                    if now.duration_since(self.window_start) >= window {
+                        if self.window_bytes < min && *n > 0 {
+                            let got = self.window_bytes;
+                            return Err(self.fail(HttpError::TooSlow {
+                                what: self.opts.what,
+                                url: self.watch.url.clone(),
+                                got,
+                                min,
+                                window,
+                            }));
+                        }
+                        self.window_start = now;
+                        self.window_bytes = 0;
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                let timed_out = self.opts.deadline.is_some_and(|d| Instant::now() >= d);
+                let bytes = self.watch.bytes();
+                let error = if timed_out {
+                    HttpError::TimedOut {
+                        what: self.opts.what,
+                        url: self.watch.url.clone(),
+                        limit: self.opts.deadline.map_or(Duration::ZERO, |d| {
+                            d.saturating_duration_since(self.started)
+                        }),
+                        bytes,
+                    }
+                } else {
+                    HttpError::Transport {
+                        what: self.opts.what,
+                        url: self.watch.url.clone(),
+                        reason: format!("download broke after {bytes} bytes: {e}"),
+                        attempts: 1,
+                    }
+                };
+                return Err(self.fail(error));
+            }
+        }
+        result
+    }
+}
+
+/// Start downloading `url`: returns once a 2xx answer arrived, with its body
+/// ready to stream.
+pub fn get(url: &str, opts: &HttpOptions) -> Result<Download, HttpError> {
+    let shown = redact_url(url);
+    let lower = url.to_ascii_lowercase();
+    if !(lower.starts_with("http://") || lower.starts_with("https://")) {
+        return Err(HttpError::UnsupportedScheme {
+            what: opts.what,
+            url: shown,
+        });
+    }
+    let started = Instant::now();
+    let attempts = opts.attempts.max(1);
+    let mut backoff = opts.backoff;
+    let mut attempt = 0;
+    let timed_out = |bytes| HttpError::TimedOut {
+        what: opts.what,
+        url: shown.clone(),
+        limit: opts
+            .deadline
+            .map_or(Duration::ZERO, |d| d.saturating_duration_since(started)),
+        bytes,
+    };
+    loop {
+        attempt += 1;
+        let remaining = opts
+            .deadline
+            .map(|d| d.saturating_duration_since(Instant::now()));
+        if remaining == Some(Duration::ZERO) {
+            return Err(timed_out(0));
+        }
+        let cap = |t: Duration| Some(remaining.map_or(t, |r| t.min(r)));
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(remaining)
+            .timeout_connect(cap(opts.connect_timeout))
+            .timeout_recv_response(cap(opts.read_timeout))
+            .timeout_per_read(cap(opts.read_timeout))
+            .user_agent(concat!("slugtools/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .into();
+        let outcome = agent.get(url).call();
+        let (retryable, error) = match outcome {
+            Ok(response) if response.status().is_success() => {
+                tracing::debug!(url = %shown, attempt, "download started");
+                let now = Instant::now();
+                return Ok(Download {
+                    body: Box::new(response.into_body().into_reader()),
+                    watch: DownloadWatch {
+                        url: shown,
+                        state: Arc::default(),
+                    },
+                    opts: opts.clone(),
+                    started,
+                    window_start: now,
+                    window_bytes: 0,
+                });
+            }
+            Ok(response) => {
+                let status = response.status().as_u16();
+                (
+                    matches!(status, 408 | 429 | 500..=599),
+                    HttpError::Status {
+                        what: opts.what,
+                        url: shown.clone(),
+                        status,
+                        attempts: attempt,
+                    },
+                )
+            }
+            Err(e) if opts.deadline.is_some_and(|d| Instant::now() >= d) => {
+                tracing::debug!("{e}");
+                return Err(timed_out(0));
+            }
+            Err(e) => (
+                is_transient(&e),
+                HttpError::Transport {
+                    what: opts.what,
+                    url: shown.clone(),
+                    reason: e.to_string(),
+                    attempts: attempt,
+                },
+            ),
+        };
+        if !retryable || attempt >= attempts {
+            return Err(error);
+        }
+        if opts.deadline.is_some_and(|d| Instant::now() + backoff >= d) {
+            return Err(error);
+        }
+        tracing::warn!("{error}; retrying in {:.1}s", backoff.as_secs_f32());
+        std::thread::sleep(backoff);
+        backoff *= 2;
+    }
+}
+
+fn is_transient(e: &ureq::Error) -> bool {
+    matches!(
+        e,
+        ureq::Error::Io(_)
+            | ureq::Error::Timeout(_)
+            | ureq::Error::HostNotFound
+            | ureq::Error::ConnectionFailed
+            | ureq::Error::Protocol(_)
+            | ureq::Error::BodyStalled
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::net::TcpListener;
+
+    #[test]
+    fn redacts_credentials_and_signatures() {
+        assert_eq!(
+            redact_url("https://user:pw@s3.example/b/slug.tgz?X-Sig=abc#f"),
+            "https://s3.example/b/slug.tgz"
+        );
+        assert_eq!(redact_url("http://h:8080"), "http://h:8080");
+    }
+
+    #[test]
+    fn rejects_other_schemes() {
+        assert!(matches!(
+            get("file:///etc/passwd", &HttpOptions::default()),
+            Err(HttpError::UnsupportedScheme { .. })
+        ));
+    }
+
+    /// One 503, then the body: the retry gets it.
+    #[test]
+    fn retries_server_errors_then_streams() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let answers: [&[u8]; 2] = [
+                b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+            ];
+            for answer in answers {
+                let (mut conn, _) = listener.accept().unwrap();
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf).unwrap();
+                conn.write_all(answer).unwrap();
+            }
+        });
+        let opts = HttpOptions {
+            backoff: Duration::from_millis(10),
+            ..HttpOptions::default()
+        };
+        let mut dl = get(&format!("http://127.0.0.1:{port}/s.tgz"), &opts).unwrap();
+        let mut body = String::new();
+        dl.read_to_string(&mut body).unwrap();
+        assert_eq!(body, "hello");
+        assert_eq!(dl.watch().bytes(), 5);
+        assert!(dl.watch().network_error().is_none());
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn not_found_is_final_and_refused_connection_is_retried() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf).unwrap();
+            conn.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+                .unwrap();
+        });
+        let opts = HttpOptions {
+            backoff: Duration::from_millis(10),
+            ..HttpOptions::default()
+        };
+        let err = get(&format!("http://127.0.0.1:{port}/x?sig=secret"), &opts).unwrap_err();
+        server.join().unwrap();
+        assert!(matches!(
+            err,
+            HttpError::Status {
+                status: 404,
+                attempts: 1,
+                ..
+            }
+        ));
+        assert!(!err.to_string().contains("secret"));
+        // Nothing listens there any more.
+        let err = get(&format!("http://127.0.0.1:{port}/x"), &opts).unwrap_err();
+        assert!(
+            matches!(err, HttpError::Transport { attempts: 3, .. }),
+            "{err}"
+        );
+    }
+
+    /// A server that answers, then sends the body one byte at a time.
+    fn trickling_server(pause: Duration) -> (u16, std::thread::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf).unwrap();
+            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n");
+            for _ in 0..50 {
+                if conn.write_all(b"x").is_err() {
+                    return;
+                }
+                std::thread::sleep(pause);
+            }
+        });
+        (port, server)
+    }
+
+    #[test]
+    fn a_trickling_body_fails_the_minimum_progress_rule() {
+        let (port, server) = trickling_server(Duration::from_millis(100));
+        let opts = HttpOptions {
+            min_progress: Some((1000, Duration::from_millis(400))),
+            ..HttpOptions::default()
+        };
+        let mut dl = get(&format!("http://127.0.0.1:{port}/slug.tgz"), &opts).unwrap();
+        let watch = dl.watch();
+        let start = Instant::now();
+        let err = std::io::copy(&mut dl, &mut std::io::sink()).unwrap_err();
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(err.to_string().contains("too slow"), "{err}");
+        assert!(matches!(
+            watch.network_error(),
+            Some(HttpError::TooSlow { .. })
+        ));
+        drop(dl);
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn the_overall_deadline_covers_the_body() {
+        let (port, server) = trickling_server(Duration::from_millis(50));
+        let opts = HttpOptions {
+            deadline: Some(Instant::now() + Duration::from_millis(700)),
+            min_progress: None,
+            ..HttpOptions::default()
+        };
+        let mut dl = get(&format!("http://127.0.0.1:{port}/slug.tgz"), &opts).unwrap();
+        let start = Instant::now();
+        let err = std::io::copy(&mut dl, &mut std::io::sink()).unwrap_err();
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(err.to_string().contains("time limit"), "{err}");
+        drop(dl);
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn a_server_that_never_answers_meets_the_deadline() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let opts = HttpOptions {
+            deadline: Some(Instant::now() + Duration::from_millis(500)),
+            ..HttpOptions::default()
+        };
+        let start = Instant::now();
+        let err = get(&format!("http://127.0.0.1:{port}/x"), &opts).unwrap_err();
+        assert!(matches!(err, HttpError::TimedOut { .. }), "{err}");
+        assert!(start.elapsed() < Duration::from_secs(3));
+        drop(listener);
+    }
+}
