@@ -14,6 +14,12 @@ use crate::procfile::is_valid_process_type;
 /// Largest release document accepted, in bytes.
 pub const MAX_RELEASE_BYTES: usize = 1 << 20;
 
+/// Deepest nesting of flow collections (`[`, `{`) accepted. The YAML
+/// parser takes time quadratic in that depth (100,000 nested `[` cost half
+/// a minute), so it is checked before parsing; real release documents nest
+/// two or three levels.
+pub const MAX_FLOW_DEPTH: usize = 64;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ReleaseError {
     #[error("release YAML is not valid: {0}")]
@@ -32,6 +38,8 @@ pub enum ReleaseError {
     AddonsShape,
     #[error("release YAML is larger than {MAX_RELEASE_BYTES} bytes")]
     TooLarge,
+    #[error("release YAML nests `[`/`{{` deeper than {MAX_FLOW_DEPTH} levels")]
+    TooDeep,
 }
 
 /// What `bin/release` declares.
@@ -57,6 +65,9 @@ impl Release {
         }
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Self::default());
+        }
+        if flow_depth_exceeds(bytes, MAX_FLOW_DEPTH) {
+            return Err(ReleaseError::TooDeep);
         }
         let doc: Value = serde_yaml::from_slice(bytes)?;
         let map = match doc {
@@ -132,6 +143,27 @@ impl Release {
         serde_yaml::to_string(&Value::Mapping(root))
             .expect("a mapping of strings always serializes")
     }
+}
+
+/// Whether `[`/`{` nest deeper than `limit`, counted in one linear pass
+/// over every byte (quotes and comments included: over-counting can only
+/// refuse a document with brackets unbalanced inside strings, while
+/// following YAML's quoting rules here could be fooled into under-counting).
+fn flow_depth_exceeds(bytes: &[u8], limit: usize) -> bool {
+    let mut depth = 0usize;
+    for &b in bytes {
+        match b {
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
 }
 
 fn scalar_to_string(v: Value) -> Option<String> {
@@ -215,6 +247,30 @@ mod tests {
             Release::parse(b"a: [\n"),
             Err(ReleaseError::Yaml(_))
         ));
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_parsing() {
+        let start = std::time::Instant::now();
+        for doc in [
+            "[".repeat(100_000),
+            format!("a: {}{}", "[".repeat(100_000), "]".repeat(100_000)),
+            "{a: ".repeat(100_000),
+        ] {
+            assert!(matches!(
+                Release::parse(doc.as_bytes()),
+                Err(ReleaseError::TooDeep)
+            ));
+        }
+        assert!(start.elapsed() < std::time::Duration::from_secs(1));
+        // Brackets balanced inside commands are fine.
+        let r =
+            Release::parse(b"default_process_types:\n  web: bash -c '[[ -f x ]] && exec ./run'\n")
+                .unwrap();
+        assert_eq!(
+            r.default_process_types["web"],
+            "bash -c '[[ -f x ]] && exec ./run'"
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 pub mod apps;
+pub mod builds;
 pub mod hostile;
 pub mod slugs;
 
@@ -40,6 +41,9 @@ pub fn bin(name: &str) -> PathBuf {
             .to_string_lossy()
             .to_string();
         let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        // Inherited from the test's own cargo, it would make build scripts
+        // that track it (ring's) rerun: a rebuild of half the tree.
+        cmd.env_remove("CARGO_MANIFEST_DIR");
         cmd.current_dir(repo_root()).args([
             "build",
             "--quiet",

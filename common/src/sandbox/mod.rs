@@ -223,6 +223,7 @@ impl Sandbox {
         };
         if let Some(why) = why_not {
             sandbox.mode = Mode::Subreaper { why };
+            sandbox.warn_about_fallback(app_dir);
             return Ok(sandbox);
         }
         sandbox.mode = wanted;
@@ -245,18 +246,24 @@ impl Sandbox {
             sandbox.inner.app = app_dir.to_path_buf();
             sandbox.base.clear();
         }
-        if let Mode::Subreaper { why } = &sandbox.mode {
-            sandbox.warnings.push(format!(
+        sandbox.warn_about_fallback(app_dir);
+        Ok(sandbox)
+    }
+
+    /// Without namespaces, say what that means for this build.
+    fn warn_about_fallback(&mut self, app_dir: &Path) {
+        if let Mode::Subreaper { why } = &self.mode {
+            let warning = format!(
                 "No build sandbox ({why}): buildpacks share the host's /tmp and {}, and processes they leave behind are only swept by the subreaper{}",
                 app_dir.display(),
-                if sandbox.user.as_ref().is_some_and(|u| u.leased) {
+                if self.user.as_ref().is_some_and(|u| u.leased) {
                     " and by uid"
                 } else {
                     "; run one build per container or VM to isolate builds from each other"
                 }
-            ));
+            );
+            self.warnings.push(warning);
         }
-        Ok(sandbox)
     }
 
     pub fn mode(&self) -> &Mode {
@@ -599,6 +606,44 @@ impl Sandbox {
         {
             if user.leased {
                 kill_all_of(helper, user.uid, user.gid);
+            }
+        }
+    }
+}
+
+impl Drop for Sandbox {
+    /// Without a mount namespace the build shared the host's temporary
+    /// directories: what its own uid left there goes with it.
+    fn drop(&mut self) {
+        if let (false, Some(user)) = (self.mode.has_namespaces(), &self.user) {
+            if user.leased {
+                if let Some(helper) = &self.helper {
+                    kill_all_of(helper, user.uid, user.gid);
+                }
+                for dir in ["/tmp", "/var/tmp", "/dev/shm"] {
+                    remove_owned_by(Path::new(dir), user.uid);
+                }
+            }
+        }
+    }
+}
+
+/// Remove the entries of `dir` that belong to `uid`, by descriptors.
+fn remove_owned_by(dir: &Path, uid: u32) {
+    use std::os::fd::AsFd;
+    let Ok(fd) = crate::tree::open_dir(dir) else {
+        return;
+    };
+    for name in crate::rootdir::list_dir(fd.as_fd()).unwrap_or_default() {
+        let owned = nix::sys::stat::fstatat(
+            fd.as_fd(),
+            name.as_os_str(),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .is_ok_and(|st| st.st_uid == uid);
+        if owned {
+            if let Err(e) = crate::rootdir::remove_at(fd.as_fd(), &name) {
+                tracing::warn!("removing {:?} left in {}: {e}", name, dir.display());
             }
         }
     }
