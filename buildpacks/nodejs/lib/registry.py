@@ -18,6 +18,7 @@ import os
 import shutil
 import socket
 import ssl
+import stat
 import tarfile
 import tempfile
 import time
@@ -356,7 +357,7 @@ class Cache:
                 st = os.lstat(full)
             except OSError:
                 return None, "%s is missing" % rel
-            if not os.path.isfile(full) or os.path.islink(full):
+            if not stat.S_ISREG(st.st_mode):
                 return None, "%s is not a regular file" % rel
             if st.st_size != size:
                 return None, "%s has the wrong size" % rel
@@ -519,10 +520,14 @@ def extract(fileobj, dest, keep=None, bins=()):
 def install_files(entry, dest, rels, prefix=""):
     """Hard-link (or copy, across file systems) the cached files rels of
     entry into dest, keeping their modes."""
+    made = set()
     for rel in rels:
         src = os.path.join(entry.package, rel)
         target = os.path.join(dest, rel[len(prefix) :] if prefix else rel)
-        os.makedirs(os.path.dirname(target), exist_ok=True)
+        parent = os.path.dirname(target)
+        if parent not in made:
+            os.makedirs(parent, exist_ok=True)
+            made.add(parent)
         if os.path.lexists(target):
             os.unlink(target)
         try:
