@@ -359,13 +359,11 @@ fn unknown_or_invalid_versions_fail_with_one_clear_line() {
             "-----> Error: engines.node 'lts/*' is not a version range npm understands",
         ),
         (
-            r#"{"node": "22.x", "npm": "99.x"}"#,
+            r#"{"npm": "99.x"}"#,
             "-----> Error: No npm release on the registry matches engines.npm '99.x'",
         ),
     ] {
-        let started = Instant::now();
         let out = try_build(&case, versions_app(&versions_package(engines)), &[], None);
-        eprintln!("{engines}: {:?}", started.elapsed());
         assert_eq!(out.code(), Some(13), "{engines}: {}", out.stderr);
         assert_eq!(
             lines_with(&out.stderr, "-----> Error:"),
