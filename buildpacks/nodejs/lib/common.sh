@@ -58,3 +58,18 @@ world_reachable() {
 
 # Human-readable size of a directory (for cache summaries).
 dir_size() { du -sh -- "$1" 2>/dev/null | cut -f1; }
+
+# The stack's python3 (3.8+) that the nodejs helpers run with: the system
+# one first (an interpreter under a private home, such as pyenv's in /root,
+# is not usable by the unprivileged build user).
+find_python() {
+  local c
+  for c in /usr/bin/python3 /usr/local/bin/python3 "$(command -v python3 || true)"; do
+    [ -n "$c" ] && [ -x "$c" ] || continue
+    if "$c" -I -c 'import sys; sys.exit(sys.version_info < (3, 8))' 2>/dev/null; then
+      echo "$c"
+      return 0
+    fi
+  done
+  return 1
+}
