@@ -37,7 +37,9 @@ fn try_build(case: &Case, source: Vec<u8>, args: &[&str], path: Option<&Path>) -
     let mut cmd = case.slugbuilder();
     cmd.arg("-o").arg(case.slug()).args(args);
     if let Some(path) = path {
-        cmd.env("PATH", path);
+        // The stack's tools without node: a directory the build sandbox
+        // must show (read-only), as an operator would add one.
+        cmd.env("PATH", path).arg("--sandbox-ro").arg(path);
     }
     run_with_stdin(&mut cmd, source, BUILD_TIMEOUT)
 }

@@ -465,30 +465,53 @@ fn other_signals_are_forwarded() {
     assert_eq!(read(&case.path("log")), "usr1\nhup\n");
 }
 
+/// Orphans of the app come to the supervisor (it is a child subreaper)
+/// and are reaped when they exit: while they live their parent is
+/// slugrunner (not the machine's init), and afterwards no zombie is left.
 #[test]
 fn orphaned_grandchildren_are_reaped() {
     let case = Case::new();
-    // Each subshell leaves an orphan that exits soon: re-parented to
-    // slugrunner (child subreaper), it is a zombie until slugrunner reaps it.
-    let slug = Slug::with_procfile(
-        "web: for i in 1 2 3 4 5; do (sleep 0.1 &); done; touch \"$HOME/ready\"; sleep 3",
+    // A sleep of about 2 s whose exact duration tells ours apart.
+    let tag = format!(
+        "2.{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
     );
+    let slug = Slug::with_procfile(&format!(
+        "web: for i in 1 2 3; do (sleep {tag} &); done; touch \"$HOME/ready\"; sleep 6"
+    ));
     let child = spawn_init(&case, &slug, &[]);
     let pid = child.pid().as_raw();
     assert!(wait_until(Duration::from_secs(10), || case
         .path("ready")
         .exists()));
-    // Long enough for the orphans to exit and be re-parented.
-    std::thread::sleep(Duration::from_millis(800));
-    let zombies: Vec<_> = processes()
-        .into_iter()
-        .filter(|&(_, state, ppid)| state == 'Z' && ppid == pid)
-        .collect();
-    let status = child.wait(TIMEOUT);
+    assert!(wait_until(Duration::from_secs(5), || {
+        e2e::slugs::processes_with_arg(&tag).len() == 3
+    }));
+    let orphans = e2e::slugs::processes_with_arg(&tag);
+    let parents = || -> Vec<i32> {
+        processes()
+            .into_iter()
+            .filter(|(p, _, _)| orphans.contains(p))
+            .map(|(_, _, ppid)| ppid)
+            .collect()
+    };
+    // Their subshells exit at once; then their parent is slugrunner.
     assert!(
-        zombies.is_empty(),
-        "zombie children of slugrunner: {zombies:?}"
+        wait_until(Duration::from_secs(2), || parents() == [pid, pid, pid]),
+        "orphans were not re-parented to slugrunner ({pid}): {:?}",
+        parents()
     );
+    // Once they exit, slugrunner reaps them: no zombie child of it stays.
+    assert!(wait_until(Duration::from_secs(10), || {
+        e2e::slugs::processes_with_arg(&tag).is_empty()
+            && !processes()
+                .into_iter()
+                .any(|(p, state, ppid)| ppid == pid && state == 'Z' && orphans.contains(&p))
+    }));
+    let status = child.wait(TIMEOUT);
     assert_eq!(status.code(), Some(0));
 }
 
@@ -515,6 +538,10 @@ fn init_exit_code_and_leftover_group_members_are_cleaned_up() {
 #[test]
 fn runs_unprivileged_when_started_as_root() {
     if !is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "needs root, and CI is set"
+        );
         eprintln!("skipped: needs root");
         return;
     }
@@ -627,6 +654,10 @@ fn pid_1_in_a_pid_namespace() {
             .status()
             .is_ok_and(|s| s.success());
     if !unshare_works {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "needs root and unshare(1), and CI is set"
+        );
         eprintln!("skipped: needs root and unshare(1)");
         return;
     }
@@ -667,4 +698,202 @@ fn pid_1_in_a_pid_namespace() {
     let out = child.output(TIMEOUT);
     assert_eq!(out.code(), Some(42), "{}", out.stderr);
     assert_eq!(read(&case.path("marker")), "got-term\n");
+}
+
+// --- Hostile slugs and apps (issue 11) ---------------------------------------
+
+/// Write a raw tar (from `e2e::hostile::RawTar`) as the case's slug.
+fn raw_slug(case: &Case, tar: Vec<u8>) -> Command {
+    let path = case.dir.path().join("raw-slug.tar");
+    std::fs::write(&path, tar).unwrap();
+    let mut cmd = case.runner();
+    cmd.arg("--slug").arg(path);
+    cmd
+}
+
+/// A root-only secret file beside the case.
+fn root_only_secret(case: &Case) -> PathBuf {
+    let dir = case.dir.path().join("secret");
+    std::fs::create_dir(&dir).unwrap();
+    let file = dir.join("shadow");
+    std::fs::write(&file, "root-password: hunter2\nweb: cat /etc/shadow\n").unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    file
+}
+
+/// A slug whose only entry is a link `app` to a directory of the host:
+/// installing it must not move (or touch) anything of that directory.
+#[test]
+fn an_app_link_slug_moves_nothing_of_the_host() {
+    let case = Case::new();
+    let victim = e2e::hostile::make_victim(case.dir.path());
+    let before = e2e::hostile::snapshot(&victim);
+    let tar = e2e::hostile::RawTar::new()
+        .symlink("app", victim.to_str().unwrap())
+        .finish();
+    let out = run(raw_slug(&case, tar).args(["start", "web"]));
+    assert_ne!(out.code(), Some(0), "{}", out.stderr);
+    assert_eq!(
+        e2e::hostile::snapshot(&victim),
+        before,
+        "the host dir changed"
+    );
+    assert!(
+        !case.path("file").exists(),
+        "a host file was moved into the app"
+    );
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+}
+
+/// A Procfile or .release that links to a root-only file, or to
+/// /dev/zero: slugrunner, still root, must not read it, print it, run it,
+/// or eat memory.
+#[test]
+fn linked_procfile_and_release_are_refused_unread() {
+    let case = Case::new();
+    let secret = root_only_secret(&case);
+    for (name, target) in [
+        ("Procfile", secret.to_str().unwrap()),
+        ("Procfile", "/dev/zero"),
+        (".release", secret.to_str().unwrap()),
+        (".release", "/dev/zero"),
+    ] {
+        let case = Case::new();
+        let mut tar = e2e::hostile::RawTar::new().symlink(name, target);
+        if name == ".release" {
+            tar = tar.file("Procfile", b"web: echo hi\n");
+        }
+        let start = Instant::now();
+        let out = run(raw_slug(&case, tar.finish()).args(["start", "web"]));
+        assert_eq!(out.code(), Some(10), "{name} -> {target}: {}", out.stderr);
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{name} -> {target}"
+        );
+        assert!(out.stderr.contains("symbolic link"), "{}", out.stderr);
+        assert!(!out.stderr.contains("hunter2"), "{}", out.stderr);
+        assert!(!out.stdout.contains("hunter2"), "{}", out.stdout);
+        assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+    }
+}
+
+#[test]
+fn a_deeply_nested_release_is_refused_at_once() {
+    let case = Case::new();
+    let slug = Slug::with_procfile("web: echo hi\n").file(".release", "[".repeat(200_000));
+    let start = Instant::now();
+    let out = run(case.with_slug(&slug).args(["start", "web"]));
+    assert_eq!(out.code(), Some(10), "{}", out.stderr);
+    assert!(out.stderr.contains("deeper than"), "{}", out.stderr);
+    assert!(start.elapsed() < Duration::from_secs(5));
+}
+
+/// With --init the supervisor keeps its rights: an app that kills its
+/// parent cannot, and one that leaves its session is still stopped.
+#[test]
+fn the_supervisor_cannot_be_killed_or_escaped_by_the_app() {
+    if !is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "needs root, and CI is set"
+        );
+        return;
+    }
+    let case = Case::new();
+    let tag = e2e::slugs::unique_tag();
+    let slug = Slug::with_procfile(&format!(
+        "web: setsid sleep {tag} </dev/null >/dev/null 2>&1 & kill -9 $PPID; echo \"kill:$?\" > \"$HOME/killed\"; exec sleep {tag}\n"
+    ));
+    let child = spawn_init(&case, &slug, &["--grace-period", "3"]);
+    assert!(wait_until(Duration::from_secs(10), || case
+        .path("killed")
+        .exists()));
+    assert!(
+        wait_until(Duration::from_secs(5), || e2e::slugs::processes_with_arg(
+            &tag
+        )
+        .len()
+            >= 2),
+        "the app did not start both sleeps"
+    );
+    assert!(
+        read(&case.path("killed")).starts_with("kill:1"),
+        "{}",
+        read(&case.path("killed"))
+    );
+    // The supervisor is alive and stops everything, the setsid one too.
+    assert!(Path::new(&format!("/proc/{}", child.pid())).exists());
+    kill(child.pid(), Signal::SIGTERM).unwrap();
+    let out = child.output(TIMEOUT);
+    assert_eq!(out.code(), Some(143), "{}", out.stderr);
+    let left = e2e::slugs::wait_processes_gone(&tag, Duration::from_secs(5));
+    assert!(
+        left.is_empty(),
+        "processes of the app outlived slugrunner: {left:?}"
+    );
+}
+
+/// A server that sends one byte every second: the download's deadline and
+/// its minimum-progress rule end it, exit 20, and the app dir is left as
+/// it was (here: not there).
+#[test]
+fn a_trickling_slug_url_fails_within_its_deadline() {
+    let case = Case::new();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/slug.tgz", listener.local_addr().unwrap());
+    let server = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 2048];
+        let _ = conn.read(&mut buf);
+        let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n\x1f\x8b");
+        for _ in 0..30 {
+            std::thread::sleep(Duration::from_secs(1));
+            if conn.write_all(b"x").is_err() {
+                return;
+            }
+        }
+    });
+    let start = Instant::now();
+    let out =
+        run(case
+            .runner()
+            .env("SLUG_URL", &url)
+            .args(["--download-timeout", "3", "start", "web"]));
+    assert_eq!(out.code(), Some(20), "{}", out.stderr);
+    assert!(
+        start.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert!(out.stderr.contains("time limit"), "{}", out.stderr);
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+    assert!(!case.app.exists(), "a failed download left an app dir");
+    drop(server);
+}
+
+/// Errors quote the OS's message once, not twice.
+#[test]
+fn errors_do_not_repeat_the_os_message() {
+    let case = Case::new();
+    let out = run(case
+        .runner()
+        .args(["--slug", "/nonexistent/slug.tgz", "start", "web"]));
+    assert_ne!(out.code(), Some(0));
+    assert_eq!(
+        out.stderr.matches("os error 2").count(),
+        1,
+        "{}",
+        out.stderr
+    );
+    let out = run(case
+        .runner()
+        .args(["--env-file", "/nonexistent/env", "start", "web"]));
+    assert_eq!(
+        out.stderr.matches("os error 2").count(),
+        1,
+        "{}",
+        out.stderr
+    );
 }
