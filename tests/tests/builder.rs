@@ -687,12 +687,12 @@ fn source_version_comes_from_git_archive() {
 #[test]
 fn time_limit_kills_the_buildpack_group() {
     let tag = e2e::slugs::unique_tag();
-    let start = Instant::now();
-    let out = Build::new(web_app().tar())
+    let build = Build::new(web_app().tar())
         .buildpack("sleeper")
         .env("SLEEPER_TAG", &tag)
-        .args(["--pass-env", "SLEEPER_TAG", "--timeout", "3"])
-        .run();
+        .args(["--pass-env", "SLEEPER_TAG", "--timeout", "3"]);
+    let start = Instant::now();
+    let out = build.run();
     assert_fails_with(&out, 16);
     assert!(start.elapsed() < Duration::from_secs(20));
     assert!(stderr(&out).contains("time limit"), "{}", stderr(&out));
@@ -798,4 +798,44 @@ fn the_readme_example_builds_with_no_configuration() {
     );
     let files = slug_files(&out.stdout);
     assert!(files.contains_key("bin/web") && files.contains_key("Procfile"));
+}
+
+#[test]
+fn an_output_in_a_missing_directory_fails_before_the_build() {
+    let build = Build::new(web_app().tar())
+        .buildpack("sleeper")
+        .args(["-o", "/nonexistent/dir/slug.tgz"]);
+    let start = Instant::now();
+    let out = build.run();
+    assert_fails_with(&out, 15);
+    let log = stderr(&out);
+    assert_eq!(log.lines().count(), 1, "{log}");
+    assert!(log.contains("/nonexistent/dir/slug.tgz"), "{log}");
+    assert!(!log.contains("sleeping"), "the build ran: {log}");
+    assert!(start.elapsed() < Duration::from_secs(10));
+}
+
+/// `slugbuilder ... 2>&1 | head -2`: the log's reader goes away; the build
+/// goes on, and the exit code is the documented one, not a panic's 101.
+#[test]
+fn a_closed_stderr_never_panics() {
+    for (bp, code) in [("recorder", 0), ("failing-compile", 13)] {
+        let app = web_app();
+        let dir = tempfile::tempdir().unwrap();
+        let slug = dir.path().join("slug.tgz");
+        let mut child = Build::new(Vec::new())
+            .buildpack(bp)
+            .args([std::ffi::OsStr::new("--source"), app.path().as_os_str()])
+            .args([std::ffi::OsStr::new("-o"), slug.as_os_str()])
+            .command()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stderr.take());
+        let status = e2e::slugs::wait_timeout(&mut child, Duration::from_secs(60));
+        assert_eq!(status.code(), Some(code), "{bp}: {status:?}");
+        assert_eq!(slug.exists(), code == 0);
+    }
 }

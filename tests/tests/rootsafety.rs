@@ -76,13 +76,13 @@ fn a_procfile_linked_to_a_root_only_file_is_refused_unread() {
         PathBuf::from("/dev/zero"),
         PathBuf::from("/etc/shadow"),
     ] {
-        let start = Instant::now();
-        let out = Build::new(web_app().tar())
+        let build = Build::new(web_app().tar())
             .buildpack("link-planter")
             .env("VICTIM", "/nonexistent")
             .env("PROCFILE_TARGET", &target)
-            .args(["--pass-env", "VICTIM", "--pass-env", "PROCFILE_TARGET"])
-            .run();
+            .args(["--pass-env", "VICTIM", "--pass-env", "PROCFILE_TARGET"]);
+        let start = Instant::now();
+        let out = build.run();
         assert_fails_with(&out, 10);
         let log = stderr(&out);
         assert!(
@@ -236,10 +236,9 @@ fn swaps_during_packing_never_pull_in_a_file_from_outside() {
 fn a_black_hole_buildpack_server_meets_the_deadline_and_sigterm() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/bp.git", listener.local_addr().unwrap());
+    let build = Build::new(web_app().tar()).args(["--buildpack", &url, "--timeout", "4"]);
     let start = Instant::now();
-    let out = Build::new(web_app().tar())
-        .args(["--buildpack", &url, "--timeout", "4"])
-        .run();
+    let out = build.run();
     assert_fails_with(&out, 16);
     assert!(
         start.elapsed() < Duration::from_secs(8),
@@ -284,11 +283,11 @@ fn a_black_hole_buildpack_server_meets_the_deadline_and_sigterm() {
 
 #[test]
 fn a_sparse_8_gib_file_fails_the_size_limit_without_being_read() {
-    let start = Instant::now();
-    let out = Build::new(web_app().tar())
+    let build = Build::new(web_app().tar())
         .buildpack("sparse")
-        .args(["--timeout", "20"])
-        .run();
+        .args(["--timeout", "20"]);
+    let start = Instant::now();
+    let out = build.run();
     assert_fails_with(&out, 15);
     assert!(
         start.elapsed() < Duration::from_secs(10),
@@ -300,8 +299,9 @@ fn a_sparse_8_gib_file_fails_the_size_limit_without_being_read() {
 
 #[test]
 fn deeply_nested_release_yaml_is_refused_at_once() {
+    let build = Build::new(web_app().tar()).buildpack("deep-release");
     let start = Instant::now();
-    let out = Build::new(web_app().tar()).buildpack("deep-release").run();
+    let out = build.run();
     assert_fails_with(&out, 14);
     assert!(
         start.elapsed() < Duration::from_secs(10),

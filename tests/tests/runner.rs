@@ -764,8 +764,9 @@ fn linked_procfile_and_release_are_refused_unread() {
         if name == ".release" {
             tar = tar.file("Procfile", b"web: echo hi\n");
         }
+        let mut cmd = raw_slug(&case, tar.finish());
         let start = Instant::now();
-        let out = run(raw_slug(&case, tar.finish()).args(["start", "web"]));
+        let out = run(cmd.args(["start", "web"]));
         assert_eq!(out.code(), Some(10), "{name} -> {target}: {}", out.stderr);
         assert!(
             start.elapsed() < Duration::from_secs(5),
@@ -782,8 +783,9 @@ fn linked_procfile_and_release_are_refused_unread() {
 fn a_deeply_nested_release_is_refused_at_once() {
     let case = Case::new();
     let slug = Slug::with_procfile("web: echo hi\n").file(".release", "[".repeat(200_000));
+    let mut cmd = case.with_slug(&slug);
     let start = Instant::now();
-    let out = run(case.with_slug(&slug).args(["start", "web"]));
+    let out = run(cmd.args(["start", "web"]));
     assert_eq!(out.code(), Some(10), "{}", out.stderr);
     assert!(out.stderr.contains("deeper than"), "{}", out.stderr);
     assert!(start.elapsed() < Duration::from_secs(5));
@@ -855,12 +857,11 @@ fn a_trickling_slug_url_fails_within_its_deadline() {
             }
         }
     });
+    let mut cmd = case.runner();
+    cmd.env("SLUG_URL", &url)
+        .args(["--download-timeout", "3", "start", "web"]);
     let start = Instant::now();
-    let out =
-        run(case
-            .runner()
-            .env("SLUG_URL", &url)
-            .args(["--download-timeout", "3", "start", "web"]));
+    let out = run(&mut cmd);
     assert_eq!(out.code(), Some(20), "{}", out.stderr);
     assert!(
         start.elapsed() < Duration::from_secs(8),

@@ -279,3 +279,67 @@ pub fn check_app_dir(app_dir: &Path, user: Option<&BuildUser>) {
         ));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::{SlugOutput, SourceInput};
+
+    pub(crate) fn config(tmp: &Path) -> BuildConfig {
+        BuildConfig {
+            source: SourceInput::Stdin,
+            output: SlugOutput::Stdout,
+            explicit_buildpacks: Vec::new(),
+            buildpacks_env: None,
+            buildpacks_dir: None,
+            bundled: None,
+            allow_local_buildpacks: false,
+            cache_dir: None,
+            env_dir: None,
+            env_vars: Vec::new(),
+            pass_env: Vec::new(),
+            stack: "heroku-24".into(),
+            source_version: None,
+            request_id: "r".into(),
+            app_dir: "/app".into(),
+            path: "/usr/bin:/bin".into(),
+            source_date_epoch: None,
+            compression_level: 6,
+            tmp_dir: Some(tmp.to_path_buf()),
+            sandbox: Default::default(),
+            limits: Default::default(),
+            allow_truncated_source: false,
+            slug_size_warning: crate::build::DEFAULT_SLUG_SIZE_WARNING,
+            max_slug_size: crate::build::DEFAULT_MAX_SLUG_SIZE,
+        }
+    }
+
+    /// A panic half-way through a build unwinds through the workspace,
+    /// which removes itself (config vars included).
+    #[test]
+    fn a_panic_removes_the_workspace() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = config(tmp.path());
+        let cancel = Cancel::new(std::time::Duration::from_secs(60));
+        let result = std::panic::catch_unwind(|| {
+            let ws = Workspace::create(&cfg, &cancel).unwrap();
+            std::fs::write(ws.env.join("SECRET"), "value").unwrap();
+            assert!(ws.root.exists());
+            panic!("in the middle of a build");
+        });
+        assert!(result.is_err());
+        assert!(std::fs::read_dir(tmp.path()).unwrap().next().is_none());
+    }
+
+    /// An abrupt exit runs the registered cleanup instead.
+    #[test]
+    fn emergency_removes_the_workspace() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = config(tmp.path());
+        let cancel = Cancel::new(std::time::Duration::from_secs(60));
+        let ws = Workspace::create(&cfg, &cancel).unwrap();
+        std::mem::forget(ws);
+        cancel.emergency();
+        assert!(std::fs::read_dir(tmp.path()).unwrap().next().is_none());
+    }
+}
