@@ -2,17 +2,85 @@
 //! `examples/` built by the real slugbuilder and served by the real
 //! slugrunner. Needs PyPI and the stack's python3.
 
+use std::path::Path;
+use std::process::Command;
+
 use e2e::apps::*;
-use e2e::repo_root;
+use e2e::{bin, repo_root};
+use sha2::{Digest, Sha256};
+
+/// slugbuilder as [`Case::slugbuilder`] runs it, but with the cache at
+/// `cache`: a second path for the same cache, to show that where the cache
+/// lives does not reach the slug.
+fn slugbuilder_with_cache(case: &Case, cache: &Path) -> Command {
+    let mut cmd = Command::new(bin("slugbuilder"));
+    for var in [
+        "BUILDPACK_URL",
+        "BUILDPACKS",
+        "BUILDPACK_PATH",
+        "CACHE_PATH",
+        "ENV_PATH",
+        "STACK",
+        "SOURCE_VERSION",
+        "SOURCE_DATE_EPOCH",
+        "SLUGBUILDER_TIMEOUT",
+        "SLUG_LOG",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.arg("--buildpacks-dir")
+        .arg(repo_root().join("buildpacks"))
+        .arg("--cache-dir")
+        .arg(cache)
+        .arg("--app-dir")
+        .arg(case.app_dir());
+    cmd
+}
+
+fn sha256_of(path: &Path) -> String {
+    format!(
+        "{:x}",
+        Sha256::digest(std::fs::read(path).expect("read slug"))
+    )
+}
+
+/// Builds `source` twice and checks that both slugs are the same bytes: first
+/// with an empty cache at another path (cold), then, with that cache moved to
+/// the case's own cache dir, warm. Each build also gets its own random build
+/// dir. Returns both logs; the case's slug is the second build's.
+fn build_cold_then_warm(case: &Case, source: impl Fn() -> Vec<u8>) -> (String, String) {
+    let cold_cache = case.path("cache-cold");
+    let cold_slug = case.path("cold.tgz");
+    let mut cmd = slugbuilder_with_cache(case, &cold_cache);
+    cmd.arg("-o").arg(&cold_slug);
+    let out = run_with_stdin(&mut cmd, source(), BUILD_TIMEOUT);
+    assert_eq!(
+        out.code(),
+        Some(0),
+        "cold build failed\nstderr: {}",
+        out.stderr
+    );
+    std::fs::rename(&cold_cache, case.cache_dir()).expect("move the cache");
+    let warm = case.build(source());
+    assert_eq!(
+        sha256_of(&cold_slug),
+        sha256_of(&case.slug()),
+        "the same app gave different slugs with a cold and a warm cache\ncold build:\n{}\nwarm build:\n{warm}",
+        out.stderr
+    );
+    (out.stderr, warm)
+}
+
 #[test]
-fn django_example_migrates_collects_static_and_serves() {
+fn django_example_migrates_collects_static_serves_and_rebuilds_identically() {
     let case = Case::new();
-    let log = case.build(example_tar("django"));
+    let (log, warm) = build_cold_then_warm(&case, || example_tar("django"));
     assert!(log.contains("-----> Python app detected"), "{log}");
     assert!(log.contains("-----> Running Django collectstatic"), "{log}");
     assert!(log.contains("1 static file copied"), "{log}");
     // The web process is the buildpack's default; the Procfile has `release`.
     assert!(log.contains("Default types for buildpack -> web"), "{log}");
+    assert!(warm.contains("wheel cache: 0 new"), "{warm}");
 
     let release = case.run("release");
     assert_eq!(
@@ -38,27 +106,30 @@ fn django_example_migrates_collects_static_and_serves() {
 }
 
 #[test]
-fn flask_example_serves_and_second_build_uses_the_pip_cache() {
+fn flask_example_serves_and_a_warm_rebuild_downloads_nothing_and_is_identical() {
     let case = Case::new();
-    let first = case.build(example_tar("flask"));
+    let (first, second) = build_cold_then_warm(&case, || example_tar("flask"));
     assert!(first.contains("-----> Python app detected"), "{first}");
     assert!(
         first.contains("No cached wheels yet (first build)"),
         "{first}"
     );
 
-    let mut web = case.start_web();
-    assert_eq!(web.get_ok("/"), "Hello from Flask on slugrunner!\n");
-    web.stop();
-
-    // Same app, same cache: nothing is downloaded again.
-    let second = case.build(example_tar("flask"));
+    // Same app, same cache (moved): nothing is downloaded again.
+    assert!(
+        second.contains("Reusing the cached virtualenv base"),
+        "{second}"
+    );
     assert!(second.contains("Using the cached wheels"), "{second}");
     assert!(
         second.contains("File was already downloaded") && !second.contains("Downloading "),
         "{second}"
     );
     assert!(second.contains("wheel cache: 0 new"), "{second}");
+
+    let mut web = case.start_web();
+    assert_eq!(web.get_ok("/"), "Hello from Flask on slugrunner!\n");
+    web.stop();
 }
 
 #[test]
