@@ -114,6 +114,11 @@ fn flask_example_serves_and_a_warm_rebuild_downloads_nothing_and_is_identical() 
         first.contains("No cached wheels yet (first build)"),
         "{first}"
     );
+    // Current build tools from PyPI, not the stack's ensurepip ones.
+    assert!(
+        first.contains("Installing pip 26.3, setuptools 84.2.1, wheel 0.48.0"),
+        "{first}"
+    );
 
     // Same app, same cache (moved): nothing is downloaded again.
     assert!(
@@ -130,6 +135,46 @@ fn flask_example_serves_and_a_warm_rebuild_downloads_nothing_and_is_identical() 
     let mut web = case.start_web();
     assert_eq!(web.get_ok("/"), "Hello from Flask on slugrunner!\n");
     web.stop();
+}
+
+#[test]
+fn a_source_package_that_cannot_build_fails_with_pips_error() {
+    let case = Case::new();
+    let setup = "from setuptools import setup\n\
+        raise SystemExit('error: this package needs libfrobnicate, which is not installed')\n\
+        setup(name='needs-native-lib', version='1.0')\n";
+    let source = tar_of(
+        &repo_root().join("examples/flask"),
+        &[
+            (
+                "requirements.txt",
+                "Flask==3.1.3\n./vendor/needs-native-lib\n",
+            ),
+            ("vendor/needs-native-lib/setup.py", setup),
+        ],
+    );
+    let mut cmd = case.slugbuilder();
+    let out = run_with_stdin(&mut cmd, source, BUILD_TIMEOUT);
+    assert_ne!(out.code(), Some(0), "stderr: {}", out.stderr);
+    assert!(out.stdout.is_empty(), "a slug was written to stdout");
+    // pip's own report, with the package's message, then ours.
+    assert!(
+        out.stderr
+            .contains("error: this package needs libfrobnicate, which is not installed"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("subprocess-exited-with-error"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("-----> Error: pip could not download or build the dependencies"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
