@@ -178,6 +178,54 @@ fn a_source_package_that_cannot_build_fails_with_pips_error() {
 }
 
 #[test]
+fn collectstatic_that_cannot_load_the_settings_fails_unless_disabled() {
+    let case = Case::new();
+    let dir = repo_root().join("examples/django");
+    let settings = std::fs::read_to_string(dir.join("mysite/settings.py")).expect("settings");
+    let settings = format!(
+        "{settings}\n# Needs the database URL even to load.\n\
+         DATABASES[\"default\"][\"NAME\"] = os.environ[\"DATABASE_URL\"]\n"
+    );
+    let source = || tar_of(&dir, &[("mysite/settings.py", settings.as_str())]);
+
+    let mut cmd = case.slugbuilder();
+    let out = run_with_stdin(&mut cmd, source(), BUILD_TIMEOUT);
+    assert_ne!(out.code(), Some(0), "stderr: {}", out.stderr);
+    assert!(out.stdout.is_empty(), "a slug was written to stdout");
+    assert!(
+        out.stderr.contains("KeyError: 'DATABASE_URL'"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(
+            "-----> Error: 'manage.py help collectstatic' failed, so static files cannot be collected"
+        ),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains("has no collectstatic command"),
+        "{}",
+        out.stderr
+    );
+
+    // As on Heroku, DISABLE_COLLECTSTATIC skips the step.
+    let mut cmd = case.slugbuilder();
+    cmd.args(["-e", "DISABLE_COLLECTSTATIC=1", "-o"])
+        .arg(case.slug());
+    let out = run_with_stdin(&mut cmd, source(), BUILD_TIMEOUT);
+    assert_eq!(out.code(), Some(0), "stderr: {}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("-----> Skipping Django collectstatic (DISABLE_COLLECTSTATIC is set)"),
+        "{}",
+        out.stderr
+    );
+    assert!(case.slug().is_file());
+}
+
+#[test]
 fn unavailable_python_version_fails_with_a_clear_message_and_no_slug() {
     let case = Case::new();
     let source = tar_of(
