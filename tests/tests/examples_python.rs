@@ -2,10 +2,14 @@
 //! `examples/` built by the real slugbuilder and served by the real
 //! slugrunner. Needs PyPI and the stack's python3.
 
-use std::path::Path;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use e2e::apps::*;
+use e2e::slugs::run_with_timeout;
 use e2e::{bin, repo_root};
 use sha2::{Digest, Sha256};
 
@@ -71,6 +75,46 @@ fn build_cold_then_warm(case: &Case, source: impl Fn() -> Vec<u8>) -> (String, S
     (out.stderr, warm)
 }
 
+/// GET `path` until it answers 200 (or [`START_TIMEOUT`]) and return the
+/// body. Unlike [`Server::get_ok`] it keeps its side of the connection open
+/// until the answer is read: uvicorn (FastAPI, and Streamlit, which runs on
+/// it) drops a request whose client has shut down writing, as
+/// [`http_get`] does.
+fn get_ok_uvicorn(web: &Server, path: &str) -> String {
+    let get = || -> std::io::Result<(u16, String)> {
+        let mut stream = TcpStream::connect(("127.0.0.1", web.port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.0\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response)?;
+        let text = String::from_utf8_lossy(&response);
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        Ok((status, body.to_string()))
+    };
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        let last = match get() {
+            Ok((200, body)) => return body,
+            Ok((status, body)) => format!("HTTP {status}: {body}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            Instant::now() < deadline,
+            "GET {path} got no 200 within {START_TIMEOUT:?}\nlast: {last}\nlog:\n{}",
+            web.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 #[test]
 fn django_example_migrates_collects_static_serves_and_rebuilds_identically() {
     let case = Case::new();
@@ -79,6 +123,12 @@ fn django_example_migrates_collects_static_serves_and_rebuilds_identically() {
     assert!(log.contains("-----> Running Django collectstatic"), "{log}");
     assert!(log.contains("1 static file copied"), "{log}");
     // The web process is the buildpack's default; the Procfile has `release`.
+    assert!(
+        log.contains(
+            "Inferred web process: gunicorn mysite.wsgi --bind 0.0.0.0:$PORT (from mysite/wsgi.py)"
+        ),
+        "{log}"
+    );
     assert!(log.contains("Default types for buildpack -> web"), "{log}");
     assert!(warm.contains("wheel cache: 0 new"), "{warm}");
 
@@ -119,6 +169,8 @@ fn flask_example_serves_and_a_warm_rebuild_downloads_nothing_and_is_identical() 
         first.contains("Installing pip 26.3, setuptools 84.2.1, wheel 0.48.0"),
         "{first}"
     );
+    // The Procfile declares web: nothing is inferred.
+    assert!(!first.contains("Inferred web process"), "{first}");
 
     // Same app, same cache (moved): nothing is downloaded again.
     assert!(
@@ -135,6 +187,26 @@ fn flask_example_serves_and_a_warm_rebuild_downloads_nothing_and_is_identical() 
     let mut web = case.start_web();
     assert_eq!(web.get_ok("/"), "Hello from Flask on slugrunner!\n");
     web.stop();
+}
+
+#[test]
+fn streamlit_example_without_procfile_is_run_with_streamlit() {
+    let started = std::time::Instant::now();
+    let case = Case::new();
+    let log = case.build(example_tar("streamlit"));
+    assert!(
+        log.contains(
+            "Inferred web process: streamlit run streamlit_app.py --server.port $PORT \
+             --server.address 0.0.0.0 --server.headless true (from streamlit_app.py)"
+        ),
+        "{log}"
+    );
+    let built = started.elapsed();
+    let web = case.start_web();
+    assert_eq!(get_ok_uvicorn(&web, "/_stcore/health"), "ok");
+    assert!(get_ok_uvicorn(&web, "/").contains("Streamlit"));
+    web.stop();
+    eprintln!("streamlit: build {built:?}, total {:?}", started.elapsed());
 }
 
 #[test]
@@ -223,6 +295,223 @@ fn collectstatic_that_cannot_load_the_settings_fails_unless_disabled() {
         out.stderr
     );
     assert!(case.slug().is_file());
+}
+
+/// An app tree for [`infer`]: files, console scripts in the virtualenv and
+/// installed distributions.
+struct Layout<'a> {
+    files: &'a [(&'a str, &'a str)],
+    scripts: &'a [&'a str],
+    dists: &'a [&'a str],
+    flask_app: Option<&'a str>,
+}
+
+/// What lib/infer_web.py prints for an app laid out as `layout`.
+fn infer(layout: &Layout) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |rel: &str, content: &str| {
+        let path: PathBuf = dir.path().join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).expect("mkdir");
+        std::fs::write(path, content).expect("write");
+    };
+    for (rel, content) in layout.files {
+        write(rel, content);
+    }
+    for script in layout.scripts {
+        write(&format!(".heroku/python/bin/{script}"), "#!/bin/sh\n");
+    }
+    for dist in layout.dists {
+        write(
+            &format!(".heroku/python/lib/python3.11/site-packages/{dist}-1.0.dist-info/METADATA"),
+            "",
+        );
+    }
+    let mut cmd = Command::new("python3");
+    cmd.arg("-I")
+        .arg("-B")
+        .arg(repo_root().join("buildpacks/python/lib/infer_web.py"))
+        .arg(dir.path())
+        .env_remove("FLASK_APP");
+    if let Some(value) = layout.flask_app {
+        cmd.env("FLASK_APP", value);
+    }
+    let out = run_with_timeout(&mut cmd, RUN_TIMEOUT);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    out.stdout.trim_end().to_string()
+}
+
+#[test]
+fn web_process_inference_for_django_flask_fastapi_and_streamlit_layouts() {
+    let manage =
+        "import os\nos.environ.setdefault(\"DJANGO_SETTINGS_MODULE\", \"mysite.settings\")\n";
+    let flask = "from flask import Flask\napp = Flask(__name__)\n";
+    let flask_factory =
+        "from flask import Flask\n\ndef create_app():\n    return Flask(__name__)\n";
+    let fastapi = "from fastapi import FastAPI\napp = FastAPI()\n";
+    let streamlit = "import streamlit as st\nst.title('hi')\n";
+    let none = Layout {
+        files: &[],
+        scripts: &[],
+        dists: &[],
+        flask_app: None,
+    };
+    let cases: &[(&str, Layout, &str)] = &[
+        (
+            "Django, WSGI and ASGI, gunicorn installed",
+            Layout {
+                files: &[
+                    ("manage.py", manage),
+                    ("mysite/wsgi.py", ""),
+                    ("mysite/asgi.py", ""),
+                ],
+                scripts: &["gunicorn", "uvicorn"],
+                ..none
+            },
+            "web\tgunicorn mysite.wsgi --bind 0.0.0.0:$PORT\tmysite/wsgi.py",
+        ),
+        (
+            "Django, ASGI only, uvicorn",
+            Layout {
+                files: &[("manage.py", manage), ("mysite/asgi.py", "")],
+                scripts: &["uvicorn", "gunicorn"],
+                ..none
+            },
+            "web\tuvicorn mysite.asgi:application --host 0.0.0.0 --port $PORT\tmysite/asgi.py",
+        ),
+        (
+            "Django, ASGI only, daphne",
+            Layout {
+                files: &[("manage.py", manage), ("mysite/asgi.py", "")],
+                scripts: &["daphne"],
+                ..none
+            },
+            "web\tdaphne --bind 0.0.0.0 --port $PORT mysite.asgi:application\tmysite/asgi.py",
+        ),
+        (
+            "Django, no server installed",
+            Layout {
+                files: &[("manage.py", manage), ("mysite/wsgi.py", "")],
+                ..none
+            },
+            "warn\tthe Django project mysite has no server installed to run it: add gunicorn \
+             (or waitress) to the dependencies, or declare web in a Procfile",
+        ),
+        (
+            "Flask app object in app.py",
+            Layout {
+                files: &[("app.py", flask)],
+                scripts: &["gunicorn", "flask"],
+                ..none
+            },
+            "web\tgunicorn app:app --bind 0.0.0.0:$PORT\tapp.py",
+        ),
+        (
+            "Flask factory in wsgi.py, waitress",
+            Layout {
+                files: &[("wsgi.py", flask_factory)],
+                scripts: &["waitress-serve"],
+                ..none
+            },
+            "web\twaitress-serve --listen=0.0.0.0:$PORT --call wsgi:create_app\twsgi.py",
+        ),
+        (
+            "wsgi.py importing the app from the project, Flask installed",
+            Layout {
+                files: &[
+                    (
+                        "wsgi.py",
+                        "from hello import create_app\napp = create_app()\n",
+                    ),
+                    ("hello/__init__.py", flask_factory),
+                ],
+                scripts: &["gunicorn"],
+                dists: &["flask"],
+                ..none
+            },
+            "web\tgunicorn wsgi:app --bind 0.0.0.0:$PORT\twsgi.py",
+        ),
+        (
+            "FLASK_APP names a package with a factory",
+            Layout {
+                files: &[("hello/__init__.py", flask_factory), ("app.py", fastapi)],
+                scripts: &["gunicorn", "uvicorn"],
+                flask_app: Some("hello"),
+                ..none
+            },
+            "web\tgunicorn 'hello:create_app()' --bind 0.0.0.0:$PORT\thello/__init__.py, FLASK_APP",
+        ),
+        (
+            "FLASK_APP calls a factory with arguments",
+            Layout {
+                files: &[("hello/__init__.py", flask_factory)],
+                scripts: &["gunicorn"],
+                flask_app: Some("hello:create_app('prod')"),
+                ..none
+            },
+            "web\tgunicorn 'hello:create_app('\"'\"'prod'\"'\"')' --bind 0.0.0.0:$PORT\t\
+             hello/__init__.py, FLASK_APP",
+        ),
+        (
+            "FastAPI in main.py",
+            Layout {
+                files: &[("main.py", fastapi)],
+                scripts: &["uvicorn"],
+                ..none
+            },
+            "web\tuvicorn main:app --host 0.0.0.0 --port $PORT\tmain.py",
+        ),
+        (
+            "FastAPI in app/main.py, hypercorn",
+            Layout {
+                files: &[("app/__init__.py", ""), ("app/main.py", fastapi)],
+                scripts: &["hypercorn"],
+                ..none
+            },
+            "web\thypercorn app.main:app --bind 0.0.0.0:$PORT\tapp/main.py",
+        ),
+        (
+            "FastAPI, no server installed",
+            Layout {
+                files: &[("main.py", fastapi)],
+                ..none
+            },
+            "warn\tthe ASGI app `app` (main.py) has no server installed to run it: add uvicorn \
+             (or hypercorn, daphne) to the dependencies, or declare web in a Procfile",
+        ),
+        (
+            "Streamlit (which installs uvicorn too)",
+            Layout {
+                files: &[("streamlit_app.py", streamlit)],
+                scripts: &["streamlit", "uvicorn"],
+                dists: &["streamlit", "starlette"],
+                ..none
+            },
+            "web\tstreamlit run streamlit_app.py --server.port $PORT --server.address 0.0.0.0 \
+             --server.headless true\tstreamlit_app.py",
+        ),
+        (
+            "Streamlit in a file of another name",
+            Layout {
+                files: &[("dashboard.py", streamlit), ("helpers.py", "X = 1\n")],
+                scripts: &["streamlit"],
+                ..none
+            },
+            "web\tstreamlit run dashboard.py --server.port $PORT --server.address 0.0.0.0 \
+             --server.headless true\tdashboard.py",
+        ),
+        (
+            "nothing to serve",
+            Layout {
+                files: &[("worker.py", "print('working')\n")],
+                scripts: &["gunicorn"],
+                ..none
+            },
+            "",
+        ),
+    ];
+    for (what, layout, expected) in cases {
+        assert_eq!(infer(layout), *expected, "{what}");
+    }
 }
 
 #[test]
