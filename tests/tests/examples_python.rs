@@ -441,6 +441,16 @@ fn web_process_inference_for_django_flask_fastapi_and_streamlit_layouts() {
             "web\tgunicorn 'hello:create_app()' --bind 0.0.0.0:$PORT\thello/__init__.py, FLASK_APP",
         ),
         (
+            "FLASK_APP names a package in src/ (installed from pyproject.toml)",
+            Layout {
+                files: &[("src/hello/__init__.py", flask)],
+                scripts: &["gunicorn"],
+                flask_app: Some("hello"),
+                ..none
+            },
+            "web\tgunicorn hello:app --bind 0.0.0.0:$PORT\tsrc/hello/__init__.py, FLASK_APP",
+        ),
+        (
             "FLASK_APP calls a factory with arguments",
             Layout {
                 files: &[("hello/__init__.py", flask_factory)],

@@ -213,7 +213,8 @@ def flask_app_var():
     ):
         return
     rel = target.replace(".", "/")
-    for candidate in (rel + ".py", rel + "/__init__.py"):
+    # src/: a project installed as a package (src layout).
+    for candidate in (f"{rel}.py", f"{rel}/__init__.py", f"src/{rel}.py", f"src/{rel}/__init__.py"):
         if os.path.isfile(os.path.join(build_dir, candidate)):
             break
     else:
