@@ -115,6 +115,15 @@ fn get_ok_uvicorn(web: &Server, path: &str) -> String {
     }
 }
 
+/// Paths of the slug's installed distributions (`name-version.dist-info`).
+fn installed_dists(slug: &Path) -> Vec<String> {
+    slug_entries(slug)
+        .into_iter()
+        .filter(|p| p.starts_with(".heroku/python/lib/") && p.ends_with(".dist-info"))
+        .filter_map(|p| p.rsplit('/').next().map(str::to_lowercase))
+        .collect()
+}
+
 #[test]
 fn django_example_migrates_collects_static_serves_and_rebuilds_identically() {
     let case = Case::new();
@@ -187,6 +196,163 @@ fn flask_example_serves_and_a_warm_rebuild_downloads_nothing_and_is_identical() 
     let mut web = case.start_web();
     assert_eq!(web.get_ok("/"), "Hello from Flask on slugrunner!\n");
     web.stop();
+}
+
+#[test]
+fn fastapi_uv_example_installs_the_lock_with_uv_and_infers_uvicorn() {
+    let case = Case::new();
+    let (log, warm) = build_cold_then_warm(&case, || example_tar("fastapi-uv"));
+    assert!(
+        log.contains("Installing uv 0.13.9 from the package index"),
+        "{log}"
+    );
+    assert!(
+        log.contains("-----> Installing dependencies with uv (uv.lock)"),
+        "{log}"
+    );
+    assert!(log.contains("+ fastapi==0.165.0"), "{log}");
+    assert!(
+        log.contains(
+            "Inferred web process: uvicorn main:app --host 0.0.0.0 --port $PORT (from main.py)"
+        ),
+        "{log}"
+    );
+    assert!(warm.contains("Using the cached uv 0.13.9"), "{warm}");
+    assert!(!warm.contains("Downloading "), "{warm}");
+    // Exactly the lock's versions; the dev group (pytest) is not installed.
+    let dists = installed_dists(&case.slug());
+    for pinned in [
+        "fastapi-0.165.0.dist-info",
+        "starlette-1.10.0.dist-info",
+        "uvicorn-0.54.0.dist-info",
+    ] {
+        assert!(dists.iter().any(|d| d == pinned), "{pinned}: {dists:?}");
+    }
+    assert!(!dists.iter().any(|d| d.starts_with("pytest-")), "{dists:?}");
+
+    let web = case.start_web();
+    assert_eq!(
+        get_ok_uvicorn(&web, "/"),
+        "Hello from FastAPI (uv) on slugrunner!\n"
+    );
+    web.stop();
+}
+
+#[test]
+fn flask_poetry_example_installs_the_main_group_with_hashes_and_builds_an_sdist() {
+    let case = Case::new();
+    let log = case.build(example_tar("flask-poetry"));
+    assert!(
+        log.contains("-----> Installing dependencies with pip (poetry.lock, main group)"),
+        "{log}"
+    );
+    // langdetect is published only as an sdist (setup.py): it is built.
+    assert!(log.contains("Building wheel for langdetect"), "{log}");
+    assert!(
+        log.contains("Inferred web process: gunicorn app:app --bind 0.0.0.0:$PORT (from app.py)"),
+        "{log}"
+    );
+    let dists = installed_dists(&case.slug());
+    for pinned in [
+        "flask-3.1.3.dist-info",
+        "langdetect-1.0.9.dist-info",
+        "gunicorn-23.0.0.dist-info",
+    ] {
+        assert!(dists.iter().any(|d| d == pinned), "{pinned}: {dists:?}");
+    }
+    assert!(!dists.iter().any(|d| d.starts_with("pytest-")), "{dists:?}");
+
+    let mut web = case.start_web();
+    assert_eq!(
+        web.get_ok("/"),
+        "Hello from Flask (Poetry) on slugrunner!\n"
+    );
+    assert_eq!(
+        web.get_ok("/detect?text=Bonjour%20tout%20le%20monde%2C%20comment%20allez-vous"),
+        "fr\n"
+    );
+    web.stop();
+    // slugrunner unpacked the slug, virtualenv included, into the app dir.
+    check_poetry_lock_without_groups(&case.app_dir().join(".heroku/python/bin/python"));
+
+    // A lock whose hash does not match what the index serves is refused,
+    // even when the cache already holds the file.
+    let lock = std::fs::read_to_string(repo_root().join("examples/flask-poetry/poetry.lock"))
+        .expect("read poetry.lock");
+    let mut tampered = lock.clone();
+    for six_file in [
+        "sha256:4721f391ed90541fddacab5acf947aa0d3dc7d27b2e1e8eda2be8970586c3274",
+        "sha256:ff70335d468e7eb6ec65b95b99d3a2836546063f63acc5171de367e834932a81",
+    ] {
+        assert!(lock.contains(six_file), "six's hashes are in the lock");
+        tampered = tampered.replace(six_file, &format!("sha256:{}", "0".repeat(64)));
+    }
+    let source = tar_of(
+        &repo_root().join("examples/flask-poetry"),
+        &[("poetry.lock", tampered.as_str())],
+    );
+    let mut cmd = case.slugbuilder();
+    let out = run_with_stdin(&mut cmd, source, BUILD_TIMEOUT);
+    assert_ne!(out.code(), Some(0), "stderr: {}", out.stderr);
+    assert!(out.stdout.is_empty(), "a slug was written to stdout");
+    assert!(
+        out.stderr.contains("DO NOT MATCH THE HASHES"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("-----> Error: pip could not download or build the dependencies"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// A lock-version 2.0 lock (Poetry 1.x) records no groups: the main group is
+/// what the pyproject's main dependencies reach. Checked with the converter
+/// and the virtualenv (it needs pip's `packaging`) of a built slug.
+fn check_poetry_lock_without_groups(venv_python: &Path) {
+    let dir = repo_root().join("examples/flask-poetry");
+    let lock = std::fs::read_to_string(dir.join("poetry.lock")).expect("read poetry.lock");
+    let old_lock: String = lock
+        .lines()
+        .filter(|l| !l.starts_with("groups = ") && !l.starts_with("markers = "))
+        .map(|l| format!("{l}\n"))
+        .collect::<String>()
+        .replace("lock-version = \"2.1\"", "lock-version = \"2.0\"");
+    let pyproject = "[tool.poetry]\nname = \"x\"\nversion = \"0.1.0\"\ndescription = \"\"\n\
+        authors = []\npackage-mode = false\n\n[tool.poetry.dependencies]\npython = \"^3.11\"\n\
+        Flask = \"^3.1\"\ngunicorn = \"^23\"\nlangdetect = \"1.0.9\"\n\n\
+        [tool.poetry.group.dev.dependencies]\npytest = \"^9\"\n";
+    let app = tempfile::tempdir().expect("tempdir");
+    std::fs::write(app.path().join("poetry.lock"), old_lock).expect("write lock");
+    std::fs::write(app.path().join("pyproject.toml"), pyproject).expect("write pyproject");
+    let out = |name: &str| app.path().join(name);
+    let run = run_with_timeout(
+        Command::new(venv_python)
+            .arg("-I")
+            .arg("-B")
+            .arg(repo_root().join("buildpacks/python/lib/poetry_lock.py"))
+            .arg(app.path())
+            .arg(out("hashed.txt"))
+            .arg(out("plain.txt")),
+        RUN_TIMEOUT,
+    );
+    assert_eq!(run.code(), Some(0), "{}", run.stderr);
+    let plain = std::fs::read_to_string(out("plain.txt")).expect("plain requirements");
+    assert_eq!(
+        plain,
+        "blinker==1.9.0\nclick==8.5.1\nflask==3.1.3\ngunicorn==23.0.0\nitsdangerous==2.2.0\n\
+         jinja2==3.1.6\nlangdetect==1.0.9\nmarkupsafe==3.0.4\npackaging==26.4\nsix==1.17.0\n\
+         werkzeug==3.1.9\n"
+    );
+    let hashed = std::fs::read_to_string(out("hashed.txt")).expect("hashed requirements");
+    assert!(
+        hashed.contains(
+            "six==1.17.0 --hash=sha256:4721f391ed90541fddacab5acf947aa0d3dc7d27b2e1e8eda2be8970586c3274"
+        ),
+        "{hashed}"
+    );
 }
 
 #[test]
