@@ -376,7 +376,7 @@ fn streamlit_example_without_procfile_is_run_with_streamlit() {
 }
 
 #[test]
-fn a_source_package_that_cannot_build_fails_with_pips_error() {
+fn source_packages_build_from_hashed_requirements_and_one_that_cannot_build_fails() {
     let case = Case::new();
     let setup = "from setuptools import setup\n\
         raise SystemExit('error: this package needs libfrobnicate, which is not installed')\n\
@@ -413,6 +413,28 @@ fn a_source_package_that_cannot_build_fails_with_pips_error() {
         "{}",
         out.stderr
     );
+
+    // pip-compile --generate-hashes style, with langdetect, which PyPI has
+    // only as an sdist: the hashes are checked on download, and the wheel
+    // built from the sdist (whose hash is not in the file) still installs
+    // from the wheel cache.
+    let hashed = "langdetect==1.0.9 \\\n    \
+        --hash=sha256:7cbc0746252f19e76f77c0b1690aadf01963be835ef0cd4b56dddf2a8f1dfc2a \\\n    \
+        --hash=sha256:cbc1fef89f8d062739774bd51eda3da3274006b3661d199c2655f6b3f6d605a0\n\
+        six==1.17.0 \\\n    \
+        --hash=sha256:4721f391ed90541fddacab5acf947aa0d3dc7d27b2e1e8eda2be8970586c3274 \\\n    \
+        --hash=sha256:ff70335d468e7eb6ec65b95b99d3a2836546063f63acc5171de367e834932a81\n";
+    let log = case.build(tar_of(
+        &repo_root().join("examples/flask"),
+        &[("requirements.txt", hashed)],
+    ));
+    assert!(log.contains("Building wheel for langdetect"), "{log}");
+    assert!(
+        log.contains("Successfully installed langdetect-1.0.9 six-1.17.0"),
+        "{log}"
+    );
+    assert!(!log.contains("DO NOT MATCH THE HASHES"), "{log}");
+    assert!(!log.contains("Retrying with the package index"), "{log}");
 }
 
 #[test]
