@@ -2,17 +2,144 @@
 //! `examples/` built by the real slugbuilder and served by the real
 //! slugrunner. Needs PyPI and the stack's python3.
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
 use e2e::apps::*;
-use e2e::repo_root;
+use e2e::slugs::run_with_timeout;
+use e2e::{bin, repo_root};
+use sha2::{Digest, Sha256};
+
+/// slugbuilder as [`Case::slugbuilder`] runs it, but with the cache at
+/// `cache`: a second path for the same cache, to show that where the cache
+/// lives does not reach the slug.
+fn slugbuilder_with_cache(case: &Case, cache: &Path) -> Command {
+    let mut cmd = Command::new(bin("slugbuilder"));
+    for var in [
+        "BUILDPACK_URL",
+        "BUILDPACKS",
+        "BUILDPACK_PATH",
+        "CACHE_PATH",
+        "ENV_PATH",
+        "STACK",
+        "SOURCE_VERSION",
+        "SOURCE_DATE_EPOCH",
+        "SLUGBUILDER_TIMEOUT",
+        "SLUG_LOG",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.arg("--buildpacks-dir")
+        .arg(repo_root().join("buildpacks"))
+        .arg("--cache-dir")
+        .arg(cache)
+        .arg("--app-dir")
+        .arg(case.app_dir());
+    cmd
+}
+
+fn sha256_of(path: &Path) -> String {
+    format!(
+        "{:x}",
+        Sha256::digest(std::fs::read(path).expect("read slug"))
+    )
+}
+
+/// Builds `source` twice and checks that both slugs are the same bytes: first
+/// with an empty cache at another path (cold), then, with that cache moved to
+/// the case's own cache dir, warm. Each build also gets its own random build
+/// dir. Returns both logs; the case's slug is the second build's.
+fn build_cold_then_warm(case: &Case, source: impl Fn() -> Vec<u8>) -> (String, String) {
+    let cold_cache = case.path("cache-cold");
+    let cold_slug = case.path("cold.tgz");
+    let mut cmd = slugbuilder_with_cache(case, &cold_cache);
+    cmd.arg("-o").arg(&cold_slug);
+    let out = run_with_stdin(&mut cmd, source(), BUILD_TIMEOUT);
+    assert_eq!(
+        out.code(),
+        Some(0),
+        "cold build failed\nstderr: {}",
+        out.stderr
+    );
+    std::fs::rename(&cold_cache, case.cache_dir()).expect("move the cache");
+    let warm = case.build(source());
+    assert_eq!(
+        sha256_of(&cold_slug),
+        sha256_of(&case.slug()),
+        "the same app gave different slugs with a cold and a warm cache\ncold build:\n{}\nwarm build:\n{warm}",
+        out.stderr
+    );
+    (out.stderr, warm)
+}
+
+/// GET `path` until it answers 200 (or [`START_TIMEOUT`]) and return the
+/// body. Unlike [`Server::get_ok`] it keeps its side of the connection open
+/// until the answer is read: uvicorn (FastAPI, and Streamlit, which runs on
+/// it) drops a request whose client has shut down writing, as
+/// [`http_get`] does.
+fn get_ok_uvicorn(web: &Server, path: &str) -> String {
+    let get = || -> std::io::Result<(u16, String)> {
+        let mut stream = TcpStream::connect(("127.0.0.1", web.port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.0\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response)?;
+        let text = String::from_utf8_lossy(&response);
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        Ok((status, body.to_string()))
+    };
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        let last = match get() {
+            Ok((200, body)) => return body,
+            Ok((status, body)) => format!("HTTP {status}: {body}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            Instant::now() < deadline,
+            "GET {path} got no 200 within {START_TIMEOUT:?}\nlast: {last}\nlog:\n{}",
+            web.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Paths of the slug's installed distributions (`name-version.dist-info`).
+fn installed_dists(slug: &Path) -> Vec<String> {
+    slug_entries(slug)
+        .into_iter()
+        .filter(|p| p.starts_with(".heroku/python/lib/") && p.ends_with(".dist-info"))
+        .filter_map(|p| p.rsplit('/').next().map(str::to_lowercase))
+        .collect()
+}
+
 #[test]
-fn django_example_migrates_collects_static_and_serves() {
+fn django_example_migrates_collects_static_serves_and_rebuilds_identically() {
     let case = Case::new();
-    let log = case.build(example_tar("django"));
+    let (log, warm) = build_cold_then_warm(&case, || example_tar("django"));
     assert!(log.contains("-----> Python app detected"), "{log}");
     assert!(log.contains("-----> Running Django collectstatic"), "{log}");
     assert!(log.contains("1 static file copied"), "{log}");
     // The web process is the buildpack's default; the Procfile has `release`.
+    assert!(
+        log.contains(
+            "Inferred web process: gunicorn mysite.wsgi --bind 0.0.0.0:$PORT (from mysite/wsgi.py)"
+        ),
+        "{log}"
+    );
     assert!(log.contains("Default types for buildpack -> web"), "{log}");
+    assert!(warm.contains("wheel cache: 0 new"), "{warm}");
 
     let release = case.run("release");
     assert_eq!(
@@ -38,27 +165,551 @@ fn django_example_migrates_collects_static_and_serves() {
 }
 
 #[test]
-fn flask_example_serves_and_second_build_uses_the_pip_cache() {
+fn flask_example_serves_and_a_warm_rebuild_downloads_nothing_and_is_identical() {
     let case = Case::new();
-    let first = case.build(example_tar("flask"));
+    let (first, second) = build_cold_then_warm(&case, || example_tar("flask"));
     assert!(first.contains("-----> Python app detected"), "{first}");
     assert!(
         first.contains("No cached wheels yet (first build)"),
         "{first}"
     );
+    // Current build tools from PyPI, not the stack's ensurepip ones.
+    assert!(
+        first.contains("Installing pip 26.3, setuptools 84.2.1, wheel 0.48.0"),
+        "{first}"
+    );
+    // The Procfile declares web: nothing is inferred.
+    assert!(!first.contains("Inferred web process"), "{first}");
 
-    let mut web = case.start_web();
-    assert_eq!(web.get_ok("/"), "Hello from Flask on slugrunner!\n");
-    web.stop();
-
-    // Same app, same cache: nothing is downloaded again.
-    let second = case.build(example_tar("flask"));
+    // Same app, same cache (moved): nothing is downloaded again.
+    assert!(
+        second.contains("Reusing the cached virtualenv base"),
+        "{second}"
+    );
     assert!(second.contains("Using the cached wheels"), "{second}");
     assert!(
         second.contains("File was already downloaded") && !second.contains("Downloading "),
         "{second}"
     );
     assert!(second.contains("wheel cache: 0 new"), "{second}");
+
+    let mut web = case.start_web();
+    assert_eq!(web.get_ok("/"), "Hello from Flask on slugrunner!\n");
+    web.stop();
+}
+
+#[test]
+fn fastapi_uv_example_installs_the_lock_with_uv_and_infers_uvicorn() {
+    let case = Case::new();
+    let (log, warm) = build_cold_then_warm(&case, || example_tar("fastapi-uv"));
+    assert!(
+        log.contains("Installing uv 0.13.9 from the package index"),
+        "{log}"
+    );
+    assert!(
+        log.contains("-----> Installing dependencies with uv (uv.lock)"),
+        "{log}"
+    );
+    assert!(log.contains("+ fastapi==0.165.0"), "{log}");
+    assert!(
+        log.contains(
+            "Inferred web process: uvicorn main:app --host 0.0.0.0 --port $PORT (from main.py)"
+        ),
+        "{log}"
+    );
+    assert!(warm.contains("Using the cached uv 0.13.9"), "{warm}");
+    assert!(!warm.contains("Downloading "), "{warm}");
+    // Exactly the lock's versions; the dev group (pytest) is not installed.
+    let dists = installed_dists(&case.slug());
+    for pinned in [
+        "fastapi-0.165.0.dist-info",
+        "starlette-1.10.0.dist-info",
+        "uvicorn-0.54.0.dist-info",
+    ] {
+        assert!(dists.iter().any(|d| d == pinned), "{pinned}: {dists:?}");
+    }
+    assert!(!dists.iter().any(|d| d.starts_with("pytest-")), "{dists:?}");
+
+    let web = case.start_web();
+    assert_eq!(
+        get_ok_uvicorn(&web, "/"),
+        "Hello from FastAPI (uv) on slugrunner!\n"
+    );
+    web.stop();
+}
+
+#[test]
+fn flask_poetry_example_installs_the_main_group_with_hashes_and_builds_an_sdist() {
+    let case = Case::new();
+    let log = case.build(example_tar("flask-poetry"));
+    assert!(
+        log.contains("-----> Installing dependencies with pip (poetry.lock, main group)"),
+        "{log}"
+    );
+    // langdetect is published only as an sdist (setup.py): it is built.
+    assert!(log.contains("Building wheel for langdetect"), "{log}");
+    assert!(
+        log.contains("Inferred web process: gunicorn app:app --bind 0.0.0.0:$PORT (from app.py)"),
+        "{log}"
+    );
+    let dists = installed_dists(&case.slug());
+    for pinned in [
+        "flask-3.1.3.dist-info",
+        "langdetect-1.0.9.dist-info",
+        "gunicorn-23.0.0.dist-info",
+    ] {
+        assert!(dists.iter().any(|d| d == pinned), "{pinned}: {dists:?}");
+    }
+    assert!(!dists.iter().any(|d| d.starts_with("pytest-")), "{dists:?}");
+
+    let mut web = case.start_web();
+    assert_eq!(
+        web.get_ok("/"),
+        "Hello from Flask (Poetry) on slugrunner!\n"
+    );
+    assert_eq!(
+        web.get_ok("/detect?text=Bonjour%20tout%20le%20monde%2C%20comment%20allez-vous"),
+        "fr\n"
+    );
+    web.stop();
+    // slugrunner unpacked the slug, virtualenv included, into the app dir.
+    check_poetry_lock_without_groups(&case.app_dir().join(".heroku/python/bin/python"));
+
+    // A lock whose hash does not match what the index serves is refused,
+    // even when the cache already holds the file.
+    let lock = std::fs::read_to_string(repo_root().join("examples/flask-poetry/poetry.lock"))
+        .expect("read poetry.lock");
+    let mut tampered = lock.clone();
+    for six_file in [
+        "sha256:4721f391ed90541fddacab5acf947aa0d3dc7d27b2e1e8eda2be8970586c3274",
+        "sha256:ff70335d468e7eb6ec65b95b99d3a2836546063f63acc5171de367e834932a81",
+    ] {
+        assert!(lock.contains(six_file), "six's hashes are in the lock");
+        tampered = tampered.replace(six_file, &format!("sha256:{}", "0".repeat(64)));
+    }
+    let source = tar_of(
+        &repo_root().join("examples/flask-poetry"),
+        &[("poetry.lock", tampered.as_str())],
+    );
+    let mut cmd = case.slugbuilder();
+    let out = run_with_stdin(&mut cmd, source, BUILD_TIMEOUT);
+    assert_ne!(out.code(), Some(0), "stderr: {}", out.stderr);
+    assert!(out.stdout.is_empty(), "a slug was written to stdout");
+    assert!(
+        out.stderr.contains("DO NOT MATCH THE HASHES"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("-----> Error: pip could not download or build the dependencies"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// A lock-version 2.0 lock (Poetry 1.x) records no groups: the main group is
+/// what the pyproject's main dependencies reach. Checked with the converter
+/// and the virtualenv (it needs pip's `packaging`) of a built slug.
+fn check_poetry_lock_without_groups(venv_python: &Path) {
+    let dir = repo_root().join("examples/flask-poetry");
+    let lock = std::fs::read_to_string(dir.join("poetry.lock")).expect("read poetry.lock");
+    let old_lock: String = lock
+        .lines()
+        .filter(|l| !l.starts_with("groups = ") && !l.starts_with("markers = "))
+        .map(|l| format!("{l}\n"))
+        .collect::<String>()
+        .replace("lock-version = \"2.1\"", "lock-version = \"2.0\"");
+    let pyproject = "[tool.poetry]\nname = \"x\"\nversion = \"0.1.0\"\ndescription = \"\"\n\
+        authors = []\npackage-mode = false\n\n[tool.poetry.dependencies]\npython = \"^3.11\"\n\
+        Flask = \"^3.1\"\ngunicorn = \"^23\"\nlangdetect = \"1.0.9\"\n\n\
+        [tool.poetry.group.dev.dependencies]\npytest = \"^9\"\n";
+    let app = tempfile::tempdir().expect("tempdir");
+    std::fs::write(app.path().join("poetry.lock"), old_lock).expect("write lock");
+    std::fs::write(app.path().join("pyproject.toml"), pyproject).expect("write pyproject");
+    let out = |name: &str| app.path().join(name);
+    let run = run_with_timeout(
+        Command::new(venv_python)
+            .arg("-I")
+            .arg("-B")
+            .arg(repo_root().join("buildpacks/python/lib/poetry_lock.py"))
+            .arg(app.path())
+            .arg(out("hashed.txt"))
+            .arg(out("plain.txt")),
+        RUN_TIMEOUT,
+    );
+    assert_eq!(run.code(), Some(0), "{}", run.stderr);
+    let plain = std::fs::read_to_string(out("plain.txt")).expect("plain requirements");
+    assert_eq!(
+        plain,
+        "blinker==1.9.0\nclick==8.5.1\nflask==3.1.3\ngunicorn==23.0.0\nitsdangerous==2.2.0\n\
+         jinja2==3.1.6\nlangdetect==1.0.9\nmarkupsafe==3.0.4\npackaging==26.4\nsix==1.17.0\n\
+         werkzeug==3.1.9\n"
+    );
+    let hashed = std::fs::read_to_string(out("hashed.txt")).expect("hashed requirements");
+    assert!(
+        hashed.contains(
+            "six==1.17.0 --hash=sha256:4721f391ed90541fddacab5acf947aa0d3dc7d27b2e1e8eda2be8970586c3274"
+        ),
+        "{hashed}"
+    );
+}
+
+#[test]
+fn streamlit_example_without_procfile_is_run_with_streamlit() {
+    let started = std::time::Instant::now();
+    let case = Case::new();
+    let log = case.build(example_tar("streamlit"));
+    assert!(
+        log.contains(
+            "Inferred web process: streamlit run streamlit_app.py --server.port $PORT \
+             --server.address 0.0.0.0 --server.headless true (from streamlit_app.py)"
+        ),
+        "{log}"
+    );
+    let built = started.elapsed();
+    let web = case.start_web();
+    assert_eq!(get_ok_uvicorn(&web, "/_stcore/health"), "ok");
+    assert!(get_ok_uvicorn(&web, "/").contains("Streamlit"));
+    web.stop();
+    eprintln!("streamlit: build {built:?}, total {:?}", started.elapsed());
+}
+
+#[test]
+fn source_packages_build_from_hashed_requirements_and_one_that_cannot_build_fails() {
+    let case = Case::new();
+    let setup = "from setuptools import setup\n\
+        raise SystemExit('error: this package needs libfrobnicate, which is not installed')\n\
+        setup(name='needs-native-lib', version='1.0')\n";
+    let source = tar_of(
+        &repo_root().join("examples/flask"),
+        &[
+            (
+                "requirements.txt",
+                "Flask==3.1.3\n./vendor/needs-native-lib\n",
+            ),
+            ("vendor/needs-native-lib/setup.py", setup),
+        ],
+    );
+    let mut cmd = case.slugbuilder();
+    let out = run_with_stdin(&mut cmd, source, BUILD_TIMEOUT);
+    assert_ne!(out.code(), Some(0), "stderr: {}", out.stderr);
+    assert!(out.stdout.is_empty(), "a slug was written to stdout");
+    // pip's own report, with the package's message, then ours.
+    assert!(
+        out.stderr
+            .contains("error: this package needs libfrobnicate, which is not installed"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("subprocess-exited-with-error"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("-----> Error: pip could not download or build the dependencies"),
+        "{}",
+        out.stderr
+    );
+
+    // pip-compile --generate-hashes style, with langdetect, which PyPI has
+    // only as an sdist: the hashes are checked on download, and the wheel
+    // built from the sdist (whose hash is not in the file) still installs
+    // from the wheel cache.
+    let hashed = "langdetect==1.0.9 \\\n    \
+        --hash=sha256:7cbc0746252f19e76f77c0b1690aadf01963be835ef0cd4b56dddf2a8f1dfc2a \\\n    \
+        --hash=sha256:cbc1fef89f8d062739774bd51eda3da3274006b3661d199c2655f6b3f6d605a0\n\
+        six==1.17.0 \\\n    \
+        --hash=sha256:4721f391ed90541fddacab5acf947aa0d3dc7d27b2e1e8eda2be8970586c3274 \\\n    \
+        --hash=sha256:ff70335d468e7eb6ec65b95b99d3a2836546063f63acc5171de367e834932a81\n";
+    let log = case.build(tar_of(
+        &repo_root().join("examples/flask"),
+        &[("requirements.txt", hashed)],
+    ));
+    assert!(log.contains("Building wheel for langdetect"), "{log}");
+    assert!(
+        log.contains("Successfully installed langdetect-1.0.9 six-1.17.0"),
+        "{log}"
+    );
+    assert!(!log.contains("DO NOT MATCH THE HASHES"), "{log}");
+    assert!(!log.contains("Retrying with the package index"), "{log}");
+}
+
+#[test]
+fn collectstatic_that_cannot_load_the_settings_fails_unless_disabled() {
+    let case = Case::new();
+    let dir = repo_root().join("examples/django");
+    let settings = std::fs::read_to_string(dir.join("mysite/settings.py")).expect("settings");
+    let settings = format!(
+        "{settings}\n# Needs the database URL even to load.\n\
+         DATABASES[\"default\"][\"NAME\"] = os.environ[\"DATABASE_URL\"]\n"
+    );
+    let source = || tar_of(&dir, &[("mysite/settings.py", settings.as_str())]);
+
+    let mut cmd = case.slugbuilder();
+    let out = run_with_stdin(&mut cmd, source(), BUILD_TIMEOUT);
+    assert_ne!(out.code(), Some(0), "stderr: {}", out.stderr);
+    assert!(out.stdout.is_empty(), "a slug was written to stdout");
+    assert!(
+        out.stderr.contains("KeyError: 'DATABASE_URL'"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(
+            "-----> Error: 'manage.py help collectstatic' failed, so static files cannot be collected"
+        ),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains("has no collectstatic command"),
+        "{}",
+        out.stderr
+    );
+
+    // As on Heroku, DISABLE_COLLECTSTATIC skips the step.
+    let mut cmd = case.slugbuilder();
+    cmd.args(["-e", "DISABLE_COLLECTSTATIC=1", "-o"])
+        .arg(case.slug());
+    let out = run_with_stdin(&mut cmd, source(), BUILD_TIMEOUT);
+    assert_eq!(out.code(), Some(0), "stderr: {}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("-----> Skipping Django collectstatic (DISABLE_COLLECTSTATIC is set)"),
+        "{}",
+        out.stderr
+    );
+    assert!(case.slug().is_file());
+}
+
+/// An app tree for [`infer`]: files, console scripts in the virtualenv and
+/// installed distributions.
+struct Layout<'a> {
+    files: &'a [(&'a str, &'a str)],
+    scripts: &'a [&'a str],
+    dists: &'a [&'a str],
+    flask_app: Option<&'a str>,
+}
+
+/// What lib/infer_web.py prints for an app laid out as `layout`.
+fn infer(layout: &Layout) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |rel: &str, content: &str| {
+        let path: PathBuf = dir.path().join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).expect("mkdir");
+        std::fs::write(path, content).expect("write");
+    };
+    for (rel, content) in layout.files {
+        write(rel, content);
+    }
+    for script in layout.scripts {
+        write(&format!(".heroku/python/bin/{script}"), "#!/bin/sh\n");
+    }
+    for dist in layout.dists {
+        write(
+            &format!(".heroku/python/lib/python3.11/site-packages/{dist}-1.0.dist-info/METADATA"),
+            "",
+        );
+    }
+    let mut cmd = Command::new("python3");
+    cmd.arg("-I")
+        .arg("-B")
+        .arg(repo_root().join("buildpacks/python/lib/infer_web.py"))
+        .arg(dir.path())
+        .env_remove("FLASK_APP");
+    if let Some(value) = layout.flask_app {
+        cmd.env("FLASK_APP", value);
+    }
+    let out = run_with_timeout(&mut cmd, RUN_TIMEOUT);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    out.stdout.trim_end().to_string()
+}
+
+#[test]
+fn web_process_inference_for_django_flask_fastapi_and_streamlit_layouts() {
+    let manage =
+        "import os\nos.environ.setdefault(\"DJANGO_SETTINGS_MODULE\", \"mysite.settings\")\n";
+    let flask = "from flask import Flask\napp = Flask(__name__)\n";
+    let flask_factory =
+        "from flask import Flask\n\ndef create_app():\n    return Flask(__name__)\n";
+    let fastapi = "from fastapi import FastAPI\napp = FastAPI()\n";
+    let streamlit = "import streamlit as st\nst.title('hi')\n";
+    let none = Layout {
+        files: &[],
+        scripts: &[],
+        dists: &[],
+        flask_app: None,
+    };
+    let cases: &[(&str, Layout, &str)] = &[
+        (
+            "Django, WSGI and ASGI, gunicorn installed",
+            Layout {
+                files: &[
+                    ("manage.py", manage),
+                    ("mysite/wsgi.py", ""),
+                    ("mysite/asgi.py", ""),
+                ],
+                scripts: &["gunicorn", "uvicorn"],
+                ..none
+            },
+            "web\tgunicorn mysite.wsgi --bind 0.0.0.0:$PORT\tmysite/wsgi.py",
+        ),
+        (
+            "Django, ASGI only, uvicorn",
+            Layout {
+                files: &[("manage.py", manage), ("mysite/asgi.py", "")],
+                scripts: &["uvicorn", "gunicorn"],
+                ..none
+            },
+            "web\tuvicorn mysite.asgi:application --host 0.0.0.0 --port $PORT\tmysite/asgi.py",
+        ),
+        (
+            "Django, ASGI only, daphne",
+            Layout {
+                files: &[("manage.py", manage), ("mysite/asgi.py", "")],
+                scripts: &["daphne"],
+                ..none
+            },
+            "web\tdaphne --bind 0.0.0.0 --port $PORT mysite.asgi:application\tmysite/asgi.py",
+        ),
+        (
+            "Django, no server installed",
+            Layout {
+                files: &[("manage.py", manage), ("mysite/wsgi.py", "")],
+                ..none
+            },
+            "warn\tthe Django project mysite has no server installed to run it: add gunicorn \
+             (or waitress) to the dependencies, or declare web in a Procfile",
+        ),
+        (
+            "Flask app object in app.py",
+            Layout {
+                files: &[("app.py", flask)],
+                scripts: &["gunicorn", "flask"],
+                ..none
+            },
+            "web\tgunicorn app:app --bind 0.0.0.0:$PORT\tapp.py",
+        ),
+        (
+            "Flask factory in wsgi.py, waitress",
+            Layout {
+                files: &[("wsgi.py", flask_factory)],
+                scripts: &["waitress-serve"],
+                ..none
+            },
+            "web\twaitress-serve --listen=0.0.0.0:$PORT --call wsgi:create_app\twsgi.py",
+        ),
+        (
+            "wsgi.py importing the app from the project, Flask installed",
+            Layout {
+                files: &[
+                    (
+                        "wsgi.py",
+                        "from hello import create_app\napp = create_app()\n",
+                    ),
+                    ("hello/__init__.py", flask_factory),
+                ],
+                scripts: &["gunicorn"],
+                dists: &["flask"],
+                ..none
+            },
+            "web\tgunicorn wsgi:app --bind 0.0.0.0:$PORT\twsgi.py",
+        ),
+        (
+            "FLASK_APP names a package with a factory",
+            Layout {
+                files: &[("hello/__init__.py", flask_factory), ("app.py", fastapi)],
+                scripts: &["gunicorn", "uvicorn"],
+                flask_app: Some("hello"),
+                ..none
+            },
+            "web\tgunicorn 'hello:create_app()' --bind 0.0.0.0:$PORT\thello/__init__.py, FLASK_APP",
+        ),
+        (
+            "FLASK_APP names a package in src/ (installed from pyproject.toml)",
+            Layout {
+                files: &[("src/hello/__init__.py", flask)],
+                scripts: &["gunicorn"],
+                flask_app: Some("hello"),
+                ..none
+            },
+            "web\tgunicorn hello:app --bind 0.0.0.0:$PORT\tsrc/hello/__init__.py, FLASK_APP",
+        ),
+        (
+            "FLASK_APP calls a factory with arguments",
+            Layout {
+                files: &[("hello/__init__.py", flask_factory)],
+                scripts: &["gunicorn"],
+                flask_app: Some("hello:create_app('prod')"),
+                ..none
+            },
+            "web\tgunicorn 'hello:create_app('\"'\"'prod'\"'\"')' --bind 0.0.0.0:$PORT\t\
+             hello/__init__.py, FLASK_APP",
+        ),
+        (
+            "FastAPI in main.py",
+            Layout {
+                files: &[("main.py", fastapi)],
+                scripts: &["uvicorn"],
+                ..none
+            },
+            "web\tuvicorn main:app --host 0.0.0.0 --port $PORT\tmain.py",
+        ),
+        (
+            "FastAPI in app/main.py, hypercorn",
+            Layout {
+                files: &[("app/__init__.py", ""), ("app/main.py", fastapi)],
+                scripts: &["hypercorn"],
+                ..none
+            },
+            "web\thypercorn app.main:app --bind 0.0.0.0:$PORT\tapp/main.py",
+        ),
+        (
+            "FastAPI, no server installed",
+            Layout {
+                files: &[("main.py", fastapi)],
+                ..none
+            },
+            "warn\tthe ASGI app `app` (main.py) has no server installed to run it: add uvicorn \
+             (or hypercorn, daphne) to the dependencies, or declare web in a Procfile",
+        ),
+        (
+            "Streamlit (which installs uvicorn too)",
+            Layout {
+                files: &[("streamlit_app.py", streamlit)],
+                scripts: &["streamlit", "uvicorn"],
+                dists: &["streamlit", "starlette"],
+                ..none
+            },
+            "web\tstreamlit run streamlit_app.py --server.port $PORT --server.address 0.0.0.0 \
+             --server.headless true\tstreamlit_app.py",
+        ),
+        (
+            "Streamlit in a file of another name",
+            Layout {
+                files: &[("dashboard.py", streamlit), ("helpers.py", "X = 1\n")],
+                scripts: &["streamlit"],
+                ..none
+            },
+            "web\tstreamlit run dashboard.py --server.port $PORT --server.address 0.0.0.0 \
+             --server.headless true\tdashboard.py",
+        ),
+        (
+            "nothing to serve",
+            Layout {
+                files: &[("worker.py", "print('working')\n")],
+                scripts: &["gunicorn"],
+                ..none
+            },
+            "",
+        ),
+    ];
+    for (what, layout, expected) in cases {
+        assert_eq!(infer(layout), *expected, "{what}");
+    }
 }
 
 #[test]
