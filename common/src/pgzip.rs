@@ -8,6 +8,14 @@
 //! only on the input, the level and the block size, never on the number of
 //! threads or their timing, so slugs stay reproducible. Memory is bounded by
 //! the blocks in flight.
+//!
+//! A [`BlockCache`] makes a warm rebuild cheap: a block's compressed bytes
+//! depend only on its [`block_key`] (level, dictionary, data, whether it is
+//! the last), so a block an earlier run compressed is taken from the cache
+//! instead of compressed again, and the output is the same bytes either
+//! way. Slugs are packed in sorted order, so a runtime or a virtualenv
+//! under `.heroku/` comes first and stays block-aligned when the app's own
+//! files change.
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
@@ -27,6 +35,56 @@ struct Job {
     dict: Vec<u8>,
     data: Vec<u8>,
     last: bool,
+}
+
+/// What identifies a block's compressed bytes.
+pub type BlockKey = [u8; 32];
+
+/// Compressed blocks of earlier runs, and a record of this run's.
+pub trait BlockCache: Send + Sync + std::fmt::Debug {
+    /// The compressed bytes of the block with this key, if known.
+    fn get(&self, key: &BlockKey) -> Option<Vec<u8>>;
+    /// Remember a block of this run (hit or not).
+    fn record(&self, key: &BlockKey, compressed: &[u8]);
+}
+
+/// The key of a block: a hash of everything its compressed bytes depend on,
+/// including the version of this code (a new deflate could give other,
+/// equally valid bytes).
+pub fn block_key(level: Compression, dict: &[u8], data: &[u8], last: bool) -> BlockKey {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"slug-pgzip-v1\0");
+    h.update(env!("CARGO_PKG_VERSION").as_bytes());
+    h.update([level.level() as u8, u8::from(last)]);
+    h.update((dict.len() as u64).to_le_bytes());
+    h.update(dict);
+    h.update(data);
+    h.finalize().into()
+}
+
+/// Compress one block, through the cache when there is one.
+fn cached_block(
+    cache: Option<&dyn BlockCache>,
+    level: Compression,
+    dict: &[u8],
+    data: &[u8],
+    last: bool,
+) -> io::Result<(Vec<u8>, Crc)> {
+    let Some(cache) = cache else {
+        return compress_block(level, dict, data, last);
+    };
+    let key = block_key(level, dict, data, last);
+    let (bytes, crc) = match cache.get(&key) {
+        Some(bytes) => {
+            let mut crc = Crc::new();
+            crc.update(data);
+            (bytes, crc)
+        }
+        None => compress_block(level, dict, data, last)?,
+    };
+    cache.record(&key, &bytes);
+    Ok((bytes, crc))
 }
 
 type Done = (u64, io::Result<(Vec<u8>, Crc)>);
@@ -98,7 +156,18 @@ fn compress_block(
 
 impl<W: Write> ParallelGzWriter<W> {
     /// Compress into `out` at `level` with `threads` workers (at least one).
-    pub fn new(mut out: W, level: u32, threads: usize) -> io::Result<Self> {
+    pub fn new(out: W, level: u32, threads: usize) -> io::Result<Self> {
+        Self::with_cache(out, level, threads, None)
+    }
+
+    /// [`ParallelGzWriter::new`], taking blocks from `cache` when it has
+    /// them (the output is the same bytes).
+    pub fn with_cache(
+        mut out: W,
+        level: u32,
+        threads: usize,
+        cache: Option<std::sync::Arc<dyn BlockCache>>,
+    ) -> io::Result<Self> {
         // Fixed header: no name, no mtime, OS "unknown", so that equal input
         // gives equal bytes on every machine.
         out.write_all(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff])?;
@@ -111,6 +180,7 @@ impl<W: Write> ParallelGzWriter<W> {
             .map(|i| {
                 let job_rx = Arc::clone(&job_rx);
                 let done_tx = done_tx.clone();
+                let cache = cache.clone();
                 std::thread::Builder::new()
                     .name(format!("gzip-{i}"))
                     .spawn(move || loop {
@@ -119,7 +189,8 @@ impl<W: Write> ParallelGzWriter<W> {
                             Err(_) => return,
                         };
                         let Ok(job) = job else { return };
-                        let result = compress_block(level, &job.dict, &job.data, job.last);
+                        let result =
+                            cached_block(cache.as_deref(), level, &job.dict, &job.data, job.last);
                         if done_tx.send((job.index, result)).is_err() {
                             return;
                         }
@@ -289,5 +360,60 @@ mod tests {
         let single = single.finish().unwrap().len() as f64;
         let parallel = gz(&data, 2).len() as f64;
         assert!(parallel / single < 1.02, "{parallel} vs {single}");
+    }
+
+    /// A cache in memory, counting hits.
+    #[derive(Debug, Default)]
+    struct MemoryCache {
+        blocks: Mutex<std::collections::HashMap<BlockKey, Vec<u8>>>,
+        hits: std::sync::atomic::AtomicUsize,
+    }
+
+    impl BlockCache for MemoryCache {
+        fn get(&self, key: &BlockKey) -> Option<Vec<u8>> {
+            let hit = self.blocks.lock().unwrap().get(key).cloned();
+            if hit.is_some() {
+                self.hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            hit
+        }
+        fn record(&self, key: &BlockKey, compressed: &[u8]) {
+            self.blocks
+                .lock()
+                .unwrap()
+                .insert(*key, compressed.to_vec());
+        }
+    }
+
+    #[test]
+    fn cached_blocks_give_the_same_bytes() {
+        let data = sample(5 * BLOCK_SIZE + 99);
+        let plain = gz(&data, 2);
+        let cache = Arc::new(MemoryCache::default());
+        let with = |data: &[u8]| {
+            let mut w = ParallelGzWriter::with_cache(
+                Vec::new(),
+                6,
+                2,
+                Some(Arc::clone(&cache) as Arc<dyn BlockCache>),
+            )
+            .unwrap();
+            w.write_all(data).unwrap();
+            w.finish().unwrap()
+        };
+        assert_eq!(with(&data), plain, "cold");
+        assert_eq!(cache.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+        assert_eq!(with(&data), plain, "warm");
+        assert_eq!(cache.hits.load(std::sync::atomic::Ordering::SeqCst), 6);
+        // A change at the end keeps the blocks before it.
+        let mut changed = data.clone();
+        *changed.last_mut().unwrap() ^= 1;
+        let out = with(&changed);
+        assert_eq!(cache.hits.load(std::sync::atomic::Ordering::SeqCst), 11);
+        let mut back = Vec::new();
+        flate2::read::GzDecoder::new(&out[..])
+            .read_to_end(&mut back)
+            .unwrap();
+        assert_eq!(back, changed);
     }
 }

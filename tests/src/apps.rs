@@ -9,7 +9,7 @@
 //! test fails half-way.
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -138,6 +138,11 @@ impl Case {
     /// slugbuilder with the bundled buildpacks, this case's cache and app
     /// dir, and none of the caller's buildpack settings.
     pub fn slugbuilder(&self) -> Command {
+        self.slugbuilder_with_cache(&self.cache_dir())
+    }
+
+    /// [`Case::slugbuilder`] with the cache dir at `cache`.
+    pub fn slugbuilder_with_cache(&self, cache: &Path) -> Command {
         let mut cmd = Command::new(bin("slugbuilder"));
         for var in [
             "BUILDPACK_URL",
@@ -156,7 +161,7 @@ impl Case {
         cmd.arg("--buildpacks-dir")
             .arg(repo_root().join("buildpacks"))
             .arg("--cache-dir")
-            .arg(self.cache_dir())
+            .arg(cache)
             .arg("--app-dir")
             .arg(self.app_dir());
         cmd
@@ -349,7 +354,8 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
         stream,
         "GET {path} HTTP/1.0\r\nHost: localhost\r\nConnection: close\r\n\r\n"
     )?;
-    let _ = stream.shutdown(Shutdown::Write);
+    // No shutdown of our writing side: uvicorn (FastAPI, Streamlit) drops
+    // a request whose client half-closed the connection.
     let mut response = Vec::new();
     stream.read_to_end(&mut response)?;
     let text = String::from_utf8_lossy(&response);

@@ -2,44 +2,13 @@
 //! `examples/` built by the real slugbuilder and served by the real
 //! slugrunner. Needs PyPI and the stack's python3.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use e2e::apps::*;
+use e2e::repo_root;
 use e2e::slugs::run_with_timeout;
-use e2e::{bin, repo_root};
 use sha2::{Digest, Sha256};
-
-/// slugbuilder as [`Case::slugbuilder`] runs it, but with the cache at
-/// `cache`: a second path for the same cache, to show that where the cache
-/// lives does not reach the slug.
-fn slugbuilder_with_cache(case: &Case, cache: &Path) -> Command {
-    let mut cmd = Command::new(bin("slugbuilder"));
-    for var in [
-        "BUILDPACK_URL",
-        "BUILDPACKS",
-        "BUILDPACK_PATH",
-        "CACHE_PATH",
-        "ENV_PATH",
-        "STACK",
-        "SOURCE_VERSION",
-        "SOURCE_DATE_EPOCH",
-        "SLUGBUILDER_TIMEOUT",
-        "SLUG_LOG",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.arg("--buildpacks-dir")
-        .arg(repo_root().join("buildpacks"))
-        .arg("--cache-dir")
-        .arg(cache)
-        .arg("--app-dir")
-        .arg(case.app_dir());
-    cmd
-}
 
 fn sha256_of(path: &Path) -> String {
     format!(
@@ -55,7 +24,7 @@ fn sha256_of(path: &Path) -> String {
 fn build_cold_then_warm(case: &Case, source: impl Fn() -> Vec<u8>) -> (String, String) {
     let cold_cache = case.path("cache-cold");
     let cold_slug = case.path("cold.tgz");
-    let mut cmd = slugbuilder_with_cache(case, &cold_cache);
+    let mut cmd = case.slugbuilder_with_cache(&cold_cache);
     cmd.arg("-o").arg(&cold_slug);
     let out = run_with_stdin(&mut cmd, source(), BUILD_TIMEOUT);
     assert_eq!(
@@ -73,46 +42,6 @@ fn build_cold_then_warm(case: &Case, source: impl Fn() -> Vec<u8>) -> (String, S
         out.stderr
     );
     (out.stderr, warm)
-}
-
-/// GET `path` until it answers 200 (or [`START_TIMEOUT`]) and return the
-/// body. Unlike [`Server::get_ok`] it keeps its side of the connection open
-/// until the answer is read: uvicorn (FastAPI, and Streamlit, which runs on
-/// it) drops a request whose client has shut down writing, as
-/// [`http_get`] does.
-fn get_ok_uvicorn(web: &Server, path: &str) -> String {
-    let get = || -> std::io::Result<(u16, String)> {
-        let mut stream = TcpStream::connect(("127.0.0.1", web.port))?;
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        write!(
-            stream,
-            "GET {path} HTTP/1.0\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-        )?;
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response)?;
-        let text = String::from_utf8_lossy(&response);
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        Ok((status, body.to_string()))
-    };
-    let deadline = Instant::now() + START_TIMEOUT;
-    loop {
-        let last = match get() {
-            Ok((200, body)) => return body,
-            Ok((status, body)) => format!("HTTP {status}: {body}"),
-            Err(e) => e.to_string(),
-        };
-        assert!(
-            Instant::now() < deadline,
-            "GET {path} got no 200 within {START_TIMEOUT:?}\nlast: {last}\nlog:\n{}",
-            web.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// Paths of the slug's installed distributions (`name-version.dist-info`).
@@ -230,11 +159,8 @@ fn fastapi_uv_example_installs_the_lock_with_uv_and_infers_uvicorn() {
     }
     assert!(!dists.iter().any(|d| d.starts_with("pytest-")), "{dists:?}");
 
-    let web = case.start_web();
-    assert_eq!(
-        get_ok_uvicorn(&web, "/"),
-        "Hello from FastAPI (uv) on slugrunner!\n"
-    );
+    let mut web = case.start_web();
+    assert_eq!(web.get_ok("/"), "Hello from FastAPI (uv) on slugrunner!\n");
     web.stop();
 }
 
@@ -368,9 +294,9 @@ fn streamlit_example_without_procfile_is_run_with_streamlit() {
         "{log}"
     );
     let built = started.elapsed();
-    let web = case.start_web();
-    assert_eq!(get_ok_uvicorn(&web, "/_stcore/health"), "ok");
-    assert!(get_ok_uvicorn(&web, "/").contains("Streamlit"));
+    let mut web = case.start_web();
+    assert_eq!(web.get_ok("/_stcore/health"), "ok");
+    assert!(web.get_ok("/").contains("Streamlit"));
     web.stop();
     eprintln!("streamlit: build {built:?}, total {:?}", started.elapsed());
 }

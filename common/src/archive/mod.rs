@@ -13,6 +13,7 @@
 //! (0755 / 0644), mtimes clamped to an epoch, symlinks stored as links,
 //! hard links once.
 
+pub mod blocks;
 mod pack;
 mod unpack;
 

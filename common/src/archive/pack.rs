@@ -47,6 +47,8 @@ pub struct PackOptions {
     pub reader: Option<(u32, u32)>,
     /// Stop when the build must stop.
     pub cancel: Option<Arc<Cancel>>,
+    /// Compressed blocks of the last slug (see [`super::blocks`]).
+    pub blocks: Option<Arc<dyn crate::pgzip::BlockCache>>,
 }
 
 impl Default for PackOptions {
@@ -60,6 +62,7 @@ impl Default for PackOptions {
             max_depth: limits.max_depth,
             reader: None,
             cancel: None,
+            blocks: None,
         }
     }
 }
@@ -148,7 +151,8 @@ pub fn pack_gzip(
         source,
     };
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
-    let gz = ParallelGzWriter::new(out, level, threads).map_err(write_err)?;
+    let gz = ParallelGzWriter::with_cache(out, level, threads, opts.blocks.clone())
+        .map_err(write_err)?;
     let mut buffered = io::BufWriter::with_capacity(CHUNK, gz);
     let summary = pack_tar(dir, &mut buffered, opts)?;
     let gz = buffered

@@ -176,6 +176,19 @@ pub fn pack(
         bytes: 0,
         limit: cfg.max_slug_size,
     };
+    // The last slug's compressed blocks, kept beside a persistent cache dir.
+    let blocks = cfg
+        .cache_dir
+        .as_deref()
+        .and_then(|dir| std::path::absolute(dir).ok())
+        .and_then(|dir| archive::blocks::path_for(&dir))
+        .and_then(|path| match archive::blocks::BlockFile::open(&path) {
+            Ok(file) => Some(Arc::new(file)),
+            Err(e) => {
+                tracing::info!("not keeping the slug's blocks at {}: {e}", path.display());
+                None
+            }
+        });
     let opts = PackOptions {
         mtime_clamp: Some(epoch),
         skip_root_git: true,
@@ -184,6 +197,9 @@ pub fn pack(
         max_depth: cfg.limits.max_depth,
         reader,
         cancel: Some(Arc::clone(cancel)),
+        blocks: blocks
+            .clone()
+            .map(|b| b as Arc<dyn crate::pgzip::BlockCache>),
     };
     let too_large = |e: &ArchiveError| matches!(e, ArchiveError::Write { source, .. } if source.kind() == io::ErrorKind::FileTooLarge);
     let summary = archive::pack_gzip(&ws.build, &mut writer, cfg.compression_level, &opts)
@@ -220,6 +236,23 @@ pub fn pack(
     }
     let file = inner.into_inner().map_err(|e| out_err(e.into_error()))?;
     file.sync_all().map_err(out_err)?;
+    drop(opts);
+    if let Some(blocks) = blocks {
+        let (reused, total) = blocks.reuse();
+        if reused > 0 {
+            log::info(format!(
+                "Reused {reused} of {total} compressed blocks of the last slug"
+            ));
+        }
+        match Arc::try_unwrap(blocks) {
+            Ok(file) => {
+                if let Err(e) = file.commit() {
+                    tracing::info!("not keeping the slug's blocks: {e}");
+                }
+            }
+            Err(_) => tracing::warn!("the slug's blocks are still in use: not kept"),
+        }
+    }
     Ok((bytes, format!("{:x}", hasher.finalize())))
 }
 
