@@ -17,13 +17,18 @@ use clap::{ArgAction, Parser, Subcommand};
 /// When started as root, the process runs as --user, else the app dir's
 /// owner, else the user `slug`, else `nobody`; never as root unless asked.
 ///
-/// As PID 1 (or with --init) slugrunner stays as an init: it forwards
-/// signals to the app's process group, reaps zombies, kills the group after
-/// the grace period that follows SIGTERM, and exits with the app's status.
-/// Otherwise it replaces itself with the process.
+/// Any other first word is a command to run as `exec` runs it (herokuish's
+/// /exec): `slugrunner rake db:migrate` is `slugrunner exec rake db:migrate`.
+///
+/// As PID 1 (or with --init) slugrunner stays as an init, keeping the
+/// rights the app lacks: it forwards signals to the app, reaps zombies,
+/// stops every descendant after the grace period that follows SIGTERM, and
+/// exits with the app's status. Otherwise it replaces itself with the
+/// process.
 ///
 /// Exit codes of slugrunner itself: 2 usage, 10 bad input (slug, Procfile,
-/// .release, env file), 20 slug download failed, 21 unknown process type,
+/// .release, env file), 20 slug download failed (or not done within
+/// --download-timeout), 21 unknown process type,
 /// 22 the process could not be started, 1 internal error. Otherwise the
 /// process's own status (128+N when killed by signal N).
 #[derive(Debug, Parser)]

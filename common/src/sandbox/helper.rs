@@ -613,22 +613,18 @@ fn build_root(root: &Path, ops: &[MountOp]) -> Result<(), SetupError> {
                 let target = inside(root, dst);
                 mount_point_for(src, &target)?;
                 let read_only = matches!(op, MountOp::ReadOnly { .. });
-                // /sys holds cgroup and other mounts we do not want.
-                let recursive = read_only && dst != Path::new("/sys");
-                let mut flags = MsFlags::MS_BIND;
-                if recursive {
-                    flags |= MsFlags::MS_REC;
+                let bound = bind(src, &target, dst, read_only);
+                // /sys is a convenience (CPU counts and the like), not
+                // something a build needs: where it cannot be shown
+                // read-only (a user namespace inside a container refuses
+                // it), the sandbox goes without it.
+                if dst == Path::new("/sys") {
+                    if bound.is_err() {
+                        let _ = umount2(&target, MntFlags::MNT_DETACH);
+                    }
+                } else {
+                    bound?;
                 }
-                ctx(
-                    || format!("binding {src:?} at {dst:?}"),
-                    mount(Some(src.as_path()), &target, NONE, flags, NONE),
-                )?;
-                let mut remount = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-                if read_only {
-                    remount |= MsFlags::MS_RDONLY;
-                }
-                remount_tree(&target, remount)
-                    .map_err(|(what, e)| (format!("{dst:?}: {what}"), e))?;
             }
             MountOp::Dir { dst } => mkdir_p(&inside(root, dst))?,
             MountOp::Symlink { target, dst } => {
@@ -660,16 +656,32 @@ fn build_root(root: &Path, ops: &[MountOp]) -> Result<(), SetupError> {
             MountOp::Proc { dst } => {
                 let target = inside(root, dst);
                 mkdir_p(&target)?;
-                ctx(
-                    || "mounting /proc".into(),
-                    mount(
-                        Some("proc"),
-                        &target,
-                        Some("proc"),
-                        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-                        NONE,
-                    ),
-                )?;
+                let fresh = mount(
+                    Some("proc"),
+                    &target,
+                    Some("proc"),
+                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                    NONE,
+                );
+                match fresh {
+                    Ok(()) => {}
+                    // Inside a container /proc has masked paths, and a user
+                    // namespace may not mount a procfs that would unmask
+                    // them: show the container's own /proc instead (with
+                    // its masks). The PID namespace still ends every
+                    // process of the step; only `ps` shows the container's.
+                    Err(Errno::EPERM) => ctx(
+                        || "mounting /proc (and binding the container's)".into(),
+                        mount(
+                            Some("/proc"),
+                            &target,
+                            NONE,
+                            MsFlags::MS_BIND | MsFlags::MS_REC,
+                            NONE,
+                        ),
+                    )?,
+                    Err(e) => return Err(("mounting /proc".into(), e)),
+                }
             }
             MountOp::Dev { dst } => build_dev(&inside(root, dst))?,
         }
@@ -697,6 +709,26 @@ fn build_root(root: &Path, ops: &[MountOp]) -> Result<(), SetupError> {
         ),
     )?;
     Ok(())
+}
+
+/// Bind `src` at `target` (shown as `dst`) with what is mounted beneath
+/// it, then make all of it nosuid, nodev and, when asked, read-only.
+fn bind(src: &Path, target: &Path, dst: &Path, read_only: bool) -> Result<(), SetupError> {
+    ctx(
+        || format!("binding {src:?} at {dst:?}"),
+        mount(
+            Some(src),
+            target,
+            NONE,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            NONE,
+        ),
+    )?;
+    let mut remount = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    if read_only {
+        remount |= MsFlags::MS_RDONLY;
+    }
+    remount_tree(target, remount).map_err(|(what, e)| (format!("{dst:?}: {what}"), e))
 }
 
 /// Remount `target` and every mount beneath it with `flags` added, keeping
