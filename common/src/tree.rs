@@ -80,9 +80,15 @@ impl Entry<'_> {
 
     /// The target of the symlink it is.
     pub fn link_target(&self) -> Result<OsString, WalkError> {
-        readlinkat(self.dir, self.name).map_err(|errno| WalkError::Io {
-            path: self.path.to_path_buf(),
-            errno,
+        readlinkat(self.dir, self.name).map_err(|errno| match errno {
+            // No longer a link (EINVAL) or gone: swapped since it was seen.
+            Errno::EINVAL | Errno::ENOENT => WalkError::Changed {
+                path: self.path.to_path_buf(),
+            },
+            errno => WalkError::Io {
+                path: self.path.to_path_buf(),
+                errno,
+            },
         })
     }
 }
@@ -352,6 +358,29 @@ mod tests {
         assert!(
             opened[0].as_ref().is_err_and(|e| e.contains("changed")),
             "{opened:?}"
+        );
+    }
+
+    #[test]
+    fn a_link_swapped_for_a_directory_is_a_change_not_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        symlink("/etc", root.join("a")).unwrap();
+        let fd = open_dir(&root).unwrap();
+        let mut targets = Vec::new();
+        walk(fd.as_fd(), 10, &mut |e| {
+            if e.is_symlink() {
+                std::fs::remove_file(root.join("a")).unwrap();
+                std::fs::create_dir(root.join("a")).unwrap();
+                targets.push(e.link_target());
+            }
+            Ok(Visit::Skip)
+        })
+        .unwrap();
+        assert!(
+            matches!(targets[..], [Err(WalkError::Changed { .. })]),
+            "{targets:?}"
         );
     }
 

@@ -227,9 +227,15 @@ impl<W: Write> Packer<'_, W> {
             Ok(Visit::Descend)
         } else if e.is_symlink() {
             self.count_entry()?;
-            let target = e.link_target().map_err(|w| ArchiveError::Read {
-                path: e.path.to_path_buf(),
-                source: w.into_io(),
+            let target = e.link_target().map_err(|w| match w {
+                WalkError::Changed { path } => ArchiveError::Changed {
+                    path,
+                    reason: "no longer a link".into(),
+                },
+                other => ArchiveError::Read {
+                    path: e.path.to_path_buf(),
+                    source: other.into_io(),
+                },
             })?;
             let mut h = self.header(e.stat, EntryType::Symlink, 0o777);
             self.builder
