@@ -24,7 +24,7 @@ use std::sync::Arc;
 use crate::archive::{self, UnpackOptions};
 use crate::cancel::{Cancel, Stop};
 use crate::child::{Env, Step, StepError, StepRunner};
-use crate::http::{self, redact_url, HttpError, HttpOptions};
+use crate::http::{self, redact_url, HttpOptions};
 use crate::rootdir::{Owner, RootDir};
 
 #[derive(Debug, thiserror::Error)]
@@ -41,18 +41,8 @@ pub enum BuildpackError {
         action: &'static str,
         status: String,
     },
-    #[error("buildpack {spec:?}: {source}")]
-    Download {
-        spec: String,
-        #[source]
-        source: HttpError,
-    },
-    #[error("buildpack {spec:?}: bad tarball: {source}")]
-    Tarball {
-        spec: String,
-        #[source]
-        source: archive::ArchiveError,
-    },
+    #[error("buildpack {spec:?}: download failed: {detail}")]
+    Download { spec: String, detail: String },
     #[error("buildpack {spec:?}: unknown short name (known: {known})")]
     UnknownName { spec: String, known: String },
     #[error("buildpack {spec:?}: unsupported URL scheme")]
@@ -607,46 +597,100 @@ impl<'a> Fetcher<'a> {
         Ok(())
     }
 
-    /// Download a tarball and unpack it (as the build user's files) through
-    /// the safe unpacker, all within the build's deadline.
+    /// Download a tarball and unpack it through the safe unpacker, as a
+    /// sandboxed step: with the build user's rights (and network rules), not
+    /// root's, within the build's deadline.
     fn download(&self, spec: &str, url: &str, dest: &Path) -> Result<(), BuildpackError> {
-        let opts = HttpOptions {
-            what: "buildpack",
-            deadline: Some(self.cancel.deadline()),
-            ..HttpOptions::default()
-        };
-        let owned_url = url.to_string();
-        let body = self
-            .cancel
-            .run_blocking("buildpack download", move || http::get(&owned_url, &opts))
-            .map_err(BuildpackError::Stopped)?
-            .map_err(|source| BuildpackError::Download {
-                spec: shown(spec),
-                source,
-            })?;
-        let watch = body.watch();
-        let unpack_opts = UnpackOptions {
-            owner: self.owner,
-            cancel: Some(Arc::clone(&self.cancel)),
-            ..UnpackOptions::default()
-        };
-        let reader: Box<dyn Read + Send> = Box::new(body);
-        archive::unpack(reader, dest, &unpack_opts).map_err(|source| {
-            if let archive::ArchiveError::Stopped(stop) = source {
-                return BuildpackError::Stopped(stop);
-            }
-            match watch.network_error() {
-                Some(source) => BuildpackError::Download {
-                    spec: shown(spec),
-                    source,
-                },
-                None => BuildpackError::Tarball {
-                    spec: shown(spec),
-                    source,
-                },
-            }
+        std::fs::create_dir_all(dest).map_err(|e| BuildpackError::Copy {
+            spec: shown(spec),
+            detail: e.to_string(),
         })?;
-        Ok(())
+        if let Some((uid, gid)) = self.owner {
+            let _ = std::os::unix::fs::lchown(dest, Some(uid), Some(gid));
+        }
+        let inner = self.runner.sandbox().to_inner(dest);
+        let mut env = self.env.clone();
+        // In the environment, not on the command line: a URL may carry a
+        // token, and command lines are public.
+        env.insert(FETCH_URL_ENV.into(), url.into());
+        env.insert(
+            FETCH_DEADLINE_ENV.into(),
+            self.cancel.remaining().as_millis().to_string().into(),
+        );
+        let cwd = self.runner.sandbox().inner().buildpacks.clone();
+        let out = self
+            .runner
+            .run(
+                Step::new(
+                    Path::new("/proc/self/exe"),
+                    &[OsStr::new(FETCH_TARBALL_ARG), inner.as_os_str()],
+                    &env,
+                    &cwd,
+                )
+                .capture(),
+            )
+            .map_err(|source| step_error(spec, source))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let said = String::from_utf8_lossy(&out.stdout);
+        let detail = said
+            .lines()
+            .rfind(|l| !l.trim().is_empty())
+            .map(str::to_string)
+            .unwrap_or_else(|| describe_status(out.status));
+        Err(BuildpackError::Download {
+            spec: shown(spec),
+            detail,
+        })
+    }
+}
+
+/// First argument of the tarball-fetching mode (run as a sandboxed step).
+pub const FETCH_TARBALL_ARG: &str = "__fetch-buildpack-tarball";
+const FETCH_URL_ENV: &str = "SLUGBUILDER_FETCH_URL";
+const FETCH_DEADLINE_ENV: &str = "SLUGBUILDER_FETCH_DEADLINE_MS";
+
+/// If this process was started to fetch a buildpack tarball (by
+/// [`Fetcher`], as a sandboxed step), do it and return the exit code:
+/// download `$SLUGBUILDER_FETCH_URL` and unpack it into the directory
+/// given as argument, through the safe unpacker. On failure the reason is
+/// the last line printed on stdout.
+pub fn dispatch_fetch() -> Option<std::process::ExitCode> {
+    let mut args = std::env::args_os().skip(1);
+    if args.next().as_deref() != Some(OsStr::new(FETCH_TARBALL_ARG)) {
+        return None;
+    }
+    let fail = |why: String| {
+        println!("{why}");
+        Some(std::process::ExitCode::FAILURE)
+    };
+    let (Some(dest), Some(url)) = (args.next(), std::env::var(FETCH_URL_ENV).ok()) else {
+        return fail(format!(
+            "{FETCH_TARBALL_ARG}: expected DEST and ${FETCH_URL_ENV}"
+        ));
+    };
+    let deadline = std::env::var(FETCH_DEADLINE_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|ms| std::time::Instant::now() + std::time::Duration::from_millis(ms));
+    let opts = HttpOptions {
+        what: "buildpack",
+        deadline,
+        ..HttpOptions::default()
+    };
+    let body = match http::get(&url, &opts) {
+        Ok(body) => body,
+        Err(e) => return fail(e.to_string()),
+    };
+    let watch = body.watch();
+    let reader: Box<dyn Read + Send> = Box::new(body);
+    match archive::unpack(reader, Path::new(&dest), &UnpackOptions::default()) {
+        Ok(_) => Some(std::process::ExitCode::SUCCESS),
+        Err(e) => match watch.network_error() {
+            Some(net) => fail(net.to_string()),
+            None => fail(format!("bad tarball: {e}")),
+        },
     }
 }
 

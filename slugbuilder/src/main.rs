@@ -207,6 +207,11 @@ fn main() -> ExitCode {
     if let Some(code) = common::sandbox::dispatch() {
         return code;
     }
+    // A buildpack tarball is fetched by this binary too, as a sandboxed
+    // step with the build user's rights.
+    if let Some(code) = common::buildpack::dispatch_fetch() {
+        return code;
+    }
     let args = Args::parse();
     init_logging(args.verbose);
     // Config vars given as -e KEY=VALUE are visible to every user in
