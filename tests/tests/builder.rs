@@ -815,6 +815,67 @@ fn an_output_in_a_missing_directory_fails_before_the_build() {
     assert!(start.elapsed() < Duration::from_secs(10));
 }
 
+/// `-o /dev/null` (only an image is wanted) and `-o FIFO` are written
+/// into, never renamed over: /dev/null stays the device (as root the old
+/// rename replaced it with the slug), a FIFO gets the slug, and a FIFO
+/// that nobody reads fails at once instead of hanging the build.
+#[test]
+fn an_output_that_is_a_device_or_a_fifo_is_written_into_never_replaced() {
+    use std::os::unix::fs::FileTypeExt;
+    let out = Build::new(web_app().tar())
+        .buildpack("recorder")
+        .args(["-o", "/dev/null"])
+        .run();
+    assert_ok(&out);
+    assert!(std::fs::metadata("/dev/null")
+        .unwrap()
+        .file_type()
+        .is_char_device());
+    let leftovers: Vec<_> = std::fs::read_dir("/dev")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".slug-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("slug.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let start = Instant::now();
+    let out = Build::new(web_app().tar())
+        .buildpack("sleeper")
+        .args([std::ffi::OsStr::new("-o"), fifo.as_os_str()])
+        .run();
+    assert_fails_with(&out, 15);
+    assert!(
+        stderr(&out).contains("a FIFO that nobody reads"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("sleeping"), "the build ran");
+    assert!(start.elapsed() < Duration::from_secs(10));
+
+    // A reader that is there before the build starts: the slug of this
+    // small app fits in the pipe's buffer, so it is read after the build.
+    let reader = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NONBLOCK)
+            .open(&fifo)
+            .unwrap()
+    };
+    let out = Build::new(web_app().tar())
+        .buildpack("recorder")
+        .args([std::ffi::OsStr::new("-o"), fifo.as_os_str()])
+        .run();
+    assert_ok(&out);
+    assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+    let mut slug = Vec::new();
+    std::io::Read::read_to_end(&mut &reader, &mut slug).unwrap();
+    assert!(slug_files(&slug).contains_key("Procfile"));
+}
+
 /// `slugbuilder ... 2>&1 | head -2`: the log's reader goes away; the build
 /// goes on, and the exit code is the documented one, not a panic's 101.
 #[test]

@@ -328,7 +328,7 @@ pub fn build(cfg: &BuildConfig, cancel: Arc<Cancel>) -> Result<BuildReport, Buil
     log::header("Compressing...");
     let (slug_bytes, sha256) = slug::pack(cfg, &ws, &staging, epoch, owner, &cancel)?;
     cancel.check()?;
-    staging.deliver(cfg)?;
+    staging.deliver()?;
     log::info(format!("Done: {}", log::human_size(slug_bytes)));
     log::header(format!(
         "Compiled slug size is {}",

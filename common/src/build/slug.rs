@@ -25,94 +25,142 @@ pub const DEFAULT_MAX_SLUG_SIZE: u64 = 1 << 30;
 
 /// The file the slug is packed into before it goes to its destination:
 /// next to the output file (so the final rename is atomic), or in the
-/// work dir for stdout. Made before the build starts, so that a wrong
-/// destination fails at once; removed unless delivered.
+/// work dir for stdout and for an output that is not a regular file
+/// (`-o /dev/null`, a FIFO: written into, never replaced). Made before the
+/// build starts, so that a wrong destination fails at once; removed unless
+/// delivered.
 #[derive(Debug)]
 pub struct Staging {
     path: tempfile::TempPath,
     file: Option<File>,
+    target: Target,
     cancel: Arc<Cancel>,
     cleanup: CleanupId,
 }
 
+/// Open an existing device or FIFO for writing, without blocking: a FIFO
+/// that nobody reads fails at once (ENXIO) instead of hanging the build.
+fn open_special(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(nix::libc::ENXIO) => io::Error::new(e.kind(), "a FIFO that nobody reads"),
+            _ => e,
+        })?;
+    let flags = nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_GETFL)?;
+    let mut flags = nix::fcntl::OFlag::from_bits_retain(flags);
+    flags.remove(nix::fcntl::OFlag::O_NONBLOCK);
+    nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFL(flags))?;
+    Ok(file)
+}
+
+/// Where a finished slug goes.
+#[derive(Debug)]
+enum Target {
+    /// Renamed over this path (a regular file, or nothing yet).
+    Rename(PathBuf),
+    /// Copied into this already existing special file (a device, a FIFO),
+    /// opened when the build starts.
+    Into(PathBuf, File),
+    Stdout,
+}
+
 impl Staging {
     pub fn create(cfg: &BuildConfig, cancel: &Arc<Cancel>) -> Result<Self, BuildError> {
-        let dir = match &cfg.output {
-            SlugOutput::File(path) => path
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .map(Path::to_path_buf)
-                .unwrap_or_else(|| PathBuf::from(".")),
-            SlugOutput::Stdout => cfg.tmp_dir.clone().unwrap_or_else(std::env::temp_dir),
-        };
-        let out_err = |source: io::Error| {
-            let path = match &cfg.output {
-                SlugOutput::File(p) => p.clone(),
-                SlugOutput::Stdout => dir.clone(),
-            };
-            BuildError::Output { path, source }
-        };
-        if let SlugOutput::File(path) = &cfg.output {
-            if path.symlink_metadata().is_ok_and(|m| m.is_dir()) {
-                return Err(out_err(io::Error::new(
-                    io::ErrorKind::IsADirectory,
-                    "is a directory",
-                )));
+        let work_dir = || cfg.tmp_dir.clone().unwrap_or_else(std::env::temp_dir);
+        let (target, dir) = match &cfg.output {
+            SlugOutput::Stdout => (Target::Stdout, work_dir()),
+            SlugOutput::File(path) => {
+                let out_err = |source| BuildError::Output {
+                    path: path.clone(),
+                    source,
+                };
+                // Followed: the operator's path may be a link to where the
+                // slug goes; what counts is what it names.
+                match std::fs::metadata(path) {
+                    Ok(m) if m.is_dir() => {
+                        return Err(out_err(io::Error::new(
+                            io::ErrorKind::IsADirectory,
+                            "is a directory",
+                        )))
+                    }
+                    Ok(m) if !m.is_file() => {
+                        let file = open_special(path).map_err(out_err)?;
+                        (Target::Into(path.clone(), file), work_dir())
+                    }
+                    _ => {
+                        let parent = path
+                            .parent()
+                            .filter(|p| !p.as_os_str().is_empty())
+                            .map(Path::to_path_buf)
+                            .unwrap_or_else(|| PathBuf::from("."));
+                        (Target::Rename(path.clone()), parent)
+                    }
+                }
             }
-        }
+        };
         let tmp = tempfile::Builder::new()
             .prefix(".slug-")
             .suffix(".tgz.partial")
             .tempfile_in(&dir)
-            .map_err(out_err)?;
+            .map_err(|source| BuildError::Output {
+                path: match &target {
+                    Target::Rename(p) | Target::Into(p, _) => p.clone(),
+                    Target::Stdout => dir.clone(),
+                },
+                source,
+            })?;
         let (file, path) = tmp.into_parts();
         let cleanup = cancel.remove_on_emergency(&path);
         Ok(Self {
             path,
             file: Some(file),
+            target,
             cancel: Arc::clone(cancel),
             cleanup,
         })
     }
 
     /// Move the finished slug to its destination.
-    pub fn deliver(mut self, cfg: &BuildConfig) -> Result<(), BuildError> {
+    pub fn deliver(mut self) -> Result<(), BuildError> {
         drop(self.file.take());
-        match &cfg.output {
-            SlugOutput::File(path) => {
+        match &self.target {
+            Target::Rename(path) => {
                 // Files from tempfile are 0600; a slug is meant to be shared.
                 use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(0o644))
-                    .map_err(|source| BuildError::Output {
-                        path: path.clone(),
-                        source,
-                    })?;
-                std::fs::rename(&self.path, path).map_err(|source| BuildError::Output {
+                let out_err = |source| BuildError::Output {
                     path: path.clone(),
                     source,
-                })?;
-                Ok(())
-            }
-            SlugOutput::Stdout => {
-                let out_err = |source| BuildError::Output {
-                    path: PathBuf::from("<stdout>"),
-                    source,
                 };
-                let mut file = File::open(&self.path).map_err(out_err)?;
-                let stdout = io::stdout();
-                let mut out = stdout.lock();
-                let mut buf = vec![0u8; 1 << 20];
-                loop {
-                    self.cancel.check()?;
-                    let n = file.read(&mut buf).map_err(out_err)?;
-                    if n == 0 {
-                        break;
-                    }
-                    out.write_all(&buf[..n]).map_err(out_err)?;
-                }
-                out.flush().map_err(out_err)
+                std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(0o644))
+                    .map_err(out_err)?;
+                std::fs::rename(&self.path, path).map_err(out_err)
             }
+            Target::Into(path, out) => self.copy_to(out, path),
+            Target::Stdout => self.copy_to(io::stdout().lock(), Path::new("<stdout>")),
         }
+    }
+
+    /// Stream the staged slug into `out`, stopping when the build must.
+    fn copy_to(&self, mut out: impl Write, shown: &Path) -> Result<(), BuildError> {
+        let out_err = |source| BuildError::Output {
+            path: shown.to_path_buf(),
+            source,
+        };
+        let mut file = File::open(&self.path).map_err(out_err)?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            self.cancel.check()?;
+            let n = file.read(&mut buf).map_err(out_err)?;
+            if n == 0 {
+                break;
+            }
+            out.write_all(&buf[..n]).map_err(out_err)?;
+        }
+        out.flush().map_err(out_err)
     }
 }
 
