@@ -104,7 +104,7 @@ fn flask_example_serves_and_a_warm_rebuild_downloads_nothing_and_is_identical() 
     );
     // Current build tools from PyPI, not the stack's ensurepip ones.
     assert!(
-        first.contains("Installing pip 26.3, setuptools 84.2.1, wheel 0.48.0"),
+        first.contains("Installing pip 26.3, setuptools 81.0.0, wheel 0.48.0"),
         "{first}"
     );
     // The Procfile declares web: nothing is inferred.
@@ -121,6 +121,20 @@ fn flask_example_serves_and_a_warm_rebuild_downloads_nothing_and_is_identical() 
         "{second}"
     );
     assert!(second.contains("wheel cache: 0 new"), "{second}");
+
+    // Old packages (gunicorn 20) import pkg_resources at run time without
+    // declaring setuptools: the virtualenv's setuptools still has it.
+    let mut cmd = case.slugrunner();
+    cmd.args([
+        "exec",
+        "python",
+        "-W",
+        "ignore",
+        "-c",
+        "import pkg_resources",
+    ]);
+    let imported = run_with_timeout(&mut cmd, std::time::Duration::from_secs(60));
+    assert!(imported.status.success(), "{}", imported.stderr);
 
     let mut web = case.start_web();
     assert_eq!(web.get_ok("/"), "Hello from Flask on slugrunner!\n");
