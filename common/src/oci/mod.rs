@@ -327,6 +327,7 @@ pub fn prepare(
     };
     let shown = settings.run_image.to_string();
     let run = source.image("run image", &shown)?;
+    log::header(format!("Run image {shown} ({})", run.digest));
     let owner = user::resolve(&run, &source, &shown)?;
     check_entrypoint(&run, &shown);
     Ok(Prepared {
@@ -359,10 +360,6 @@ impl Prepared {
     /// Make the slug layer and publish the image.
     pub fn publish(self, slug: &SlugInput) -> Result<Published, OciError> {
         log::header(format!("Publishing image {}", self.target_ref));
-        log::info(format!(
-            "run image {} ({}), user {}:{}",
-            self.settings.run_image, self.run.digest, self.owner.0, self.owner.1
-        ));
         let layer = layer::slug_layer(
             &slug.path,
             self.owner,
@@ -404,9 +401,11 @@ impl Prepared {
             Moved::Copied(layer.size)
         };
         log::info(format!(
-            "slug layer {} ({}): {}",
+            "slug layer {} ({}, /app owned by {}:{}): {}",
             layer.digest,
             log::human_size(layer.size),
+            self.owner.0,
+            self.owner.1,
             match slug_moved {
                 Moved::Present => "already there",
                 _ => "uploaded",
@@ -479,6 +478,7 @@ pub fn rebase(
     };
     let current = app_source.image("image to rebase", &shown)?;
     let app = config::app_of(&current, &shown)?;
+    log::header(format!("Rebasing {shown}"));
     let run = run_source.image("run image", &run_shown)?;
     let owner = user::resolve(&run, &run_source, &run_shown)?;
     if owner != app.owner {

@@ -69,7 +69,11 @@ impl ImageRef {
         let reference = Reference::try_from(name).map_err(|e| bad(&e.to_string()))?;
         // The parser lets an upper-case first component through as a
         // Docker Hub path; registries refuse it.
-        if reference.repository().bytes().any(|b| b.is_ascii_uppercase()) {
+        if reference
+            .repository()
+            .bytes()
+            .any(|b| b.is_ascii_uppercase())
+        {
             return Err(bad("repository name must be lowercase"));
         }
         Ok(ImageRef::Registry(reference))
