@@ -879,6 +879,133 @@ mod tests {
         assert_eq!(registry_error_message(b"<html>"), None);
     }
 
+    /// A registry that wants Bearer tokens from its token service, as
+    /// Docker Hub, GHCR or Harbor do: one answer per connection.
+    fn bearer_registry() -> (u16, std::thread::JoinHandle<Vec<String>>) {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let mut token_queries = Vec::new();
+            let good = Credential {
+                username: "u".into(),
+                password: "pw".into(),
+                source: PathBuf::new(),
+            }
+            .basic_header();
+            for conn in listener.incoming().take(6) {
+                let mut conn = conn.unwrap();
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut request_line = String::new();
+                reader.read_line(&mut request_line).unwrap();
+                let mut auth = String::new();
+                loop {
+                    let mut line = String::new();
+                    reader.read_line(&mut line).unwrap();
+                    if line.trim().is_empty() {
+                        break;
+                    }
+                    if let Some((name, value)) = line.split_once(':') {
+                        if name.eq_ignore_ascii_case("authorization") {
+                            auth = value.trim().to_string();
+                        }
+                    }
+                }
+                let path = request_line
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or("")
+                    .to_string();
+                let (status, headers, body) = if let Some(query) = path.strip_prefix("/token?") {
+                    token_queries.push(query.to_string());
+                    if auth == good {
+                        ("200 OK", String::new(), r#"{"token":"t0k3n"}"#.to_string())
+                    } else {
+                        ("401 Unauthorized", String::new(), String::new())
+                    }
+                } else if auth == "Bearer t0k3n" && path == "/v2/app/manifests/1" {
+                    (
+                        "200 OK",
+                        "Content-Type: application/vnd.oci.image.manifest.v1+json\r\n".to_string(),
+                        r#"{"schemaVersion":2}"#.to_string(),
+                    )
+                } else if auth == "Bearer t0k3n" && path == "/v2/" {
+                    ("200 OK", String::new(), "{}".to_string())
+                } else {
+                    (
+                        "401 Unauthorized",
+                        format!("WWW-Authenticate: Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"reg.test\"\r\n"),
+                        String::new(),
+                    )
+                };
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+            token_queries
+        });
+        (port, server)
+    }
+
+    fn client(port: u16, password: &str) -> Registry {
+        let host = format!("127.0.0.1:{port}");
+        Registry::new(
+            Endpoint {
+                host: host.clone(),
+                api_host: host.clone(),
+                insecure: true,
+            },
+            Some(Credential {
+                username: "u".into(),
+                password: password.into(),
+                source: PathBuf::from("/etc/auth.json"),
+            }),
+            None,
+            Vec::new(),
+            vec![host],
+            Cancel::new(Duration::from_secs(30)),
+        )
+    }
+
+    #[test]
+    fn bearer_tokens_are_fetched_for_the_scopes_with_the_credentials() {
+        let (port, server) = bearer_registry();
+        let registry = client(port, "pw");
+        registry.connect(&[pull_scope("app")]).unwrap();
+        let (bytes, media_type, digest) = registry.get_manifest("app", "1", "run image").unwrap();
+        assert_eq!(bytes, br#"{"schemaVersion":2}"#);
+        assert_eq!(media_type, "application/vnd.oci.image.manifest.v1+json");
+        assert_eq!(digest, sha256_digest(&bytes));
+        drop(registry);
+        // Unblock the server's remaining accepts.
+        for _ in 0..6 {
+            let _ = std::net::TcpStream::connect(("127.0.0.1", port));
+        }
+        let queries = server.join().unwrap();
+        assert_eq!(queries[0], "service=reg.test&scope=repository%3Aapp%3Apull");
+    }
+
+    #[test]
+    fn a_token_service_that_refuses_is_an_auth_error_without_the_password() {
+        let (port, server) = bearer_registry();
+        let err = client(port, "wrong-pw")
+            .connect(&[pull_scope("app")])
+            .unwrap_err();
+        assert!(matches!(err, OciError::Auth { .. }), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("refused the credentials of user \"u\" (from /etc/auth.json)"),
+            "{text}"
+        );
+        assert!(!text.contains("wrong-pw"));
+        for _ in 0..6 {
+            let _ = std::net::TcpStream::connect(("127.0.0.1", port));
+        }
+        server.join().unwrap();
+    }
+
     #[test]
     fn query_values_are_encoded() {
         assert_eq!(
