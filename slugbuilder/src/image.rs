@@ -122,8 +122,10 @@ pub struct ImageCmd {
     #[arg(long, env = "SOURCE_DATE_EPOCH", value_name = "SECONDS")]
     source_date_epoch: Option<u64>,
 
-    /// gzip level of the slug layer, 0-9.
-    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(0..=9))]
+    /// gzip level of the slug layer, 0-9. The default, 1, is what
+    /// go-containerregistry (pack, kaniko, ko) uses for layers: fast to
+    /// make, somewhat larger than level 6.
+    #[arg(long, default_value_t = oci::DEFAULT_LAYER_LEVEL, value_parser = clap::value_parser!(u32).range(0..=9))]
     compression_level: u32,
 
     /// Refuse a slug that unpacks to more than this many bytes.
@@ -206,7 +208,7 @@ pub fn build_and_publish(
     let settings = settings(
         &publish.registry,
         cfg.tmp_dir.as_deref(),
-        cfg.compression_level,
+        oci::DEFAULT_LAYER_LEVEL,
         cfg.limits,
     )?;
     let prepared = oci::prepare(&target, settings, &cancel)?;
@@ -343,7 +345,7 @@ pub fn run_command(cmd: Command) -> anyhow::Result<()> {
             let settings = settings(
                 &c.registry,
                 c.common.work_dir.as_deref(),
-                6,
+                oci::DEFAULT_LAYER_LEVEL,
                 Default::default(),
             )?;
             let target = ImageRef::parse(&c.tag).map_err(OciError::from)?;
