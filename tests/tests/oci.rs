@@ -295,20 +295,17 @@ fn run_images() -> &'static RunImages {
             "org.opencontainers.image.title=e2e-run-stack",
         ]));
         // run2: a stack update (one more layer) whose user is a name.
-        std::fs::remove_dir_all(&bundle).unwrap();
+        let stamp = dir.join("stack-version");
+        std::fs::write(&stamp, "stack-2\n").unwrap();
+        ok(Command::new("umoci").args(["tag", "--image", &format!("{layout_s}:run1"), "run2"]));
         ok(Command::new("umoci")
-            .args(["unpack", "--image", &format!("{layout_s}:run1")])
-            .arg(&bundle));
-        std::fs::write(bundle.join("rootfs/etc/stack-version"), "stack-2\n").unwrap();
-        ok(Command::new("umoci")
-            .args(["repack", "--image", &format!("{layout_s}:run2files")])
-            .arg(&bundle));
+            .args(["insert", "--image", &format!("{layout_s}:run2")])
+            .arg(&stamp)
+            .arg("/etc/stack-version"));
         ok(Command::new("umoci").args([
             "config",
             "--image",
-            &format!("{layout_s}:run2files"),
-            "--tag",
-            "run2",
+            &format!("{layout_s}:run2"),
             "--config.user",
             "slug",
         ]));
