@@ -294,14 +294,31 @@ fn run_images() -> &'static RunImages {
             "--config.label",
             "org.opencontainers.image.title=e2e-run-stack",
         ]));
-        // run2: a stack update (one more layer) whose user is a name.
-        let stamp = dir.join("stack-version");
-        std::fs::write(&stamp, "stack-2\n").unwrap();
-        ok(Command::new("umoci").args(["tag", "--image", &format!("{layout_s}:run1"), "run2"]));
+        // run2: a stack update (one more layer) whose user is a name. The
+        // layer is written here: umoci 0.4.7's `insert` writes a tar
+        // without its padding and end-of-archive marker.
+        let update = dir.join("stack-update.tar");
+        {
+            let mut b = tar::Builder::new(std::fs::File::create(&update).unwrap());
+            let data = b"stack-2\n";
+            let mut h = tar::Header::new_ustar();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_mtime(1_700_000_000);
+            b.append_data(&mut h, "etc/stack-version", &data[..])
+                .unwrap();
+            b.into_inner().unwrap();
+        }
         ok(Command::new("umoci")
-            .args(["insert", "--image", &format!("{layout_s}:run2")])
-            .arg(&stamp)
-            .arg("/etc/stack-version"));
+            .args([
+                "raw",
+                "add-layer",
+                "--image",
+                &format!("{layout_s}:run1"),
+                "--tag",
+                "run2",
+            ])
+            .arg(&update));
         ok(Command::new("umoci").args([
             "config",
             "--image",
