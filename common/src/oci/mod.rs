@@ -505,7 +505,6 @@ pub fn rebase(
         .and_then(|c| c.labels().as_ref())
         .and_then(|l| l.get(config::LABEL_BASE_DIGEST).cloned())
         .unwrap_or_default();
-    log::header(format!("Rebasing {shown}"));
     log::info(format!(
         "run image {old_base} -> {run_shown} ({})",
         run.digest
