@@ -36,6 +36,15 @@ pub enum Exit {
     UnknownProcessType = 21,
     /// The process could not be started (exec failed, privileges could not be dropped).
     SpawnFailed = 22,
+    /// A registry refused the credentials, or wanted some and none were found.
+    RegistryAuth = 30,
+    /// A registry could not be reached (connection, DNS, TLS, no answer in time).
+    RegistryUnreachable = 31,
+    /// The run image, or the image to rebase, does not exist.
+    ImageNotFound = 32,
+    /// The image could not be made or published: the registry refused an
+    /// upload, the run image is unusable, an image layout is not writable.
+    ImageFailed = 33,
 }
 
 impl Exit {

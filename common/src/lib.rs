@@ -16,6 +16,7 @@ pub mod exit;
 pub mod http;
 pub mod lines;
 pub mod log;
+pub mod oci;
 pub mod pgzip;
 pub mod procfile;
 pub mod proctree;

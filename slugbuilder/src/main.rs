@@ -6,6 +6,8 @@
 //! `common::build`; this binary turns flags into a checked [`BuildConfig`],
 //! sets up logging and signals, and maps failures to exit codes.
 
+mod image;
+
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,13 +37,25 @@ static BUNDLED_BUILDPACKS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/bui
 /// allows), with a private /tmp and APP_DIR; nothing it starts outlives its
 /// step. The build log says which sandbox a build got.
 ///
+/// With --image, an image of the slug on --run-image is published too;
+/// `slugbuilder image` publishes an existing slug, `slugbuilder rebase`
+/// moves an app image to a newer run image.
+///
 /// Exit codes: 0 ok, 1 internal error, 2 usage, 10 bad input, 11 no buildpack
 /// applies, 12 buildpack fetch failed, 13 compile failed, 14 release output
 /// invalid, 15 packing failed, 16 build timed out, 17 interrupted, 18 the
-/// sandbox was required but is not available.
+/// sandbox was required but is not available, 30 registry refused the
+/// credentials, 31 registry unreachable, 32 run image (or image to rebase)
+/// not found, 33 the image could not be made or published.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about)]
+#[command(version, about, long_about, args_conflicts_with_subcommands = true)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<image::Command>,
+
+    #[command(flatten)]
+    publish: image::PublishArgs,
+
     /// App source: a tar file (plain or gzip) or a directory. Default: stdin.
     #[arg(short, long, value_name = "FILE|DIR")]
     source: Option<PathBuf>,
@@ -213,7 +227,11 @@ fn main() -> ExitCode {
         return code;
     }
     let args = Args::parse();
-    init_logging(args.verbose);
+    init_logging(
+        args.command
+            .as_ref()
+            .map_or(args.verbose, image::Command::verbose),
+    );
     // Config vars given as -e KEY=VALUE are visible to every user in
     // /proc/PID/cmdline: hide them now that they are parsed.
     if !args.env_vars.is_empty() {
@@ -228,9 +246,14 @@ fn main() -> ExitCode {
                 "slugbuilder: {}",
                 common::log::error_line(err.chain())
             ));
-            let exit = err
-                .downcast_ref::<BuildError>()
-                .map_or(Exit::Internal, BuildError::exit);
+            let exit = match (
+                err.downcast_ref::<BuildError>(),
+                err.downcast_ref::<common::oci::OciError>(),
+            ) {
+                (Some(e), _) => e.exit(),
+                (None, Some(e)) => e.exit(),
+                (None, None) => Exit::Internal,
+            };
             exit.into()
         }
     }
@@ -254,6 +277,9 @@ fn init_logging(verbose: u8) {
 
 fn run(args: Args) -> anyhow::Result<()> {
     use std::io::IsTerminal;
+    if let Some(command) = args.command {
+        return image::run_command(command);
+    }
     if args.source.is_none() && std::io::stdin().is_terminal() {
         return Err(BuildError::BadInput(
             "no source: pipe a tar to stdin (git archive HEAD | slugbuilder) or use --source"
@@ -327,7 +353,12 @@ fn run(args: Args) -> anyhow::Result<()> {
         max_slug_size: args.max_slug_size,
     };
     tracing::debug!(?cfg, "build configuration");
-    build::build(&cfg, cancel)?;
+    match &args.publish.image {
+        Some(image) => image::build_and_publish(cfg, &args.publish, image, cancel)?,
+        None => {
+            build::build(&cfg, cancel)?;
+        }
+    }
     Ok(())
 }
 

@@ -263,6 +263,10 @@ pub struct BuildReport {
     pub buildpacks: Vec<String>,
     pub process_types: Vec<String>,
     pub sandbox: String,
+    /// The commit built (given, or recorded by `git archive`), if known.
+    pub source_version: Option<String>,
+    /// The slug's mtime clamp (`SOURCE_DATE_EPOCH` or the default).
+    pub epoch: u64,
 }
 
 /// Run a whole build. The slug reaches `cfg.output` only on success.
@@ -342,6 +346,8 @@ pub fn build(cfg: &BuildConfig, cancel: Arc<Cancel>) -> Result<BuildReport, Buil
         buildpacks: ran.buildpacks.iter().map(|b| b.spec.clone()).collect(),
         process_types,
         sandbox: sandbox.describe(),
+        source_version,
+        epoch,
     })
 }
 
