@@ -323,6 +323,41 @@ fn app_without_procfile_is_served_from_package_main() {
     web.stop();
 }
 
+/// `"start": "tsx src/index.ts"` with tsx in devDependencies is common in
+/// examples; pruning them leaves an app that cannot start ("tsx: command
+/// not found"). devDependencies the start command needs are kept, with a
+/// warning; otherwise they are pruned as usual.
+#[test]
+fn a_start_command_from_dev_dependencies_keeps_them_with_a_warning() {
+    let case = Case::new();
+    let fixture = fixtures().join("apps/node-dev-start");
+    let log = case.build(tar_of(&fixture, &[]));
+    assert!(
+        log.contains(
+            "The app starts with 'semver', which only the devDependency 'semver' provides"
+        ),
+        "{log}"
+    );
+    assert!(!log.contains("-----> Pruning devDependencies"), "{log}");
+    slug_file(&case.slug(), "node_modules/semver/package.json");
+    let mut web = case.start_web();
+    assert_eq!(web.get_ok("/"), "started\n");
+    web.stop();
+
+    // The same devDependency, not used to start: pruned.
+    let package = std::fs::read_to_string(fixture.join("package.json"))
+        .unwrap()
+        .replace("semver 1.2.3 && node server.js", "node server.js");
+    let log = case.build(tar_of(&fixture, &[("package.json", &package)]));
+    assert!(log.contains("-----> Pruning devDependencies"), "{log}");
+    assert!(!log.contains("which only the devDependency"), "{log}");
+    let entries = slug_entries(&case.slug());
+    assert!(
+        !entries.iter().any(|e| e.contains("node_modules/semver")),
+        "{entries:?}"
+    );
+}
+
 #[test]
 fn a_stack_without_node_gets_the_newest_lts_release() {
     let case = Case::new();

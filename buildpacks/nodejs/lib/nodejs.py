@@ -13,6 +13,9 @@ stack's python3 (standard library only; the build may have no node yet):
   nodejs.py web-process BUILD_DIR [--explain] the default web process
   nodejs.py release BUILD_DIR                 bin/release's YAML
   nodejs.py prune-cache CACHE_DIR USED_FILE   drop cached versions this build did not use
+  nodejs.py run-needs-dev BUILD_DIR           print "BIN PACKAGE" when scripts.start or a
+                                              Procfile command runs a program that only a
+                                              devDependency provides; exit 1 otherwise
   nodejs.py semver-check                      stdin "VERSION<TAB>RANGE" -> 1, 0 or E
 
 Settings (environment): NODE_RUNTIME_REGISTRY, else npm's registry setting
@@ -690,6 +693,63 @@ def procfile_has_web(build_dir):
         return False
 
 
+def run_commands(build_dir, pkg):
+    """The commands the app's processes run: scripts.start and the Procfile's."""
+    scripts = pkg.get("scripts") if isinstance(pkg.get("scripts"), dict) else {}
+    commands = [scripts["start"]] if isinstance(scripts.get("start"), str) else []
+    try:
+        with open(os.path.join(build_dir, "Procfile"), encoding="utf-8", errors="replace") as f:
+            for line in f:
+                name, sep, command = line.partition(":")
+                if sep and re.match(r"^\s*[A-Za-z0-9_-]+\s*$", name):
+                    commands.append(command)
+    except OSError:
+        pass
+    return commands
+
+
+def program_of(command):
+    """The program a shell command line starts (after VAR=value, env, npx, exec)."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return None
+    while words and (re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", words[0]) or words[0] in ("env", "exec", "npx", "--")):
+        words = words[1:]
+    return words[0] if words and "/" not in words[0] else None
+
+
+def package_of_bin(build_dir, name):
+    """The package in node_modules whose file node_modules/.bin/NAME is, or None."""
+    link = os.path.join(build_dir, "node_modules", ".bin", name)
+    if not os.path.lexists(link):
+        return None
+    modules = os.path.realpath(os.path.join(build_dir, "node_modules"))
+    target = os.path.realpath(link)
+    if not target.startswith(modules + os.sep):
+        return None
+    parts = os.path.relpath(target, modules).split(os.sep)
+    if parts[0].startswith("@") and len(parts) > 1:
+        return parts[0] + "/" + parts[1]
+    return parts[0]
+
+
+def cmd_run_needs_dev(build_dir):
+    try:
+        pkg = read_package(os.path.join(build_dir, "package.json"))
+    except (OSError, ValueError):
+        return 1
+    deps = pkg.get("dependencies") if isinstance(pkg.get("dependencies"), dict) else {}
+    dev = pkg.get("devDependencies") if isinstance(pkg.get("devDependencies"), dict) else {}
+    for command in run_commands(build_dir, pkg):
+        name = program_of(command)
+        owner = package_of_bin(build_dir, name) if name else None
+        if owner and owner in dev and owner not in deps:
+            print("%s %s" % (name, owner))
+            return 0
+    return 1
+
+
 def cmd_web_process(build_dir, explain):
     found = web_process(build_dir)
     if not explain:
@@ -757,6 +817,8 @@ def main(argv):
             cmd_web_process(args[0], "--explain" in args[1:])
         elif cmd == "release":
             cmd_release(args[0])
+        elif cmd == "run-needs-dev":
+            return cmd_run_needs_dev(args[0])
         elif cmd == "prune-cache":
             with open(args[1]) as f:
                 used = {line.strip() for line in f if line.strip()}
