@@ -655,23 +655,81 @@ fn web_process_inference_for_django_flask_fastapi_and_streamlit_layouts() {
 #[test]
 fn unavailable_python_version_fails_with_a_clear_message_and_no_slug() {
     let case = Case::new();
+    let fails = |extra: &[(&str, &str)], args: &[&str], expected: &[&str]| {
+        let source = tar_of(&repo_root().join("examples/flask"), extra);
+        let mut cmd = case.slugbuilder();
+        cmd.args(args);
+        let out = run_with_stdin(&mut cmd, source, BUILD_TIMEOUT);
+        assert_ne!(out.code(), Some(0), "stderr: {}", out.stderr);
+        assert!(out.stdout.is_empty(), "a slug was written to stdout");
+        for text in expected {
+            assert!(out.stderr.contains(text), "{text:?} in {}", out.stderr);
+        }
+        assert!(!out.stderr.contains("Installing"), "{}", out.stderr);
+    };
+    // Another major version: never replaced.
+    fails(
+        &[(".python-version", "2.7\n")],
+        &[],
+        &[
+            "Python 2.7 (requested in .python-version) is not available on this stack",
+            "Available on this stack: 3.",
+        ],
+    );
+    // The operator (or the app) asks for the exact version or nothing.
+    fails(
+        &[(".python-version", "3.99\n")],
+        &["-e", "PYTHON_VERSION_STRICT=1"],
+        &["Python 3.99 (requested in .python-version) is not available on this stack"],
+    );
+    // requires-python rules out every interpreter the stack has.
+    fails(
+        &[
+            (".python-version", "3.99\n"),
+            (
+                "pyproject.toml",
+                "[project]\nname = \"x\"\nversion = \"1\"\nrequires-python = \">=3.99\"\n",
+            ),
+        ],
+        &[],
+        &[
+            "the app's requires-python",
+            "'>=3.99' (pyproject.toml) allows none of them",
+        ],
+    );
+}
+
+/// A `.python-version` that names a release the stack lacks (uv init and
+/// pyenv write the developer's own; Heroku's getting-started app asks for
+/// 3.14) builds with the nearest interpreter its requires-python allows,
+/// with a warning, and serves.
+#[test]
+fn an_unavailable_minor_version_builds_with_the_stack_python_and_a_warning() {
+    let case = Case::new();
     let source = tar_of(
         &repo_root().join("examples/flask"),
-        &[(".python-version", "2.7\n")],
+        &[
+            (".python-version", "3.99\n"),
+            (
+                "pyproject.toml",
+                "[project]\nname = \"x\"\nversion = \"1\"\nrequires-python = \">=3.8\"\n",
+            ),
+        ],
     );
-    let mut cmd = case.slugbuilder();
-    let out = run_with_stdin(&mut cmd, source, BUILD_TIMEOUT);
-    assert_ne!(out.code(), Some(0), "stderr: {}", out.stderr);
-    assert!(out.stdout.is_empty(), "a slug was written to stdout");
+    let log = case.build(source);
     assert!(
-        out.stderr
-            .contains("Python 2.7 (requested in .python-version) is not available on this stack"),
-        "{}",
-        out.stderr
+        log.contains("Python 3.99 (requested in .python-version) is not available on this stack: building with Python 3."),
+        "{log}"
     );
     assert!(
-        out.stderr.contains("Available on this stack: 3."),
-        "{}",
-        out.stderr
+        log.contains("which requires-python '>=3.8' (pyproject.toml) allows"),
+        "{log}"
     );
+    assert!(
+        log.contains("instead of 3.99 from .python-version"),
+        "{log}"
+    );
+    let mut web = case.start_web();
+    assert_eq!(web.get_ok("/"), "Hello from Flask on slugrunner!\n");
+    web.stop();
 }
