@@ -1,5 +1,8 @@
-//! One HTTP client for every URL slugbuilder and slugrunner fetch: a slug
-//! (`SLUG_URL`), a buildpack tarball.
+//! One HTTP client for every URL slugbuilder and slugrunner fetch or fill:
+//! a slug (`SLUG_URL`), a buildpack tarball, the app source
+//! (`SOURCE_URL`), the build cache (`CACHE_URL`), and the uploads of the
+//! slug (`PUT_URL`) and of the cache. GET and PUT go through the same
+//! request loop ([`exchange`]).
 //!
 //! Bodies are streamed, never held in memory. Connection failures and
 //! 5xx/408/429 answers are retried with a doubling backoff; other 4xx
@@ -9,14 +12,19 @@
 //! allowed for one read. Once the body is streaming a failure is not
 //! retried (the consumer has written part of it), but it is reported as a
 //! download error, not as a bad archive: [`DownloadWatch`] remembers
-//! whether reading from the network failed.
+//! whether reading from the network failed. An upload always sends
+//! `Content-Length` (S3 refuses chunked PUTs, and a store that knows the
+//! length discards a body cut short) and is retried from its first byte.
 //!
 //! URLs are shown without credentials or query string: slug URLs are often
 //! pre-signed, and their signature is a secret.
 
-use std::io::{self, Read};
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use crate::cancel::Cancel;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum HttpError {
@@ -70,6 +78,9 @@ pub struct HttpOptions {
     /// Minimum progress: at least this many bytes in every window of this
     /// length, once the body streams.
     pub min_progress: Option<(u64, Duration)>,
+    /// The build this transfer belongs to: a stop (SIGTERM, its time
+    /// limit) ends waits between attempts and cuts an upload short.
+    pub cancel: Option<Arc<Cancel>>,
 }
 
 impl Default for HttpOptions {
@@ -82,7 +93,37 @@ impl Default for HttpOptions {
             read_timeout: Duration::from_secs(30),
             deadline: None,
             min_progress: Some((16 << 10, Duration::from_secs(30))),
+            cancel: None,
         }
+    }
+}
+
+/// A URL that may carry a secret (a pre-signed signature, credentials):
+/// its `Debug` and `Display` show it redacted, so that it can sit in a
+/// configuration that is logged. [`SecretUrl::expose`] gives the real one,
+/// for the request alone.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", redact_url(&self.0))
+    }
+}
+
+impl std::fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&redact_url(&self.0))
     }
 }
 
@@ -236,6 +277,108 @@ impl Read for Download {
 /// Start downloading `url`: returns once a 2xx answer arrived, with its body
 /// ready to stream.
 pub fn get(url: &str, opts: &HttpOptions) -> Result<Download, HttpError> {
+    let started = Instant::now();
+    let (response, shown, _) = exchange(Method::Get, url, opts)?;
+    let now = Instant::now();
+    Ok(Download {
+        body: Box::new(response.into_body().into_reader()),
+        watch: DownloadWatch {
+            url: shown,
+            state: Arc::default(),
+        },
+        opts: opts.clone(),
+        started,
+        window_start: now,
+        window_bytes: 0,
+    })
+}
+
+/// What a finished upload sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uploaded {
+    pub bytes: u64,
+    pub attempts: u32,
+}
+
+/// Upload the whole of `file` to `url` with one `PUT`, sending its length
+/// as `Content-Length` (object stores refuse chunked uploads, and a store
+/// that knows the length never keeps a body cut short as the object).
+/// Retried like a download, from the first byte each time; `Ok` once the
+/// server answered 2xx to a complete body.
+pub fn put_file(url: &str, file: &File, opts: &HttpOptions) -> Result<Uploaded, HttpError> {
+    let len = file
+        .metadata()
+        .map_err(|e| HttpError::Transport {
+            what: opts.what,
+            url: redact_url(url),
+            reason: format!("reading the file to upload: {e}"),
+            attempts: 0,
+        })?
+        .len();
+    let (response, shown, attempts) = exchange(Method::Put { file, len }, url, opts)?;
+    // The answer to a PUT is small (an XML or HTML note); read a bounded
+    // part so that the connection ends cleanly, never more.
+    let mut reader = response.into_body().into_reader().take(64 << 10);
+    let _ = io::copy(&mut reader, &mut io::sink());
+    tracing::debug!(url = %shown, bytes = len, attempts, "upload done");
+    Ok(Uploaded {
+        bytes: len,
+        attempts,
+    })
+}
+
+#[derive(Clone, Copy)]
+enum Method<'a> {
+    Get,
+    Put { file: &'a File, len: u64 },
+}
+
+/// The body of one PUT attempt: the file from its start, checking the
+/// build's stop and deadline between reads, so that SIGTERM cuts an
+/// upload short (and a store that knows the length then drops it).
+struct UploadBody {
+    file: File,
+    left: u64,
+    opts: HttpOptions,
+}
+
+impl Read for UploadBody {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(stop) = self.opts.cancel.as_ref().and_then(|c| c.stopped()) {
+            return Err(io::Error::other(stop));
+        }
+        if self.opts.deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "time limit reached",
+            ));
+        }
+        let want = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the file to upload got shorter",
+            ));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// One request with retries: connection failures and 5xx/408/429 answers
+/// are tried again with a doubling backoff, within the deadline. Returns
+/// the 2xx response, the redacted URL and the number of attempts.
+fn exchange(
+    method: Method<'_>,
+    url: &str,
+    opts: &HttpOptions,
+) -> Result<(ureq::http::Response<ureq::Body>, String, u32), HttpError> {
     let shown = redact_url(url);
     let lower = url.to_ascii_lowercase();
     if !(lower.starts_with("http://") || lower.starts_with("https://")) {
@@ -256,8 +399,17 @@ pub fn get(url: &str, opts: &HttpOptions) -> Result<Download, HttpError> {
             .map_or(Duration::ZERO, |d| d.saturating_duration_since(started)),
         bytes,
     };
+    let interrupted = |reason: String, attempts| HttpError::Transport {
+        what: opts.what,
+        url: shown.clone(),
+        reason,
+        attempts,
+    };
     loop {
         attempt += 1;
+        if let Some(stop) = opts.cancel.as_ref().and_then(|c| c.stopped()) {
+            return Err(interrupted(stop.to_string(), attempt - 1));
+        }
         let remaining = opts
             .deadline
             .map(|d| d.saturating_duration_since(Instant::now()));
@@ -271,25 +423,34 @@ pub fn get(url: &str, opts: &HttpOptions) -> Result<Download, HttpError> {
             .timeout_connect(cap(opts.connect_timeout))
             .timeout_recv_response(cap(opts.read_timeout))
             .timeout_per_read(cap(opts.read_timeout))
+            .timeout_per_write(cap(opts.read_timeout))
             .user_agent(concat!("slugtools/", env!("CARGO_PKG_VERSION")))
             .build()
             .into();
-        let outcome = agent.get(url).call();
+        let outcome = match method {
+            Method::Get => agent.get(url).call(),
+            Method::Put { file, len } => {
+                let body = file
+                    .try_clone()
+                    .and_then(|mut f| f.seek(SeekFrom::Start(0)).map(|_| f))
+                    .map_err(|e| {
+                        interrupted(format!("reading the file to upload: {e}"), attempt)
+                    })?;
+                agent
+                    .put(url)
+                    .header("Content-Length", len.to_string())
+                    .header("Content-Type", "application/octet-stream")
+                    .send(ureq::SendBody::from_owned_reader(UploadBody {
+                        file: body,
+                        left: len,
+                        opts: opts.clone(),
+                    }))
+            }
+        };
         let (retryable, error) = match outcome {
             Ok(response) if response.status().is_success() => {
-                tracing::debug!(url = %shown, attempt, "download started");
-                let now = Instant::now();
-                return Ok(Download {
-                    body: Box::new(response.into_body().into_reader()),
-                    watch: DownloadWatch {
-                        url: shown,
-                        state: Arc::default(),
-                    },
-                    opts: opts.clone(),
-                    started,
-                    window_start: now,
-                    window_bytes: 0,
-                });
+                tracing::debug!(url = %shown, attempt, "answered {}", response.status());
+                return Ok((response, shown, attempt));
             }
             Ok(response) => {
                 let status = response.status().as_u16();
@@ -307,15 +468,21 @@ pub fn get(url: &str, opts: &HttpOptions) -> Result<Download, HttpError> {
                 tracing::debug!("{e}");
                 return Err(timed_out(0));
             }
-            Err(e) => (
-                is_transient(&e),
-                HttpError::Transport {
-                    what: opts.what,
-                    url: shown.clone(),
-                    reason: e.to_string(),
-                    attempts: attempt,
-                },
-            ),
+            Err(e) => {
+                if let Some(stop) = opts.cancel.as_ref().and_then(|c| c.stopped()) {
+                    return Err(interrupted(stop.to_string(), attempt));
+                }
+                (
+                    is_transient(&e),
+                    HttpError::Transport {
+                        what: opts.what,
+                        url: shown.clone(),
+                        // ureq's messages can quote the URL: keep only ours.
+                        reason: e.to_string().replace(url, &shown),
+                        attempts: attempt,
+                    },
+                )
+            }
         };
         if !retryable || attempt >= attempts {
             return Err(error);
@@ -324,8 +491,20 @@ pub fn get(url: &str, opts: &HttpOptions) -> Result<Download, HttpError> {
             return Err(error);
         }
         tracing::warn!("{error}; retrying in {:.1}s", backoff.as_secs_f32());
-        std::thread::sleep(backoff);
+        sleep_unless_stopped(backoff, opts.cancel.as_deref());
         backoff *= 2;
+    }
+}
+
+/// Sleep for `pause`, waking early when the build must stop.
+fn sleep_unless_stopped(pause: Duration, cancel: Option<&Cancel>) {
+    let until = Instant::now() + pause;
+    loop {
+        let now = Instant::now();
+        if now >= until || cancel.is_some_and(|c| c.stopped().is_some()) {
+            return;
+        }
+        std::thread::sleep((until - now).min(crate::cancel::POLL));
     }
 }
 
@@ -354,6 +533,16 @@ mod tests {
             "https://s3.example/b/slug.tgz"
         );
         assert_eq!(redact_url("http://h:8080"), "http://h:8080");
+    }
+
+    #[test]
+    fn secret_urls_print_redacted() {
+        let url = SecretUrl::new("https://s3.example/b/k?X-Amz-Signature=abc");
+        assert_eq!(
+            format!("{url} {url:?}"),
+            "https://s3.example/b/k \"https://s3.example/b/k\""
+        );
+        assert!(url.expose().ends_with("=abc"));
     }
 
     #[test]
