@@ -21,6 +21,7 @@ pub mod pgzip;
 pub mod procfile;
 pub mod proctree;
 pub mod release;
+pub mod report;
 pub mod rootdir;
 pub mod runtime;
 pub mod sandbox;

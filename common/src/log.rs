@@ -3,8 +3,12 @@
 //!
 //! This is the build log that operators and app developers read; it is
 //! separate from `tracing` diagnostics (enabled with `-v`).
+//!
+//! Warnings (ours, and the ` !` lines of buildpacks) are also remembered,
+//! bounded in number and length, for the build report ([`warnings`]).
 
 use std::io::Write;
+use std::sync::Mutex;
 
 pub const HEADER: &str = "-----> ";
 pub const INDENT: &str = "       ";
@@ -22,7 +26,38 @@ pub fn info(msg: impl std::fmt::Display) {
 
 /// Print a warning.
 pub fn warn(msg: impl std::fmt::Display) {
-    line(format_args!("{WARNING}{msg}"));
+    let text = msg.to_string();
+    remember_warning(&text);
+    line(format_args!("{WARNING}{text}"));
+}
+
+/// At most this many warnings are remembered (a buildpack may print
+/// thousands of ` !` lines).
+pub const MAX_WARNINGS: usize = 100;
+/// Longest warning remembered, in bytes.
+pub const MAX_WARNING_BYTES: usize = 1000;
+
+static WARNINGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+fn remember_warning(text: &str) {
+    let text: String = text.chars().filter(|c| !c.is_control()).collect();
+    let text = text.trim();
+    if text.is_empty() {
+        return;
+    }
+    let mut end = text.len().min(MAX_WARNING_BYTES);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut warnings = WARNINGS.lock().unwrap_or_else(|e| e.into_inner());
+    if warnings.len() < MAX_WARNINGS {
+        warnings.push(text[..end].to_string());
+    }
+}
+
+/// The warnings printed so far by this process, oldest first.
+pub fn warnings() -> Vec<String> {
+    WARNINGS.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
 /// Print one line on stderr. A closed stderr (`slugbuilder 2>&1 | head`) is
@@ -47,6 +82,9 @@ pub fn is_preformatted(line: &[u8]) -> bool {
 /// already formatted. `line` includes its trailing newline, if any.
 pub fn write_indented(out: &mut impl Write, line: &[u8]) -> std::io::Result<()> {
     let body = line.strip_suffix(b"\n").unwrap_or(line);
+    if let Some(warning) = body.strip_prefix(b" !") {
+        remember_warning(&String::from_utf8_lossy(warning));
+    }
     if !body.is_empty() && !is_preformatted(body) {
         out.write_all(INDENT.as_bytes())?;
     }
@@ -109,6 +147,19 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "-----> Step\n       plain\n       detail\n\n       last\n"
         );
+    }
+
+    #[test]
+    fn buildpack_warnings_are_remembered() {
+        let mut out = Vec::new();
+        write_indented(&mut out, b" !     Python 2 is gone\n").unwrap();
+        write_indented(&mut out, b"not a warning\n").unwrap();
+        let warnings = warnings();
+        assert!(
+            warnings.iter().any(|w| w == "Python 2 is gone"),
+            "{warnings:?}"
+        );
+        assert!(!warnings.iter().any(|w| w.contains("not a warning")));
     }
 
     #[test]
