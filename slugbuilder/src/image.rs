@@ -16,6 +16,7 @@ use common::build::{self, BuildConfig, BuildError, SlugOutput};
 use common::cancel::Cancel;
 use common::log;
 use common::oci::{self, auth::Credentials, ImageRef, OciError, Published, SlugInput};
+use common::report::{ImageReport, Recorder};
 
 /// Where the run image is and how to reach registries: shared by the
 /// build's `--image` and the subcommands.
@@ -203,6 +204,7 @@ pub fn build_and_publish(
     publish: &PublishArgs,
     image: &str,
     cancel: Arc<Cancel>,
+    rec: &Recorder,
 ) -> anyhow::Result<()> {
     let target = ImageRef::parse(image).map_err(OciError::from)?;
     let settings = settings(
@@ -241,7 +243,7 @@ pub fn build_and_publish(
     cfg.output = SlugOutput::File(slug.clone());
 
     let result = (|| -> anyhow::Result<Published> {
-        let built = build::build(&cfg, Arc::clone(&cancel))?;
+        let built = build::build(&cfg, Arc::clone(&cancel), rec)?;
         let published = prepared.publish(&SlugInput {
             path: slug.clone(),
             source_version: built.source_version,
@@ -253,6 +255,12 @@ pub fn build_and_publish(
     })();
     cancel.forget(cleanup);
     let published = result?;
+    rec.update(|r| {
+        r.image = Some(ImageReport {
+            reference: Some(published.reference.clone()),
+            digest: Some(published.digest.clone()),
+        })
+    });
     report(&published);
     Ok(())
 }
@@ -268,6 +276,8 @@ fn deliver(slug: &Path, output: &SlugOutput, cancel: &Cancel) -> Result<(), Buil
         move |source| BuildError::Output { path, source }
     };
     match output {
+        // Uploaded only (PUT_URL), or thrown away.
+        SlugOutput::Nowhere => Ok(()),
         SlugOutput::File(p) if is_discard(p) => Ok(()),
         SlugOutput::File(p)
             if p.symlink_metadata()

@@ -19,6 +19,8 @@ use clap::{ArgAction, Parser};
 use common::build::{self, BuildConfig, BuildError, Bundled, SlugOutput, SourceInput};
 use common::cancel::{Cancel, Stop};
 use common::exit::Exit;
+use common::http::SecretUrl;
+use common::report::Recorder;
 use common::sandbox::{Policy, SandboxConfig, UidRange};
 use nix::sys::signal::Signal;
 
@@ -43,10 +45,11 @@ static BUNDLED_BUILDPACKS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/bui
 ///
 /// Exit codes: 0 ok, 1 internal error, 2 usage, 10 bad input, 11 no buildpack
 /// applies, 12 buildpack fetch failed, 13 compile failed, 14 release output
-/// invalid, 15 packing failed, 16 build timed out, 17 interrupted, 18 the
-/// sandbox was required but is not available, 30 registry refused the
-/// credentials, 31 registry unreachable, 32 run image (or image to rebase)
-/// not found, 33 the image could not be made or published.
+/// invalid, 15 packing failed or the slug upload (PUT_URL) failed, 16 build
+/// timed out, 17 interrupted, 18 the sandbox was required but is not
+/// available, 20 the source download (SOURCE_URL) failed, 30 registry
+/// refused the credentials, 31 registry unreachable, 32 run image (or image
+/// to rebase) not found, 33 the image could not be made or published.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about, args_conflicts_with_subcommands = true)]
 struct Args {
@@ -57,8 +60,40 @@ struct Args {
     publish: image::PublishArgs,
 
     /// App source: a tar file (plain or gzip) or a directory. Default: stdin.
-    #[arg(short, long, value_name = "FILE|DIR")]
+    #[arg(short, long, value_name = "FILE|DIR", conflicts_with = "source_url")]
     source: Option<PathBuf>,
+
+    /// Download the source tar (plain or gzip) from this http(s) URL, e.g.
+    /// a pre-signed object storage GET, instead of reading stdin. Deis's
+    /// TAR_URL is honoured too.
+    #[arg(long, value_name = "URL", env = "SOURCE_URL", hide_env_values = true)]
+    source_url: Option<String>,
+
+    /// After a successful build, upload the slug here with an HTTP PUT
+    /// (e.g. a pre-signed object storage URL). Without -o, the slug is then
+    /// not written to stdout.
+    #[arg(long, value_name = "URL", env = "PUT_URL", hide_env_values = true)]
+    put_url: Option<String>,
+
+    /// The build cache as a tarball at this URL: fetched before the build
+    /// (404: no cache yet), stored with a PUT after a successful build.
+    #[arg(long, value_name = "URL", env = "CACHE_URL", hide_env_values = true)]
+    cache_url: Option<String>,
+
+    /// Store the updated cache here instead of at --cache-url (pre-signed
+    /// URLs are signed for one method, so S3 needs a GET and a PUT URL).
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "CACHE_PUT_URL",
+        hide_env_values = true
+    )]
+    cache_put_url: Option<String>,
+
+    /// Write a JSON build report to FILE, whatever the outcome (schema in
+    /// the README, "Build report").
+    #[arg(long, value_name = "FILE", env = "SLUGBUILDER_REPORT")]
+    report: Option<PathBuf>,
 
     /// Write the slug to FILE (atomically) instead of stdout.
     #[arg(short, long, value_name = "FILE")]
@@ -239,13 +274,14 @@ fn main() -> ExitCode {
             tracing::warn!("cannot hide -e values from /proc/self/cmdline: {e}");
         }
     }
-    match run(args) {
-        Ok(()) => ExitCode::SUCCESS,
+    let recorder = Recorder::new(&args.stack, args.request_id.as_deref().unwrap_or_default());
+    let report_path = args.report.clone();
+    let outcome = run(args, &recorder);
+    let (exit, error) = match &outcome {
+        Ok(()) => (Exit::Ok, None),
         Err(err) => {
-            common::log::line(format_args!(
-                "slugbuilder: {}",
-                common::log::error_line(err.chain())
-            ));
+            let line = common::log::error_line(err.chain());
+            common::log::line(format_args!("slugbuilder: {line}"));
             let exit = match (
                 err.downcast_ref::<BuildError>(),
                 err.downcast_ref::<common::oci::OciError>(),
@@ -254,9 +290,21 @@ fn main() -> ExitCode {
                 (None, Some(e)) => e.exit(),
                 (None, None) => Exit::Internal,
             };
-            exit.into()
+            (exit, Some(line))
+        }
+    };
+    if let Some(path) = report_path {
+        if let Err(e) = recorder.finish(exit.code(), error).write(&path) {
+            common::log::line(format_args!(
+                "slugbuilder: writing the build report {}: {e}",
+                path.display()
+            ));
+            if exit == Exit::Ok {
+                return Exit::Internal.into();
+            }
         }
     }
+    exit.into()
 }
 
 fn init_logging(verbose: u8) {
@@ -268,26 +316,38 @@ fn init_logging(verbose: u8) {
         _ => "trace",
     };
     let filter = std::env::var("SLUG_LOG").unwrap_or_else(|_| default.to_string());
+    // The HTTP library's own records show whole URLs, signatures included:
+    // never printed, whatever SLUG_LOG asks for (ours are redacted).
+    let filter = ["ureq=off", "ureq_proto=off"]
+        .into_iter()
+        .fold(tracing_subscriber::EnvFilter::new(filter), |f, d| {
+            f.add_directive(d.parse().expect("a valid directive"))
+        });
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_env_filter(filter)
         .with_target(false)
         .init();
 }
 
-fn run(args: Args) -> anyhow::Result<()> {
+fn run(args: Args, recorder: &Recorder) -> anyhow::Result<()> {
     use std::io::IsTerminal;
     if let Some(command) = args.command {
         return image::run_command(command);
     }
-    if args.source.is_none() && std::io::stdin().is_terminal() {
+    // Deis's name for the source URL.
+    let source_url = args
+        .source_url
+        .or_else(|| std::env::var("TAR_URL").ok())
+        .filter(|u| !u.is_empty());
+    if args.source.is_none() && source_url.is_none() && std::io::stdin().is_terminal() {
         return Err(BuildError::BadInput(
             "no source: pipe a tar to stdin (git archive HEAD | slugbuilder) or use --source"
                 .into(),
         )
         .into());
     }
-    if args.output.is_none() && std::io::stdout().is_terminal() {
+    if args.output.is_none() && args.put_url.is_none() && std::io::stdout().is_terminal() {
         return Err(BuildError::BadInput(
             "refusing to write a slug to a terminal: redirect stdout or use -o FILE".into(),
         )
@@ -300,11 +360,35 @@ fn run(args: Args) -> anyhow::Result<()> {
         ))
         .into());
     }
+    let cache_url = args.cache_url.filter(|u| !u.is_empty());
+    let mut cache_dir = args.cache_dir.filter(|d| !d.as_os_str().is_empty());
+    if let (Some(_), Some(dir)) = (&cache_url, &cache_dir) {
+        // The builder image sets CACHE_PATH; a CACHE_URL replaces it.
+        common::log::info(format!(
+            "CACHE_URL is set: the cache dir {} is not used",
+            dir.display()
+        ));
+        cache_dir = None;
+    }
     let cancel = Cancel::new(Duration::from_secs(args.timeout));
     guard(Arc::clone(&cancel)).context("installing signal handling")?;
+    if let Some(path) = args.report.clone() {
+        // A build that must end at once (a second signal, a step that will
+        // not die) still leaves its report.
+        let recorder = recorder.clone();
+        let stop_cancel = Arc::clone(&cancel);
+        cancel.on_emergency(move || {
+            let exit = stop_cancel.stopped().map_or(Exit::Internal, Stop::exit);
+            let error = stop_cancel.stopped().map(|s| s.to_string());
+            let _ = recorder.finish(exit.code(), error).write(&path);
+        });
+    }
 
     let cfg = BuildConfig {
         source: match args.source {
+            None if source_url.is_some() => {
+                SourceInput::Url(SecretUrl::new(source_url.unwrap_or_default()))
+            }
             None => SourceInput::Stdin,
             Some(p) if p.as_os_str() == "-" => SourceInput::Stdin,
             Some(p) if p.is_dir() => SourceInput::Dir(p),
@@ -312,14 +396,22 @@ fn run(args: Args) -> anyhow::Result<()> {
         },
         output: match args.output {
             Some(p) if p.as_os_str() != "-" => SlugOutput::File(p),
-            _ => SlugOutput::Stdout,
+            Some(_) => SlugOutput::Stdout,
+            None if args.put_url.is_some() => SlugOutput::Nowhere,
+            None => SlugOutput::Stdout,
         },
+        put_url: args.put_url.filter(|u| !u.is_empty()).map(SecretUrl::new),
+        cache_url: cache_url.map(SecretUrl::new),
+        cache_put_url: args
+            .cache_put_url
+            .filter(|u| !u.is_empty())
+            .map(SecretUrl::new),
         explicit_buildpacks: args.buildpacks,
         buildpacks_env: std::env::var("BUILDPACKS").ok(),
         buildpacks_dir: args.buildpacks_dir,
         bundled: Some(Bundled(BUNDLED_BUILDPACKS)),
         allow_local_buildpacks: args.allow_local_buildpacks,
-        cache_dir: args.cache_dir,
+        cache_dir,
         env_dir: args.env_dir,
         env_vars: args.env_vars,
         pass_env: args
@@ -329,7 +421,14 @@ fn run(args: Args) -> anyhow::Result<()> {
             .collect(),
         stack: args.stack,
         source_version: args.source_version.filter(|s| !s.is_empty()),
-        request_id: args.request_id.unwrap_or_else(build::new_request_id),
+        request_id: match args.request_id {
+            Some(id) => id,
+            None => {
+                let id = build::new_request_id();
+                recorder.update(|r| r.request_id.clone_from(&id));
+                id
+            }
+        },
         app_dir: args.app_dir,
         path: std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
         source_date_epoch: args.source_date_epoch,
@@ -354,9 +453,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     tracing::debug!(?cfg, "build configuration");
     match &args.publish.image {
-        Some(image) => image::build_and_publish(cfg, &args.publish, image, cancel)?,
+        Some(image) => image::build_and_publish(cfg, &args.publish, image, cancel, recorder)?,
         None => {
-            build::build(&cfg, cancel)?;
+            build::build(&cfg, cancel, recorder)?;
         }
     }
     Ok(())

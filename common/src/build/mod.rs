@@ -15,8 +15,13 @@
 //!
 //! The parts: [`workspace`] (the build's private directories), [`source`]
 //! (receiving the app and its config vars), [`steps`] (choosing and running
-//! buildpacks), [`slug`] (release metadata, packing and delivery).
+//! buildpacks), [`slug`] (release metadata, packing and delivery),
+//! [`remote`] (object storage: `SOURCE_URL`, `CACHE_URL`, `PUT_URL`).
+//!
+//! Each phase is timed into the build's [`Recorder`] (the JSON report),
+//! and so is each buildpack step.
 
+mod remote;
 mod slug;
 mod source;
 mod steps;
@@ -36,9 +41,11 @@ use crate::buildpack::BuildpackError;
 use crate::cancel::{Cancel, Stop};
 use crate::child::{StepError, StepRunner};
 use crate::exit::Exit;
+use crate::http::{HttpError, SecretUrl};
 use crate::log;
 use crate::procfile::ProcfileError;
 use crate::release::ReleaseError;
+use crate::report::{PhaseName, Recorder, SlugReport};
 use crate::sandbox::{Sandbox, SandboxConfig, SandboxError};
 use crate::slugignore::{Slugignore, SlugignoreError};
 
@@ -51,6 +58,8 @@ pub enum SourceInput {
     File(PathBuf),
     /// A directory, copied as is (minus its root `.git`).
     Dir(PathBuf),
+    /// A tar (plain or gzip) downloaded from this URL (`SOURCE_URL`).
+    Url(SecretUrl),
 }
 
 /// Where the slug goes.
@@ -58,6 +67,8 @@ pub enum SourceInput {
 pub enum SlugOutput {
     Stdout,
     File(PathBuf),
+    /// Nowhere on this host: only uploaded (`put_url`).
+    Nowhere,
 }
 
 /// Everything a build needs, checked before any work starts.
@@ -78,6 +89,14 @@ pub struct BuildConfig {
     /// Whether the app's `.buildpacks` may name local paths and `file://`.
     pub allow_local_buildpacks: bool,
     pub cache_dir: Option<PathBuf>,
+    /// Where the cache tarball lives (`CACHE_URL`): fetched before the
+    /// build (404: none yet), stored with a PUT after a successful one.
+    pub cache_url: Option<SecretUrl>,
+    /// Where to PUT the updated cache when it is not `cache_url` (a
+    /// pre-signed URL is signed for one method: GET and PUT need two).
+    pub cache_put_url: Option<SecretUrl>,
+    /// Upload the finished slug here with a PUT (`PUT_URL`).
+    pub put_url: Option<SecretUrl>,
     pub env_dir: Option<PathBuf>,
     /// `--env KEY=VALUE` config vars, written into ENV_DIR.
     pub env_vars: Vec<(String, String)>,
@@ -199,6 +218,10 @@ pub enum BuildError {
         #[source]
         source: io::Error,
     },
+    #[error("{0}")]
+    Download(HttpError),
+    #[error("uploading the slug: {0}")]
+    Upload(HttpError),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -236,9 +259,11 @@ impl BuildError {
             BuildError::Step { phase, .. } => phase.exit(),
             BuildError::Sandbox(SandboxError::Unavailable(_)) => Exit::Sandbox,
             BuildError::Sandbox(_) => Exit::Internal,
-            BuildError::Pack(_) | BuildError::Output { .. } | BuildError::SlugTooLarge { .. } => {
-                Exit::PackFailed
-            }
+            BuildError::Pack(_)
+            | BuildError::Output { .. }
+            | BuildError::SlugTooLarge { .. }
+            | BuildError::Upload(_) => Exit::PackFailed,
+            BuildError::Download(_) => Exit::SlugFetch,
             BuildError::Io { .. } => Exit::Internal,
         }
     }
@@ -269,32 +294,146 @@ pub struct BuildReport {
     pub epoch: u64,
 }
 
-/// Run a whole build. The slug reaches `cfg.output` only on success.
-pub fn build(cfg: &BuildConfig, cancel: Arc<Cancel>) -> Result<BuildReport, BuildError> {
+/// Run a whole build, recording it into `rec`. The slug reaches
+/// `cfg.output` (and `cfg.put_url`) only on success.
+pub fn build(
+    cfg: &BuildConfig,
+    cancel: Arc<Cancel>,
+    rec: &Recorder,
+) -> Result<BuildReport, BuildError> {
     let started = Instant::now();
-    // A wrong destination is found out now, not after the whole build.
-    let staging = slug::Staging::create(cfg, &cancel)?;
-    // Orphans of buildpack steps come to us, to be swept.
-    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
-        tracing::warn!("cannot become a child subreaper: {e}");
-    }
-    let mut ws = workspace::Workspace::create(cfg, &cancel)?;
-    let sandbox = Sandbox::create(&cfg.sandbox, ws.places(), &cfg.app_dir, &ws.scratch)?;
-    ws.hand_over(sandbox.user(), &cancel)?;
-    let bundled_dir = ws.unpack_bundled(cfg.bundled)?;
-    let sandbox = Arc::new(sandbox);
-    tracing::info!(elapsed = ?started.elapsed(), "workspace and sandbox ready");
+    // 0. Workspace and sandbox.
+    let (ws, sandbox, bundled_dir, staging) =
+        rec.phase(PhaseName::Prepare, || prepare(cfg, &cancel))?;
     let runner = StepRunner::new(Arc::clone(&cancel), Arc::clone(&sandbox))
         .map_err(io_ctx("starting the step runner"))?;
     let owner = sandbox.user().map(|u| (u.uid, u.gid));
 
-    // 1. Source.
-    let summary = source::receive(cfg, &ws.build, owner, &cancel)?;
+    // 1. Source, and the cache from object storage.
+    let source_version = rec.phase(PhaseName::Source, || {
+        receive_source(cfg, &ws, &sandbox, owner, &cancel)
+    })?;
+    rec.update(|r| r.source_version.clone_from(&source_version));
+    if let Some(url) = &cfg.cache_url {
+        rec.phase(PhaseName::CacheRestore, || {
+            remote::restore_cache(cfg, url.expose(), &ws.cache, owner, &cancel)
+        })?;
+    }
+
+    // 2. Buildpacks.
+    let env = steps::base_env(cfg, &sandbox, source_version.as_deref());
+    let ran = rec.phase(PhaseName::Buildpacks, || {
+        steps::run_buildpacks(cfg, &runner, &ws, bundled_dir.as_deref(), env, owner, rec)
+    })?;
+    cancel.check()?;
+
+    // 3. Release metadata and process types.
+    let process_types = rec.phase(PhaseName::Release, || {
+        let release = steps::run_releases(&runner, &ran, rec)?;
+        slug::write_release(&ws.build, &release)
+    })?;
+    rec.update(|r| r.process_types.clone_from(&process_types));
+
+    // 4. Slug.
+    let epoch = cfg.source_date_epoch.unwrap_or(DEFAULT_EPOCH);
+    let (slug_bytes, sha256) = rec.phase(PhaseName::Pack, || {
+        log::header("Compressing...");
+        slug::pack(cfg, &ws, &staging, epoch, owner, &cancel)
+    })?;
+    cancel.check()?;
+    log::info(format!("Done: {}", log::human_size(slug_bytes)));
+    rec.update(|r| {
+        r.slug = Some(SlugReport {
+            size: slug_bytes,
+            sha256: sha256.clone(),
+            uploaded: false,
+        })
+    });
+
+    // 5. The cache, before the slug goes out: a build stopped now still
+    // leaves no slug behind.
+    if let Some(url) = cfg.cache_put_url.as_ref().or(cfg.cache_url.as_ref()) {
+        rec.phase(PhaseName::CacheSave, || {
+            remote::save_cache(cfg, url.expose(), &ws.cache, &ws.scratch, owner, &cancel)
+        })?;
+    }
+
+    // 6. Delivery: the upload, then the local destination.
+    rec.phase(PhaseName::Deliver, || {
+        if let Some(url) = &cfg.put_url {
+            log::header("Uploading the slug");
+            let up = remote::put(url.expose(), "PUT_URL", staging.file(), &cancel)?;
+            log::info(format!("Uploaded {}", log::human_size(up.bytes)));
+            rec.update(|r| {
+                if let Some(slug) = &mut r.slug {
+                    slug.uploaded = true;
+                }
+            });
+        }
+        cancel.check()?;
+        staging.deliver()
+    })?;
+    log::header(format!(
+        "Compiled slug size is {}",
+        log::human_size(slug_bytes)
+    ));
+    log::info(format!("sha256: {sha256}"));
+    tracing::info!(elapsed = ?started.elapsed(), "build done");
+    Ok(BuildReport {
+        slug_bytes,
+        sha256,
+        buildpacks: ran.buildpacks.iter().map(|b| b.spec.clone()).collect(),
+        process_types,
+        sandbox: sandbox.describe(),
+        source_version,
+        epoch,
+    })
+}
+
+/// The staging file, the workspace handed to the build user, the sandbox
+/// and the bundled buildpacks written out.
+fn prepare(
+    cfg: &BuildConfig,
+    cancel: &Arc<Cancel>,
+) -> Result<
+    (
+        workspace::Workspace,
+        Arc<Sandbox>,
+        Option<PathBuf>,
+        slug::Staging,
+    ),
+    BuildError,
+> {
+    let started = Instant::now();
+    // A wrong destination is found out now, not after the whole build.
+    let staging = slug::Staging::create(cfg, cancel)?;
+    // Orphans of buildpack steps come to us, to be swept.
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        tracing::warn!("cannot become a child subreaper: {e}");
+    }
+    let mut ws = workspace::Workspace::create(cfg, cancel)?;
+    let sandbox = Sandbox::create(&cfg.sandbox, ws.places(), &cfg.app_dir, &ws.scratch)?;
+    ws.hand_over(sandbox.user(), cancel)?;
+    let bundled_dir = ws.unpack_bundled(cfg.bundled)?;
+    tracing::info!(elapsed = ?started.elapsed(), "workspace and sandbox ready");
+    Ok((ws, Arc::new(sandbox), bundled_dir, staging))
+}
+
+/// Unpack the source, drop its `.git` and what `.slugignore` names, and
+/// write ENV_DIR. Returns the source version (the caller's, or the commit
+/// `git archive` recorded).
+fn receive_source(
+    cfg: &BuildConfig,
+    ws: &workspace::Workspace,
+    sandbox: &Sandbox,
+    owner: crate::rootdir::Owner,
+    cancel: &Arc<Cancel>,
+) -> Result<Option<String>, BuildError> {
+    let summary = source::receive(cfg, &ws.build, owner, cancel)?;
     let source_version = cfg
         .source_version
         .clone()
         .or(summary.pax_comment.filter(|c| source::is_commit_id(c)));
-    let epoch = cfg.source_date_epoch.unwrap_or(DEFAULT_EPOCH);
     source::remove_root_git(&ws.build)?;
     if let Some(ignore) = Slugignore::load(&ws.build)? {
         for w in &ignore.warnings {
@@ -319,36 +458,7 @@ pub fn build(cfg: &BuildConfig, cancel: Arc<Cancel>) -> Result<BuildReport, Buil
     if !sandbox.mode().has_namespaces() {
         workspace::check_app_dir(&cfg.app_dir, sandbox.user());
     }
-
-    // 2. Buildpacks.
-    let env = steps::base_env(cfg, &sandbox, source_version.as_deref());
-    let ran = steps::run_buildpacks(cfg, &runner, &ws, bundled_dir.as_deref(), env, owner)?;
-    cancel.check()?;
-
-    // 3. Release metadata and process types.
-    let process_types = slug::write_release(&ws.build, &ran.release)?;
-
-    // 4. Slug.
-    log::header("Compressing...");
-    let (slug_bytes, sha256) = slug::pack(cfg, &ws, &staging, epoch, owner, &cancel)?;
-    cancel.check()?;
-    staging.deliver()?;
-    log::info(format!("Done: {}", log::human_size(slug_bytes)));
-    log::header(format!(
-        "Compiled slug size is {}",
-        log::human_size(slug_bytes)
-    ));
-    log::info(format!("sha256: {sha256}"));
-    tracing::info!(elapsed = ?started.elapsed(), "build done");
-    Ok(BuildReport {
-        slug_bytes,
-        sha256,
-        buildpacks: ran.buildpacks.iter().map(|b| b.spec.clone()).collect(),
-        process_types,
-        sandbox: sandbox.describe(),
-        source_version,
-        epoch,
-    })
+    Ok(source_version)
 }
 
 /// Random request id (hex), like the platform's.

@@ -66,6 +66,8 @@ enum Target {
     /// opened when the build starts.
     Into(PathBuf, File),
     Stdout,
+    /// Nowhere on this host: the slug is only uploaded (`PUT_URL`).
+    Nowhere,
 }
 
 impl Staging {
@@ -73,6 +75,7 @@ impl Staging {
         let work_dir = || cfg.tmp_dir.clone().unwrap_or_else(std::env::temp_dir);
         let (target, dir) = match &cfg.output {
             SlugOutput::Stdout => (Target::Stdout, work_dir()),
+            SlugOutput::Nowhere => (Target::Nowhere, work_dir()),
             SlugOutput::File(path) => {
                 let out_err = |source| BuildError::Output {
                     path: path.clone(),
@@ -109,7 +112,7 @@ impl Staging {
             .map_err(|source| BuildError::Output {
                 path: match &target {
                     Target::Rename(p) | Target::Into(p, _) => p.clone(),
-                    Target::Stdout => dir.clone(),
+                    Target::Stdout | Target::Nowhere => dir.clone(),
                 },
                 source,
             })?;
@@ -124,10 +127,19 @@ impl Staging {
         })
     }
 
+    /// The staged slug, complete once [`pack`] returned.
+    pub fn file(&self) -> &File {
+        self.file
+            .as_ref()
+            .expect("staging file is open until delivery")
+    }
+
     /// Move the finished slug to its destination.
     pub fn deliver(mut self) -> Result<(), BuildError> {
         drop(self.file.take());
         match &self.target {
+            // Uploaded only (PUT_URL): the staged file goes with us.
+            Target::Nowhere => Ok(()),
             Target::Rename(path) => {
                 // Files from tempfile are 0600; a slug is meant to be shared.
                 use std::os::unix::fs::PermissionsExt;
@@ -212,12 +224,7 @@ pub fn pack(
         path: staging.path.to_path_buf(),
         source,
     };
-    let file = staging
-        .file
-        .as_ref()
-        .expect("staging file is open until delivery")
-        .try_clone()
-        .map_err(out_err)?;
+    let file = staging.file().try_clone().map_err(out_err)?;
     let mut writer = HashingWriter {
         inner: io::BufWriter::with_capacity(1 << 20, file),
         hasher: Sha256::new(),

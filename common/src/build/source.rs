@@ -1,4 +1,4 @@
-//! Receiving the app: its source (stdin, a tar file or a directory) and its
+//! Receiving the app: its source (stdin, a tar file, a directory or a URL) and its
 //! config vars (ENV_DIR).
 
 use std::ffi::OsStr;
@@ -49,6 +49,10 @@ pub fn receive(
     };
     match &cfg.source {
         SourceInput::Stdin => archive::unpack(io::stdin(), build, &opts).map_err(source_err),
+        SourceInput::Url(url) => {
+            log::header("Fetching the source");
+            super::remote::receive_source(url.expose(), build, &opts, cancel)
+        }
         SourceInput::File(path) => {
             let file = File::open(path).map_err(|e| {
                 BuildError::BadInput(format!("cannot open source {}: {e}", path.display()))

@@ -11,6 +11,7 @@ use crate::buildpack::{self, describe_status, Buildpack, Fetcher, Origin};
 use crate::child::{Env, Step, StepRunner};
 use crate::log;
 use crate::release::Release;
+use crate::report::{Recorder, StepName};
 use crate::rootdir::{Owner, RootDir, RootError};
 use crate::sandbox::Sandbox;
 
@@ -39,14 +40,17 @@ pub fn base_env(cfg: &BuildConfig, sandbox: &Sandbox, source_version: Option<&st
     env
 }
 
-/// What the buildpacks did.
+/// What the buildpacks did: which ran (with their index in the report),
+/// and the environment their exports left for `bin/release`.
 #[derive(Debug)]
 pub struct Ran {
     pub buildpacks: Vec<Buildpack>,
-    pub release: Release,
+    report_index: Vec<usize>,
+    env: Env,
 }
 
-/// Choose, fetch and run the buildpacks.
+/// Choose, fetch and run the buildpacks (detect, compile, export), each
+/// step timed into `rec`.
 pub fn run_buildpacks(
     cfg: &BuildConfig,
     runner: &StepRunner,
@@ -54,6 +58,7 @@ pub fn run_buildpacks(
     bundled: Option<&Path>,
     mut env: Env,
     owner: Owner,
+    rec: &Recorder,
 ) -> Result<Ran, BuildError> {
     let sandbox = runner.sandbox();
     // git refuses to clone a repository owned by another user (an
@@ -83,14 +88,20 @@ pub fn run_buildpacks(
     fetcher.allow_local = cfg.allow_local_buildpacks;
 
     let build_inner = sandbox.inner().build.clone();
-    let (buildpacks, detected_name) = match choose_buildpacks(cfg, &ws.build)? {
+    let mut report_index = Vec::new();
+    let (buildpacks, detected) = match choose_buildpacks(cfg, &ws.build)? {
         Some(specs) => {
             if specs.len() > 1 {
                 log::header("Fetching buildpacks");
             }
             let mut bps = Vec::new();
             for (spec, origin) in &specs {
-                bps.push(fetcher.fetch(spec, *origin)?);
+                let index = rec.add_buildpack(spec);
+                report_index.push(index);
+                let bp = fetcher.fetch(spec, *origin)?;
+                let commit = resolved_commit(runner, &bp, &env);
+                rec.update_buildpack(index, |r| r.commit = commit);
+                bps.push(bp);
             }
             (bps, None)
         }
@@ -104,33 +115,91 @@ pub fn run_buildpacks(
                     })
                 }
             };
-            let (bp, name) =
+            let (bp, name, took) =
                 detect_installed(&installed_dir, runner, &mut fetcher, &env, &build_inner)?;
+            let index = rec.add_buildpack(&bp.spec);
+            report_index.push(index);
+            rec.update_buildpack(index, |r| r.steps.detect = Some(took));
             (vec![bp], Some(name))
         }
     };
 
-    let mut release = Release::default();
     for (i, bp) in buildpacks.iter().enumerate() {
-        let name = match (&detected_name, i) {
+        let index = report_index[i];
+        let name = match (&detected, i) {
             (Some(n), 0) => n.clone(),
-            _ => detect_explicit(runner, bp, &env, &build_inner)?,
+            _ => rec.step(index, StepName::Detect, || {
+                detect_explicit(runner, bp, &env, &build_inner)
+            })?,
         };
+        rec.update_buildpack(index, |r| r.name = Some(name.clone()));
         log::header(format!("{name} app detected"));
-        compile(runner, bp, &env)?;
+        rec.step(index, StepName::Compile, || compile(runner, bp, &env))?;
         if let Some(export) = bp.export_file() {
-            source_export(runner, bp, &export, &mut env, &build_inner)?;
-        }
-    }
-    for bp in &buildpacks {
-        if let Some(r) = run_release(runner, bp, &env, &build_inner)? {
-            release.merge(r);
+            rec.step(index, StepName::Export, || {
+                source_export(runner, bp, &export, &mut env, &build_inner)
+            })?;
         }
     }
     Ok(Ran {
         buildpacks,
-        release,
+        report_index,
+        env,
     })
+}
+
+/// Run `bin/release` of every buildpack, in order, and merge what they
+/// say (later buildpacks win by process type).
+pub fn run_releases(runner: &StepRunner, ran: &Ran, rec: &Recorder) -> Result<Release, BuildError> {
+    let build_inner = runner.sandbox().inner().build.clone();
+    let mut release = Release::default();
+    for (bp, &index) in ran.buildpacks.iter().zip(&ran.report_index) {
+        if !bp.has("release") {
+            continue;
+        }
+        let r = rec.step(index, StepName::Release, || {
+            run_release(runner, bp, &ran.env, &build_inner)
+        })?;
+        if let Some(r) = r {
+            release.merge(r);
+        }
+    }
+    Ok(release)
+}
+
+/// The commit a git buildpack's clone checked out, asked of `git
+/// rev-parse` in the sandbox (the clone is the build user's tree, never
+/// read by us). `None` for other buildpacks, or when git cannot say.
+fn resolved_commit(runner: &StepRunner, bp: &Buildpack, env: &Env) -> Option<String> {
+    if !matches!(
+        buildpack::Source::parse(&bp.spec),
+        Ok(buildpack::Source::Git { .. })
+    ) {
+        return None;
+    }
+    let git = crate::exe::find("git", env.get(OsStr::new("PATH")).map(OsString::as_os_str))?;
+    let inner = runner.sandbox().to_inner(&bp.dir);
+    let args = [
+        OsStr::new("-c"),
+        OsStr::new("safe.directory=*"),
+        OsStr::new("-C"),
+        inner.as_os_str(),
+        OsStr::new("rev-parse"),
+        OsStr::new("--verify"),
+        OsStr::new("HEAD^{commit}"),
+    ];
+    let mut env = env.clone();
+    env.insert("GIT_CONFIG_NOSYSTEM".into(), "1".into());
+    let cwd = runner.sandbox().inner().buildpacks.clone();
+    let out = match runner.run(Step::new(&git, &args, &env, &cwd).capture()) {
+        Ok(out) => out,
+        Err(e) => {
+            tracing::debug!("git rev-parse in {}: {e}", bp.dir.display());
+            return None;
+        }
+    };
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && super::source::is_commit_id(&text)).then_some(text)
 }
 
 /// Buildpacks named explicitly, in priority order, with who named them;
@@ -232,22 +301,27 @@ fn detect_explicit(
     })
 }
 
+/// The first installed buildpack whose `bin/detect` applies, with the
+/// name it printed and how long its detect took (in seconds).
 fn detect_installed(
     dir: &Path,
     runner: &StepRunner,
     fetcher: &mut Fetcher<'_>,
     env: &Env,
     build: &Path,
-) -> Result<(Buildpack, String), BuildError> {
+) -> Result<(Buildpack, String, f64), BuildError> {
     let installed = buildpack::installed(dir)?;
-    let mut matched: Vec<(Buildpack, String)> = Vec::new();
+    let mut matched: Vec<(Buildpack, String, f64)> = Vec::new();
     for candidate in &installed {
         if !buildpack::is_executable(&candidate.dir.join("bin/detect")) {
             continue;
         }
         let bp = fetcher.copy_installed(candidate)?;
-        if let Ok(name) = run_detect(runner, &bp, env, build)? {
-            matched.push((bp, name));
+        let start = std::time::Instant::now();
+        let detected = run_detect(runner, &bp, env, build)?;
+        let took = crate::report::seconds(start.elapsed());
+        if let Ok(name) = detected {
+            matched.push((bp, name, took));
         }
     }
     let mut matched = matched.into_iter();
@@ -263,7 +337,7 @@ fn detect_installed(
     // The bundled `procfile` buildpack applies to every app with a Procfile:
     // naming it would turn the warning into noise on every build.
     let others: Vec<String> = matched
-        .map(|(bp, _)| bp.name)
+        .map(|(bp, _, _)| bp.name)
         .filter(|name| name != FALLBACK_BUILDPACK)
         .collect();
     if !others.is_empty() {
