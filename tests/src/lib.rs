@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 pub mod apps;
 pub mod builds;
 pub mod hostile;
+pub mod platform;
 pub mod slugs;
 
 /// Root of the repository.

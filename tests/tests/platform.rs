@@ -1,0 +1,966 @@
+//! The platform side (issue 15), with real servers started and stopped by
+//! each test on 127.0.0.1: object storage URLs against moto's S3 server
+//! (boto3 pre-signed GET/PUT), nginx WebDAV PUT and a fault-injecting
+//! server of ours; the JSON build report; the git-push receiver
+//! (`deploy/git-push`) over file:// and ssh; the Kubernetes manifests
+//! validated with kubernetes-validate.
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use e2e::apps::{free_port, http_get};
+use e2e::builds::{assert_ok, shared_tempdir, stderr, App, Build};
+use e2e::platform::{have, sha256, sha256_file, Fault, FaultServer, Moto, Nginx};
+use e2e::slugs::{is_root, wait_until, Guarded};
+use e2e::{bin, repo_root};
+use serde_json::Value;
+
+/// A buildpack that counts its builds in CACHE_DIR (so a restored cache
+/// shows), leaves the count in the slug, prints a warning and declares a
+/// web process serving the app dir.
+fn counter_buildpack(dir: &Path) -> PathBuf {
+    let bp = dir.join("counter");
+    std::fs::create_dir_all(bp.join("bin")).unwrap();
+    let files = [
+        ("detect", "#!/usr/bin/env bash\necho Counter\n"),
+        (
+            "compile",
+            r#"#!/usr/bin/env bash
+set -euo pipefail
+build=$1 cache=$2
+n=0
+if [[ -f $cache/count ]]; then n=$(<"$cache/count"); fi
+n=$((n + 1))
+echo "$n" >"$cache/count"
+mkdir -p "$cache/deep/dir"
+head -c 200000 /dev/urandom >"$cache/deep/dir/blob"
+echo "-----> Counting"
+echo "build number $n"
+echo " !     counter warning $n"
+echo "$n" >"$build/count"
+"#,
+        ),
+        (
+            "release",
+            "#!/usr/bin/env bash\nprintf -- '---\\ndefault_process_types:\\n  web: python3 -m http.server $PORT\\n'\n",
+        ),
+    ];
+    for (name, text) in files {
+        let path = bp.join("bin").join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    bp
+}
+
+fn app() -> App {
+    App::new(&[("index.html", "hello from object storage\n")])
+}
+
+fn read_report(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("no report at {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("report is not JSON ({e}): {text}"))
+}
+
+/// No pre-signed query string (or its signature) in anything printed.
+fn assert_no_secrets(log: &str, urls: &[&str]) {
+    for url in urls {
+        if let Some((_, query)) = url.split_once('?') {
+            assert!(
+                !log.contains(query),
+                "a URL query string was logged:\n{log}"
+            );
+            for part in query.split('&') {
+                if let Some(("X-Amz-Signature" | "sig", value)) = part.split_once('=') {
+                    assert!(!log.contains(value), "a signature was logged:\n{log}");
+                }
+            }
+        }
+    }
+}
+
+/// Run the slug at `slug_url` with slugrunner and GET `path` from it.
+fn serve_slug_url(slug_url: &str, path: &str) -> String {
+    let case = shared_tempdir();
+    let port = free_port();
+    let child = Command::new(bin("slugrunner"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap())
+        .env("SLUG_URL", slug_url)
+        .env("PORT", port.to_string())
+        .arg("--app-dir")
+        .arg(case.path().join("app"))
+        .args(["--init", "--grace-period", "5", "start", "web"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let guard = Guarded::new(child);
+    let mut body = None;
+    wait_until(Duration::from_secs(30), || match http_get(port, path) {
+        Ok((200, b)) => {
+            body = Some(b);
+            true
+        }
+        _ => false,
+    });
+    let _ = nix::sys::signal::kill(guard.pid(), nix::sys::signal::Signal::SIGTERM);
+    let out = guard.output(Duration::from_secs(15));
+    assert_no_secrets(&out.stderr, &[slug_url]);
+    body.unwrap_or_else(|| panic!("slugrunner with SLUG_URL never answered:\n{}", out.stderr))
+}
+
+/// moto's S3 with boto3 pre-signed URLs: the source comes from a GET, the
+/// slug goes up with a PUT, the cache goes down and up; the second build
+/// finds the first one's cache; slugrunner runs the slug from its
+/// pre-signed GET. No signature ever reaches the log.
+#[test]
+fn s3_presigned_source_slug_and_cache() {
+    if !have("moto_server") {
+        return;
+    }
+    let moto = Moto::start();
+    let tmp = shared_tempdir();
+    let bp = counter_buildpack(tmp.path());
+    let src = tmp.path().join("src.tar");
+    std::fs::write(&src, app().tar()).unwrap();
+    moto.boto(&["put", "sources/app.tar", src.to_str().unwrap()]);
+    let source_get = moto.presign("GET", "sources/app.tar");
+    let slug_put = moto.presign("PUT", "slugs/app.tgz");
+    let slug_get = moto.presign("GET", "slugs/app.tgz");
+    let cache_get = moto.presign("GET", "caches/app.tgz");
+    let cache_put = moto.presign("PUT", "caches/app.tgz");
+    let urls = [
+        source_get.as_str(),
+        slug_put.as_str(),
+        slug_get.as_str(),
+        cache_get.as_str(),
+        cache_put.as_str(),
+    ];
+    let report = tmp.path().join("report.json");
+    for round in 1..=2 {
+        let out = Build::new(Vec::new())
+            .env("SOURCE_URL", &source_get)
+            .env("PUT_URL", &slug_put)
+            .env("CACHE_URL", &cache_get)
+            .env("CACHE_PUT_URL", &cache_put)
+            .env("SLUGBUILDER_REPORT", &report)
+            .args(["-vv", "--buildpack"])
+            .arg(&bp)
+            .run();
+        assert_ok(&out);
+        let log = stderr(&out);
+        assert!(log.contains(&format!("build number {round}")), "{log}");
+        if round == 1 {
+            assert!(log.contains("No cache yet"), "{log}");
+        } else {
+            assert!(log.contains("Restored"), "{log}");
+        }
+        assert!(
+            out.stdout.is_empty(),
+            "with PUT_URL and no -o, stdout stays empty"
+        );
+        assert_no_secrets(&log, &urls);
+        let fetched = tmp.path().join(format!("slug-{round}.tgz"));
+        moto.boto(&["get", "slugs/app.tgz", fetched.to_str().unwrap()]);
+        let json = read_report(&report);
+        assert_eq!(json["result"], "succeeded");
+        assert_eq!(
+            json["slug"]["sha256"].as_str().unwrap(),
+            sha256_file(&fetched)
+        );
+        assert_eq!(
+            json["slug"]["size"].as_u64().unwrap(),
+            std::fs::metadata(&fetched).unwrap().len()
+        );
+        assert_eq!(json["slug"]["uploaded"], true);
+        assert!(json["phases"]["cache_restore"].is_number());
+        assert!(json["phases"]["cache_save"].is_number());
+        assert_eq!(moto.boto(&["exists", "caches/app.tgz"]), "yes");
+    }
+    assert_eq!(serve_slug_url(&slug_get, "/count"), "2\n");
+}
+
+/// nginx WebDAV: PUT of the slug and of the cache, a 404 cache at first.
+/// The stored slug is the very file `-o` wrote, and the cache is packed
+/// deterministically (the same tree twice gives the same bytes).
+#[test]
+fn webdav_slug_and_cache() {
+    if !have("nginx") {
+        return;
+    }
+    let nginx = Nginx::start();
+    let tmp = shared_tempdir();
+    let bp = counter_buildpack(tmp.path());
+    let slug_url = format!("{}/slugs/app/1.tgz?token=sekrit", nginx.url);
+    let cache_url = format!("{}/caches/app.tgz?token=sekrit", nginx.url);
+    let local = tmp.path().join("slug.tgz");
+    for round in 1..=2 {
+        let out = Build::new(app().tar())
+            .args(["--buildpack"])
+            .arg(&bp)
+            .args(["--put-url", &slug_url, "--cache-url", &cache_url, "-o"])
+            .arg(&local)
+            .run();
+        assert_ok(&out);
+        let log = stderr(&out);
+        assert!(log.contains(&format!("build number {round}")), "{log}");
+        assert!(!log.contains("sekrit"), "{log}");
+        assert_eq!(
+            sha256_file(&nginx.root.join("slugs/app/1.tgz")),
+            sha256_file(&local)
+        );
+    }
+    // The cache tarball unpacks to what the buildpack left, and packing
+    // is deterministic: rebuild it from its own contents.
+    let cache = std::fs::read(nginx.root.join("caches/app.tgz")).unwrap();
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&cache[..]));
+    let mut names = Vec::new();
+    for entry in archive.entries().unwrap() {
+        let entry = entry.unwrap();
+        assert_eq!(entry.header().uid().unwrap(), 0);
+        names.push(entry.path().unwrap().to_string_lossy().into_owned());
+    }
+    assert!(names.iter().any(|n| n.ends_with("count")), "{names:?}");
+    assert!(
+        names.iter().any(|n| n.ends_with("deep/dir/blob")),
+        "{names:?}"
+    );
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(names, sorted, "cache entries are sorted");
+}
+
+/// Uploads survive a 500 and a connection dropped half-way (each retried
+/// from the first byte, with Content-Length, never chunked); the source
+/// download survives a 503; a cut-short upload is never stored.
+#[test]
+fn faults_are_retried_and_uploads_send_their_length() {
+    let server = FaultServer::start();
+    let tmp = shared_tempdir();
+    let bp = counter_buildpack(tmp.path());
+    server.put_object("/src.tar", app().tar());
+    let source = format!("{}/src.tar?sig=SOURCESECRET", server.url);
+    let put = format!("{}/slug.tgz?sig=PUTSECRET", server.url);
+    // GET source: 503 then served. PUT slug: 500, dropped after 100
+    // bytes, then served.
+    server.plan(&[
+        Fault::Status(503),
+        Fault::Serve,
+        Fault::Status(500),
+        Fault::DropAfter(100),
+    ]);
+    let local = tmp.path().join("slug.tgz");
+    let report = tmp.path().join("report.json");
+    let out = Build::new(Vec::new())
+        .args(["-vv", "--buildpack"])
+        .arg(&bp)
+        .args(["--source-url", &source, "--put-url", &put, "--report"])
+        .arg(&report)
+        .arg("-o")
+        .arg(&local)
+        .run();
+    assert_ok(&out);
+    let log = stderr(&out);
+    assert_no_secrets(&log, &[&source, &put]);
+    let stored = server.object("/slug.tgz").expect("slug stored");
+    assert_eq!(sha256(&stored), sha256_file(&local));
+    let puts: Vec<_> = server
+        .seen()
+        .into_iter()
+        .filter(|s| s.method == "PUT")
+        .collect();
+    assert_eq!(puts.len(), 3, "{puts:?}");
+    for p in &puts {
+        assert_eq!(
+            p.header("content-length"),
+            Some(stored.len().to_string().as_str()),
+            "{p:?}"
+        );
+        assert!(p.header("transfer-encoding").is_none(), "{p:?}");
+        assert!(
+            p.target.ends_with("sig=PUTSECRET"),
+            "the query is sent as is"
+        );
+    }
+    assert_eq!(read_report(&report)["slug"]["sha256"], sha256(&stored));
+
+    // Deis's TAR_URL names the source too.
+    let out = Build::new(Vec::new())
+        .env("TAR_URL", &source)
+        .args(["--buildpack"])
+        .arg(&bp)
+        .run();
+    assert_ok(&out);
+    assert!(!out.stdout.is_empty(), "the slug goes to stdout");
+}
+
+/// A source URL that keeps failing is exit 20 with the URL redacted; a
+/// slug upload that keeps failing is exit 15 and nothing is stored.
+#[test]
+fn failed_transfers_fail_the_build() {
+    let server = FaultServer::start();
+    let tmp = shared_tempdir();
+    let bp = counter_buildpack(tmp.path());
+    let report = tmp.path().join("report.json");
+    let missing = format!("{}/none.tar?sig=SECRET1", server.url);
+    let out = Build::new(Vec::new())
+        .args(["--buildpack"])
+        .arg(&bp)
+        .args(["--source-url", &missing, "--report"])
+        .arg(&report)
+        .run();
+    assert_eq!(out.status.code(), Some(20), "{}", stderr(&out));
+    assert!(stderr(&out).contains("/none.tar"), "{}", stderr(&out));
+    assert_no_secrets(&stderr(&out), &[&missing]);
+    let json = read_report(&report);
+    assert_eq!(json["exit_code"], 20);
+    assert!(
+        json["error"].as_str().unwrap().contains("HTTP 404"),
+        "{json}"
+    );
+    assert!(!json.to_string().contains("SECRET1"));
+
+    let put = format!("{}/slug.tgz?sig=SECRET2", server.url);
+    server.plan(&[Fault::Status(500), Fault::Status(502), Fault::Status(503)]);
+    let out = Build::new(app().tar())
+        .args(["--buildpack"])
+        .arg(&bp)
+        .args(["--put-url", &put])
+        .run();
+    assert_eq!(out.status.code(), Some(15), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("uploading the slug"),
+        "{}",
+        stderr(&out)
+    );
+    assert_no_secrets(&stderr(&out), &[&put]);
+    assert!(server.object("/slug.tgz").is_none());
+}
+
+/// SIGTERM during a slow upload ends the build within 2 s (exit 17), the
+/// store keeps no half object, and the report says what happened; a
+/// server that never answers meets the build's deadline (exit 16).
+#[test]
+fn slow_uploads_stop_on_sigterm_and_at_the_deadline() {
+    let server = FaultServer::start();
+    let tmp = shared_tempdir();
+    let bp = counter_buildpack(tmp.path());
+    let put = format!("{}/slug.tgz", server.url);
+    let report = tmp.path().join("report.json");
+    // A slug big enough not to fit in socket buffers at once.
+    let big: String = (0..400_000)
+        .map(|i| char::from(b'a' + (i * 7 % 26) as u8))
+        .collect();
+    let mut files = vec![("index.html", "x")];
+    let noise = format!("{big}{}", sha256(big.as_bytes()));
+    files.push(("noise.txt", noise.as_str()));
+    let tar = App::new(&files).tar();
+    server.plan(&[Fault::Slow(20_000)]);
+    let mut cmd = Build::new(Vec::new())
+        .args(["--buildpack"])
+        .arg(&bp)
+        .args(["--compression-level", "0", "--put-url", &put, "--report"])
+        .arg(&report)
+        .command();
+    let src = tmp.path().join("src.tar");
+    std::fs::write(&src, tar).unwrap();
+    cmd.arg("--source").arg(&src);
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let guard = Guarded::new(child);
+    assert!(
+        wait_until(Duration::from_secs(60), || server
+            .seen()
+            .iter()
+            .any(|s| s.method == "PUT" && s.received > 0)),
+        "the upload never started"
+    );
+    let sent = Instant::now();
+    nix::sys::signal::kill(guard.pid(), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let out = guard.output(Duration::from_secs(10));
+    let took = sent.elapsed();
+    assert_eq!(out.code(), Some(17), "{}", out.stderr);
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        server.object("/slug.tgz").is_none(),
+        "a half upload was stored"
+    );
+    let json = read_report(&report);
+    assert_eq!(json["result"], "failed");
+    assert_eq!(json["exit_code"], 17);
+    assert_eq!(json["slug"]["uploaded"], false);
+
+    server.plan(&[Fault::Hang]);
+    let start = Instant::now();
+    let out = Build::new(app().tar())
+        .args(["--buildpack"])
+        .arg(&bp)
+        .args(["--timeout", "8", "--put-url", &put])
+        .run();
+    assert_eq!(out.status.code(), Some(16), "{}", stderr(&out));
+    assert!(start.elapsed() < Duration::from_secs(12));
+}
+
+/// A cache that cannot be had or is not a tarball is a warning and a cold
+/// build; a cache download cut short leaves no half cache behind.
+#[test]
+fn a_broken_cache_means_a_cold_build() {
+    let server = FaultServer::start();
+    let tmp = shared_tempdir();
+    let bp = counter_buildpack(tmp.path());
+    let cache = format!("{}/cache.tgz", server.url);
+    server.put_object("/cache.tgz", b"this is not a tarball".to_vec());
+    let out = Build::new(app().tar())
+        .args(["--buildpack"])
+        .arg(&bp)
+        .args(["--cache-url", &cache])
+        .run();
+    assert_ok(&out);
+    let log = stderr(&out);
+    assert!(log.contains("could not be restored"), "{log}");
+    assert!(log.contains("build number 1"), "{log}");
+    // The good cache the build stored; then a download dropped half-way.
+    let good = server.object("/cache.tgz").unwrap();
+    assert!(good.len() > 1000);
+    server.plan(&[Fault::DropAfter(good.len() / 2)]);
+    let out = Build::new(app().tar())
+        .args(["--buildpack"])
+        .arg(&bp)
+        .args(["--cache-url", &cache])
+        .run();
+    assert_ok(&out);
+    let log = stderr(&out);
+    assert!(log.contains("could not be restored"), "{log}");
+    assert!(log.contains("build number 1"), "{log}");
+}
+
+/// Every field of the report, on success and on failure.
+#[test]
+fn the_report_has_every_field() {
+    let tmp = shared_tempdir();
+    let bp = counter_buildpack(tmp.path());
+    let report = tmp.path().join("report.json");
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let local = tmp.path().join("slug.tgz");
+    let out = Build::new(app().tar())
+        .args(["--buildpack"])
+        .arg(&bp)
+        .args(["--source-version", commit, "--request-id", "req-1", "-o"])
+        .arg(&local)
+        .args(["--report"])
+        .arg(&report)
+        .run();
+    assert_ok(&out);
+    let json = read_report(&report);
+    // serde_json's map is sorted: compare as sets (the order in the file
+    // is the README's).
+    let mut keys: Vec<&str> = json
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    let mut want = vec![
+        "schema_version",
+        "result",
+        "exit_code",
+        "error",
+        "stack",
+        "request_id",
+        "source_version",
+        "buildpacks",
+        "process_types",
+        "slug",
+        "image",
+        "warnings",
+        "phases",
+        "duration",
+    ];
+    want.sort_unstable();
+    assert_eq!(keys, want);
+    assert_eq!(json["schema_version"], 1);
+    assert_eq!(json["result"], "succeeded");
+    assert_eq!(json["exit_code"], 0);
+    assert!(json["error"].is_null());
+    assert_eq!(json["stack"], "heroku-24");
+    assert_eq!(json["request_id"], "req-1");
+    assert_eq!(json["source_version"], commit);
+    let bps = json["buildpacks"].as_array().unwrap();
+    assert_eq!(bps.len(), 1);
+    assert_eq!(bps[0]["spec"], bp.to_str().unwrap());
+    assert_eq!(bps[0]["name"], "Counter");
+    assert!(bps[0]["commit"].is_null() && bps[0]["digest"].is_null());
+    for step in ["detect", "compile", "release"] {
+        assert!(bps[0]["steps"][step].as_f64().unwrap() >= 0.0, "{step}");
+    }
+    assert!(bps[0]["steps"]["export"].is_null());
+    assert_eq!(json["process_types"], serde_json::json!(["web"]));
+    assert_eq!(json["slug"]["sha256"], sha256_file(&local));
+    assert_eq!(
+        json["slug"]["size"].as_u64().unwrap(),
+        std::fs::metadata(&local).unwrap().len()
+    );
+    assert_eq!(json["slug"]["uploaded"], false);
+    assert!(json["image"].is_null());
+    let warnings: Vec<&str> = json["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap())
+        .collect();
+    assert!(warnings.contains(&"counter warning 1"), "{warnings:?}");
+    let phases = json["phases"].as_object().unwrap();
+    let mut names = phases.keys().map(String::as_str).collect::<Vec<_>>();
+    names.sort_unstable();
+    let mut want = vec![
+        "prepare",
+        "source",
+        "cache_restore",
+        "buildpacks",
+        "release",
+        "pack",
+        "cache_save",
+        "deliver",
+    ];
+    want.sort_unstable();
+    assert_eq!(names, want);
+    for name in [
+        "prepare",
+        "source",
+        "buildpacks",
+        "release",
+        "pack",
+        "deliver",
+    ] {
+        assert!(phases[name].as_f64().unwrap() >= 0.0, "{name}");
+    }
+    assert!(phases["cache_restore"].is_null() && phases["cache_save"].is_null());
+    let total = json["duration"].as_f64().unwrap();
+    let sum: f64 = phases.values().filter_map(Value::as_f64).sum();
+    assert!(total >= sum - 0.01, "{total} < {sum}");
+
+    // A failing compile: the report is still written, with the error.
+    let out = Build::new(app().tar())
+        .buildpack("failing-compile")
+        .args(["--report"])
+        .arg(&report)
+        .run();
+    assert_eq!(out.status.code(), Some(13), "{}", stderr(&out));
+    let json = read_report(&report);
+    assert_eq!(json["result"], "failed");
+    assert_eq!(json["exit_code"], 13);
+    assert!(
+        json["error"]
+            .as_str()
+            .unwrap()
+            .contains("bin/compile failed"),
+        "{json}"
+    );
+    assert!(json["slug"].is_null());
+    assert!(json["phases"]["pack"].is_null());
+    assert!(json["phases"]["buildpacks"].is_number());
+    assert!(json["buildpacks"][0]["steps"]["compile"].is_number());
+    assert!(json["buildpacks"][0]["steps"]["release"].is_null());
+    let warnings = json["warnings"].to_string();
+    assert!(
+        warnings.contains("Something is wrong with this app"),
+        "{warnings}"
+    );
+}
+
+/// A git buildpack's resolved commit is in the report.
+#[test]
+fn the_report_names_a_git_buildpacks_commit() {
+    let tmp = shared_tempdir();
+    let bp = counter_buildpack(tmp.path());
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .current_dir(&bp)
+            .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    git(&["init", "-q", "-b", "main"]);
+    git(&["add", "."]);
+    git(&["commit", "-q", "-m", "bp"]);
+    let head = git(&["rev-parse", "HEAD"]);
+    let report = tmp.path().join("report.json");
+    let out = Build::new(app().tar())
+        .args(["--buildpack", &format!("file://{}", bp.display())])
+        .args(["--report"])
+        .arg(&report)
+        .run();
+    assert_ok(&out);
+    assert_eq!(read_report(&report)["buildpacks"][0]["commit"], head);
+}
+
+// ---------------------------------------------------------------------------
+// git push
+
+/// Root-only: the hook runs slugbuilder and slugrunner as root (they drop
+/// to build and run users), like a backend's git user with sudo would.
+fn needs_root() -> bool {
+    if is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "this test needs root, and CI is set: run the tests as root"
+    );
+    eprintln!("skipped: needs root");
+    false
+}
+
+/// An app (a work tree) whose web process answers with `greeting`.
+fn write_app(dir: &Path, greeting: &str) {
+    std::fs::write(dir.join("Procfile"), "web: python3 -m http.server $PORT\n").unwrap();
+    std::fs::write(dir.join("index.html"), format!("{greeting}\n")).unwrap();
+}
+
+fn git_in(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    Command::new("git")
+        .current_dir(dir)
+        .args(["-c", "user.name=dev", "-c", "user.email=dev@example.com"])
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
+fn commit(dir: &Path, message: &str) {
+    for args in [&["add", "-A"][..], &["commit", "-q", "-m", message]] {
+        let out = git_in(dir, args, &[]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// GET / until it answers `want` (the restart is done when the push is,
+/// but allow a moment).
+fn wait_for_body(port: u16, want: &str) {
+    let mut last = String::new();
+    let ok = wait_until(Duration::from_secs(20), || match http_get(port, "/") {
+        Ok((200, body)) => {
+            last = body.clone();
+            body == want
+        }
+        Ok((status, body)) => {
+            last = format!("{status} {body}");
+            false
+        }
+        Err(e) => {
+            last = e.to_string();
+            false
+        }
+    });
+    assert!(ok, "port {port} never answered {want:?}; last: {last}");
+}
+
+/// A deployed app and its host, removed (app stopped) when dropped.
+struct Deployed {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Deployed {
+    fn install(grace: u32) -> Self {
+        let dir = shared_tempdir();
+        let port = free_port();
+        let out = Command::new(repo_root().join("deploy/git-push/install"))
+            .arg("myapp")
+            .arg(dir.path().join("myapp.git"))
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .args(["--port", &port.to_string(), "--keep", "2"])
+            .args(["--grace-period", &grace.to_string()])
+            .arg("--slugbuilder")
+            .arg(bin("slugbuilder"))
+            .arg("--slugrunner")
+            .arg(bin("slugrunner"))
+            .args(["--", "--buildpacks-dir"])
+            .arg(repo_root().join("buildpacks"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self { dir, port }
+    }
+
+    fn repo(&self) -> PathBuf {
+        self.dir.path().join("myapp.git")
+    }
+
+    fn slugapp(&self, args: &[&str]) -> std::process::Output {
+        Command::new(self.dir.path().join("state/bin/slugapp"))
+            .arg("--state")
+            .arg(self.dir.path().join("state"))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn pid(&self) -> i32 {
+        std::fs::read_to_string(self.dir.path().join("state/app.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for Deployed {
+    fn drop(&mut self) {
+        let _ = self.slugapp(&["stop"]);
+    }
+}
+
+/// Push, then check the hook's output reached the pusher as it happened.
+fn push(work: &Path, remote: &str, env: &[(&str, &str)]) -> (bool, String) {
+    let out = git_in(work, &["push", "-q", remote, "HEAD:main"], env);
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.success(), log)
+}
+
+/// The whole git-push flow over `remote`: deploy, redeploy (the old
+/// process gets SIGTERM), a broken push refused while the old release
+/// still answers, a rollback, and the kept slugs pruned.
+fn git_push_flow(deployed: &Deployed, remote: &str, env: &[(&str, &str)]) {
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    assert!(git_in(w, &["init", "-q", "-b", "main"], &[])
+        .status
+        .success());
+    write_app(w, "version one");
+    commit(w, "one");
+    let (ok, log) = push(w, remote, env);
+    assert!(ok, "first push refused:\n{log}");
+    assert!(log.contains("remote: -----> "), "{log}");
+    assert!(log.contains("app detected"), "{log}");
+    assert!(log.contains("remote: -----> Deployed v1"), "{log}");
+    wait_for_body(deployed.port, "version one\n");
+    let first_pid = deployed.pid();
+
+    write_app(w, "version two");
+    commit(w, "two");
+    let (ok, log) = push(w, remote, env);
+    assert!(ok, "second push refused:\n{log}");
+    assert!(
+        log.contains(&format!("Stopping pid {first_pid} (SIGTERM")),
+        "{log}"
+    );
+    wait_for_body(deployed.port, "version two\n");
+    assert!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(first_pid), None).is_err(),
+        "the first release's slugrunner still runs"
+    );
+
+    // A broken build: the push is refused, v2 keeps answering.
+    std::fs::write(w.join(".buildpacks"), "https://127.0.0.1:1/nope.tgz\n").unwrap();
+    commit(w, "broken");
+    let running = deployed.pid();
+    let (ok, log) = push(w, remote, env);
+    assert!(!ok, "a broken build was accepted:\n{log}");
+    assert!(
+        log.contains("remote: -----> Build failed: push rejected"),
+        "{log}"
+    );
+    assert!(log.contains("v2 is still running"), "{log}");
+    assert_eq!(deployed.pid(), running, "the app was restarted");
+    assert_eq!(http_get(deployed.port, "/").unwrap().1, "version two\n");
+
+    // Rollback to v1.
+    let out = deployed.slugapp(&["rollback"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for_body(deployed.port, "version one\n");
+    let releases = String::from_utf8(deployed.slugapp(&["releases"]).stdout).unwrap();
+    assert!(
+        releases.lines().any(|l| l.starts_with("* v1-")),
+        "{releases}"
+    );
+
+    // A third release: only two slugs are kept (--keep 2).
+    std::fs::remove_file(w.join(".buildpacks")).unwrap();
+    write_app(w, "version three");
+    commit(w, "three");
+    let (ok, log) = push(w, remote, env);
+    assert!(ok, "third push refused:\n{log}");
+    wait_for_body(deployed.port, "version three\n");
+    let releases = String::from_utf8(deployed.slugapp(&["releases"]).stdout).unwrap();
+    let kept: Vec<&str> = releases.lines().collect();
+    assert_eq!(kept.len(), 2, "{releases}");
+    assert!(kept[1].starts_with("* v3-"), "{releases}");
+}
+
+#[test]
+fn git_push_over_file_url() {
+    if !needs_root() {
+        return;
+    }
+    let deployed = Deployed::install(5);
+    let remote = format!("file://{}", deployed.repo().display());
+    git_push_flow(&deployed, &remote, &[]);
+}
+
+/// The same over ssh to an sshd of the test's own on 127.0.0.1.
+#[test]
+fn git_push_over_ssh() {
+    if !needs_root() || !have("/usr/sbin/sshd") || !have("ssh-keygen") {
+        return;
+    }
+    let deployed = Deployed::install(5);
+    let dir = shared_tempdir();
+    let d = dir.path();
+    for (key, kind) in [("host_key", "ed25519"), ("client_key", "ed25519")] {
+        let out = Command::new("ssh-keygen")
+            .args(["-q", "-t", kind, "-N", "", "-f"])
+            .arg(d.join(key))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    }
+    std::fs::copy(d.join("client_key.pub"), d.join("authorized_keys")).unwrap();
+    let port = free_port();
+    // The sshd's own PATH reaches git-receive-pack in the session.
+    let git_dir = Command::new("sh")
+        .args(["-c", "dirname \"$(command -v git)\""])
+        .output()
+        .unwrap();
+    let git_dir = String::from_utf8(git_dir.stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    std::fs::write(
+        d.join("sshd_config"),
+        format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nAuthorizedKeysFile {ak}\n\
+             PermitRootLogin prohibit-password\nPasswordAuthentication no\n\
+             KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPidFile {d}/sshd.pid\n\
+             SetEnv PATH={git_dir}:/usr/local/bin:/usr/bin:/bin\n",
+            hk = d.join("host_key").display(),
+            ak = d.join("authorized_keys").display(),
+            d = d.display(),
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all("/run/sshd").unwrap();
+    let sshd = Command::new("/usr/sbin/sshd")
+        .args(["-D", "-e", "-f"])
+        .arg(d.join("sshd_config"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _sshd = Guarded::new(sshd);
+    assert!(
+        wait_until(Duration::from_secs(10), || std::net::TcpStream::connect((
+            "127.0.0.1",
+            port
+        ))
+        .is_ok()),
+        "sshd did not listen"
+    );
+    let ssh = format!(
+        "ssh -i {} -o IdentitiesOnly=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -p {port}",
+        d.join("client_key").display()
+    );
+    let remote = format!("ssh://root@127.0.0.1:{port}{}", deployed.repo().display());
+    git_push_flow(&deployed, &remote, &[("GIT_SSH_COMMAND", &ssh)]);
+}
+
+// ---------------------------------------------------------------------------
+// Kubernetes
+
+/// The Kubernetes version the manifests are validated against.
+const KUBERNETES_VERSION: &str = "1.30.0";
+
+/// The manifests are valid for the named Kubernetes version (strict: no
+/// unknown fields), and keep the settings the README promises.
+#[test]
+fn kubernetes_manifests_validate() {
+    if !have("kubernetes-validate") {
+        return;
+    }
+    let dir = repo_root().join("deploy/kubernetes");
+    let files = [dir.join("build-job.yaml"), dir.join("run-deployment.yaml")];
+    let validate = |paths: &[PathBuf]| {
+        Command::new("kubernetes-validate")
+            .args(["--strict", "--kubernetes-version", KUBERNETES_VERSION])
+            .args(paths)
+            .output()
+            .unwrap()
+    };
+    let out = validate(&files);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert_eq!(text.matches("passed").count(), 5, "{text}");
+
+    // The validator does reject a wrong field (it is not a no-op).
+    let tmp = tempfile::tempdir().unwrap();
+    let broken = tmp.path().join("broken.yaml");
+    let job = std::fs::read_to_string(&files[0]).unwrap();
+    std::fs::write(
+        &broken,
+        job.replace("activeDeadlineSeconds: 960", "activeDeadlineSecond: 960"),
+    )
+    .unwrap();
+    assert!(!validate(&[broken]).status.success());
+
+    let deployment = std::fs::read_to_string(&files[1]).unwrap();
+    for needed in [
+        "automountServiceAccountToken: false",
+        "runAsNonRoot: true",
+        "readOnlyRootFilesystem: true",
+        "activeDeadlineSeconds: 960",
+        "SLUGBUILDER_TIMEOUT",
+        "memory: 4Gi",
+    ] {
+        assert!(job.contains(needed), "build-job.yaml lacks {needed}");
+    }
+    for needed in [
+        "terminationGracePeriodSeconds: 40",
+        "SLUGRUNNER_GRACE_PERIOD",
+        "readinessProbe",
+        "SLUG_URL",
+        "automountServiceAccountToken: false",
+    ] {
+        assert!(
+            deployment.contains(needed),
+            "run-deployment.yaml lacks {needed}"
+        );
+    }
+}
