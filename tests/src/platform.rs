@@ -46,12 +46,22 @@ fn wait_port(port: u16, child: &mut Child, what: &str) {
     }
 }
 
-/// A child process killed when dropped.
+/// A server process stopped when dropped: SIGTERM first, so that it
+/// stops its own children (nginx's workers), then SIGKILL.
 #[derive(Debug)]
 struct Killed(Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -330,7 +340,7 @@ fn handle(conn: TcpStream, state: &Mutex<FaultState>) -> std::io::Result<()> {
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
             .and_then(|(_, v)| v.parse().ok());
-        let mut seen = Seen {
+        let seen = Seen {
             method: method.clone(),
             target: target.clone(),
             headers,
@@ -360,6 +370,12 @@ fn handle(conn: TcpStream, state: &Mutex<FaultState>) -> std::io::Result<()> {
                 write!(out, "HTTP/1.1 411 Length Required\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
                 return Ok(());
             };
+            // Seen at once, its progress updated as the body arrives.
+            let index = {
+                let mut st = state.lock().unwrap();
+                st.seen.push(seen);
+                st.seen.len() - 1
+            };
             let limit = match fault {
                 Fault::DropAfter(n) => n.min(length),
                 _ => length,
@@ -377,15 +393,12 @@ fn handle(conn: TcpStream, state: &Mutex<FaultState>) -> std::io::Result<()> {
                     break;
                 }
                 body.extend_from_slice(&buf[..n]);
-                seen.received = body.len();
+                state.lock().unwrap().seen[index].received = body.len();
                 if let Fault::Slow(_) = fault {
                     std::thread::sleep(Duration::from_millis(100));
                 }
             }
-            seen.received = body.len();
-            let complete = body.len() == length;
-            record(seen);
-            if !complete {
+            if body.len() != length {
                 // Cut short (by us or by the client): nothing is stored.
                 return Ok(());
             }

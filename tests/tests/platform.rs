@@ -737,7 +737,13 @@ impl Deployed {
 
 impl Drop for Deployed {
     fn drop(&mut self) {
-        let _ = self.slugapp(&["stop"]);
+        let _ = Command::new("timeout")
+            .arg("60")
+            .arg(self.dir.path().join("state/bin/slugapp"))
+            .arg("--state")
+            .arg(self.dir.path().join("state"))
+            .arg("stop")
+            .status();
     }
 }
 
