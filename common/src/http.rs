@@ -617,6 +617,60 @@ mod tests {
         );
     }
 
+    /// A 503 first, then the upload: both attempts send the whole file
+    /// with its length, never chunked.
+    #[test]
+    fn put_sends_the_length_and_retries_from_the_start() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let mut requests = Vec::new();
+            for answer in ["503 Busy", "201 Created"] {
+                let (conn, _) = listener.accept().unwrap();
+                let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+                let mut head = String::new();
+                loop {
+                    let mut line = String::new();
+                    std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
+                    if line == "\r\n" {
+                        break;
+                    }
+                    head.push_str(&line.to_ascii_lowercase());
+                }
+                let mut body = vec![0u8; 11];
+                reader.read_exact(&mut body).unwrap();
+                requests.push((head, body));
+                let mut conn = conn;
+                write!(
+                    conn,
+                    "HTTP/1.1 {answer}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                )
+                .unwrap();
+            }
+            requests
+        });
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(b"hello world").unwrap();
+        let opts = HttpOptions {
+            backoff: Duration::from_millis(10),
+            ..HttpOptions::default()
+        };
+        let up = put_file(&format!("http://127.0.0.1:{port}/s?sig=x"), &file, &opts).unwrap();
+        assert_eq!(
+            up,
+            Uploaded {
+                bytes: 11,
+                attempts: 2
+            }
+        );
+        for (head, body) in server.join().unwrap() {
+            assert!(head.starts_with("put /s?sig=x "), "{head}");
+            assert!(head.contains("content-length: 11\r\n"), "{head}");
+            assert!(!head.contains("transfer-encoding"), "{head}");
+            assert_eq!(body, b"hello world");
+        }
+    }
+
     /// A server that answers, then sends the body one byte at a time.
     fn trickling_server(pause: Duration) -> (u16, std::thread::JoinHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();

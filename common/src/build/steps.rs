@@ -128,6 +128,8 @@ pub fn run_buildpacks(
         let index = report_index[i];
         let name = match (&detected, i) {
             (Some(n), 0) => n.clone(),
+            // No bin/detect: nothing runs, nothing is timed.
+            _ if !bp.has("detect") => bp.name.clone(),
             _ => rec.step(index, StepName::Detect, || {
                 detect_explicit(runner, bp, &env, &build_inner)
             })?,
