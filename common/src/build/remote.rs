@@ -183,6 +183,8 @@ pub fn save_cache(
         max_depth: cfg.limits.max_depth,
         reader,
         cancel: Some(Arc::clone(cancel)),
+        // The cache is packed once per build; no earlier blocks to reuse.
+        blocks: None,
     };
     let packed = {
         let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
