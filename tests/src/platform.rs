@@ -120,7 +120,7 @@ elif cmd == "presign":
     op = {"GET": "get_object", "PUT": "put_object"}[args[0]]
     print(s3.generate_presigned_url(op, Params={"Bucket": bucket, "Key": args[1]}, ExpiresIn=600))
 "#;
-        let out = Command::new("python3")
+        let out = Command::new(boto_python())
             .arg("-c")
             .arg(SCRIPT)
             .args([self.endpoint.as_str(), self.bucket.as_str()])
@@ -137,6 +137,20 @@ elif cmd == "presign":
 
     pub fn presign(&self, method: &str, key: &str) -> String {
         self.boto(&["presign", method, key])
+    }
+}
+
+/// The python3 that has boto3: the one beside `moto_server` (its venv's,
+/// as scripts/test installs them), else the one on PATH.
+fn boto_python() -> PathBuf {
+    let out = Command::new("sh")
+        .args(["-c", "command -v moto_server"])
+        .output()
+        .expect("run sh");
+    let moto = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    match moto.parent().map(|bin| bin.join("python3")) {
+        Some(python) if python.is_file() => python,
+        _ => PathBuf::from("python3"),
     }
 }
 
