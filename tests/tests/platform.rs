@@ -615,6 +615,70 @@ fn the_report_names_a_git_buildpacks_commit() {
     assert_eq!(read_report(&report)["buildpacks"][0]["commit"], head);
 }
 
+/// With `--image`, the report names the published image: its reference,
+/// and the manifest digest the OCI layout's index holds for its tag.
+#[test]
+fn the_report_names_the_published_image() {
+    if !have("umoci") {
+        return;
+    }
+    let tmp = shared_tempdir();
+    let run = tmp.path().join("run");
+    let umoci = |args: &[&str]| {
+        let out = Command::new("umoci").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "umoci {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let layout = run.to_str().unwrap();
+    umoci(&["init", "--layout", layout]);
+    umoci(&["new", "--image", &format!("{layout}:empty")]);
+    umoci(&[
+        "config",
+        "--image",
+        &format!("{layout}:empty"),
+        "--tag",
+        "base",
+        "--config.user",
+        "1000:1000",
+    ]);
+    let out_layout = tmp.path().join("out");
+    let reference = format!("oci:{}:app", out_layout.display());
+    let report = tmp.path().join("report.json");
+    let out = Build::new(app().tar())
+        .args(["--buildpack"])
+        .arg(counter_buildpack(tmp.path()))
+        .args(["--image", &reference, "--run-image"])
+        .arg(format!("oci:{layout}:base"))
+        .arg("--report")
+        .arg(&report)
+        .arg("-o")
+        .arg(tmp.path().join("slug.tgz"))
+        .run();
+    assert_ok(&out);
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(out_layout.join("index.json")).unwrap()).unwrap();
+    let tagged = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == "app")
+        .unwrap_or_else(|| panic!("no manifest tagged app: {index}"));
+    let json = read_report(&report);
+    assert_eq!(json["image"]["reference"], reference.as_str());
+    assert_eq!(json["image"]["digest"], tagged["digest"]);
+    assert!(
+        stderr(&out).contains(&format!(
+            "Image: {reference}@{}",
+            tagged["digest"].as_str().unwrap()
+        )),
+        "{}",
+        stderr(&out)
+    );
+}
+
 // ---------------------------------------------------------------------------
 // git push
 
