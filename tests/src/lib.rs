@@ -42,9 +42,21 @@ pub fn bin(name: &str) -> PathBuf {
             .to_string_lossy()
             .to_string();
         let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        // Inherited from the test's own cargo, it would make build scripts
-        // that track it (ring's) rerun: a rebuild of half the tree.
-        cmd.env_remove("CARGO_MANIFEST_DIR");
+        // Inherited from the test's own cargo, they would make build
+        // scripts that track them (ring's watches CARGO_PKG_NAME) rerun: a
+        // rebuild of half the tree in the first test binary.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            if key.starts_with("CARGO_PKG_")
+                || key.starts_with("CARGO_MANIFEST_")
+                || matches!(
+                    key.as_ref(),
+                    "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE"
+                )
+            {
+                cmd.env_remove(key.as_ref());
+            }
+        }
         cmd.current_dir(repo_root()).args([
             "build",
             "--quiet",
