@@ -378,9 +378,20 @@ impl<'a> Fetcher<'a> {
         name: &str,
         src: &Path,
     ) -> Result<Buildpack, BuildpackError> {
-        // The operator's path may be (or go through) a link: trusted.
-        let resolved = std::fs::canonicalize(src);
-        let src = resolved.as_deref().unwrap_or(src);
+        // The operator's path may be (or go through) a link: trusted. A
+        // missing one is reported as such below; any other failure to
+        // resolve it is an error of its own.
+        let resolved = match std::fs::canonicalize(src) {
+            Ok(path) => path,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => src.to_path_buf(),
+            Err(e) => {
+                return Err(BuildpackError::Copy {
+                    spec: shown(spec),
+                    detail: format!("resolving {}: {e}", src.display()),
+                })
+            }
+        };
+        let src = resolved.as_path();
         if !src.is_dir() {
             return Err(BuildpackError::NotADirectory {
                 spec: shown(spec),
@@ -421,9 +432,14 @@ impl<'a> Fetcher<'a> {
         let read_only = [src.clone()];
         let env = self.env.clone();
         let cwd = self.runner.sandbox().inner().buildpacks.clone();
-        std::fs::create_dir_all(&dest).ok();
+        let copy_err = |what: &str, e: std::io::Error| BuildpackError::Copy {
+            spec: shown(spec),
+            detail: format!("{what} {}: {e}", dest.display()),
+        };
+        std::fs::create_dir_all(&dest).map_err(|e| copy_err("creating", e))?;
         if let Some((uid, gid)) = self.owner {
-            let _ = std::os::unix::fs::lchown(&dest, Some(uid), Some(gid));
+            std::os::unix::fs::lchown(&dest, Some(uid), Some(gid))
+                .map_err(|e| copy_err("handing over", e))?;
         }
         let out = self
             .runner
