@@ -378,9 +378,20 @@ impl<'a> Fetcher<'a> {
         name: &str,
         src: &Path,
     ) -> Result<Buildpack, BuildpackError> {
-        // The operator's path may be (or go through) a link: trusted.
-        let resolved = std::fs::canonicalize(src);
-        let src = resolved.as_deref().unwrap_or(src);
+        // The operator's path may be (or go through) a link: trusted. A
+        // missing one is reported as such below; any other failure to
+        // resolve it is an error of its own.
+        let resolved = match std::fs::canonicalize(src) {
+            Ok(path) => path,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => src.to_path_buf(),
+            Err(e) => {
+                return Err(BuildpackError::Copy {
+                    spec: shown(spec),
+                    detail: format!("resolving {}: {e}", src.display()),
+                })
+            }
+        };
+        let src = resolved.as_path();
         if !src.is_dir() {
             return Err(BuildpackError::NotADirectory {
                 spec: shown(spec),
@@ -421,9 +432,14 @@ impl<'a> Fetcher<'a> {
         let read_only = [src.clone()];
         let env = self.env.clone();
         let cwd = self.runner.sandbox().inner().buildpacks.clone();
-        std::fs::create_dir_all(&dest).ok();
+        let copy_err = |what: &str, e: std::io::Error| BuildpackError::Copy {
+            spec: shown(spec),
+            detail: format!("{what} {}: {e}", dest.display()),
+        };
+        std::fs::create_dir_all(&dest).map_err(|e| copy_err("creating", e))?;
         if let Some((uid, gid)) = self.owner {
-            let _ = std::os::unix::fs::lchown(&dest, Some(uid), Some(gid));
+            std::os::unix::fs::lchown(&dest, Some(uid), Some(gid))
+                .map_err(|e| copy_err("handing over", e))?;
         }
         let out = self
             .runner
@@ -517,13 +533,7 @@ impl<'a> Fetcher<'a> {
         reference: Option<&str>,
         dest: &Path,
     ) -> Result<(), BuildpackError> {
-        std::fs::create_dir_all(dest).map_err(|e| BuildpackError::Copy {
-            spec: shown(spec),
-            detail: e.to_string(),
-        })?;
-        if let Some((uid, gid)) = self.owner {
-            let _ = std::os::unix::fs::lchown(dest, Some(uid), Some(gid));
-        }
+        self.prepare_dest(spec, dest)?;
         let inner = self.runner.sandbox().to_inner(dest);
         let read_only: Vec<PathBuf> = url
             .strip_prefix("file://")
@@ -597,17 +607,27 @@ impl<'a> Fetcher<'a> {
         Ok(())
     }
 
+    /// The directory a clone or download lands in, handed to the build user
+    /// (who writes it from the sandbox). Failing to hand it over is an
+    /// error here, not an obscure permission error in the step.
+    fn prepare_dest(&self, spec: &str, dest: &Path) -> Result<(), BuildpackError> {
+        let copy_err = |what: &str, e: std::io::Error| BuildpackError::Copy {
+            spec: shown(spec),
+            detail: format!("{what} {}: {e}", dest.display()),
+        };
+        std::fs::create_dir_all(dest).map_err(|e| copy_err("creating", e))?;
+        if let Some((uid, gid)) = self.owner {
+            std::os::unix::fs::lchown(dest, Some(uid), Some(gid))
+                .map_err(|e| copy_err("handing over", e))?;
+        }
+        Ok(())
+    }
+
     /// Download a tarball and unpack it through the safe unpacker, as a
     /// sandboxed step: with the build user's rights (and network rules), not
     /// root's, within the build's deadline.
     fn download(&self, spec: &str, url: &str, dest: &Path) -> Result<(), BuildpackError> {
-        std::fs::create_dir_all(dest).map_err(|e| BuildpackError::Copy {
-            spec: shown(spec),
-            detail: e.to_string(),
-        })?;
-        if let Some((uid, gid)) = self.owner {
-            let _ = std::os::unix::fs::lchown(dest, Some(uid), Some(gid));
-        }
+        self.prepare_dest(spec, dest)?;
         let inner = self.runner.sandbox().to_inner(dest);
         let mut env = self.env.clone();
         // In the environment, not on the command line: a URL may carry a

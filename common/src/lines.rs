@@ -1,5 +1,6 @@
-//! Line-oriented config files (Procfile, env files): the rules they share
-//! for what counts as a line.
+//! Line-oriented config files (Procfile, env files, `.slugignore`, a
+//! buildpacks directory's `.order`, an app's `.buildpacks`): the rules they
+//! share for what counts as a line.
 
 /// The content lines of `text` with their 1-based line numbers: a leading
 /// byte-order mark is dropped, CRLF is accepted, the last line may lack a

@@ -517,7 +517,16 @@ pub fn profile_scripts(app_dir: &Path) -> Vec<PathBuf> {
             .map(|e| e.path())
             .filter(|p| p.is_file())
             .collect(),
-        Err(_) => Vec::new(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        // Deliberately not fatal (the app may still start), but never
+        // silent: its environment will lack what those scripts set.
+        Err(e) => {
+            tracing::warn!(
+                "cannot read {}: {e}; its scripts are not sourced",
+                app_dir.join(".profile.d").display()
+            );
+            Vec::new()
+        }
     };
     scripts.sort_by(|a, b| a.as_os_str().as_bytes().cmp(b.as_os_str().as_bytes()));
     let profile = app_dir.join(".profile");
@@ -598,7 +607,7 @@ impl ProcessSpec {
     /// up in the `PATH` of `env` (then `/bin/bash`, `/usr/bin/bash`).
     pub fn launcher(launch: &Launch, app_dir: &Path, env: BTreeMap<OsString, OsString>) -> Self {
         let scripts = profile_scripts(app_dir);
-        let program = find_program(
+        let program = crate::exe::find(
             LAUNCHER_SHELL,
             env.get(OsStr::new("PATH")).map(OsString::as_os_str),
         )
@@ -629,12 +638,6 @@ impl ProcessSpec {
             .current_dir(&self.cwd);
         cmd
     }
-}
-
-/// Find an executable `name` in `path` (a `PATH` value), else in the
-/// standard places.
-pub fn find_program(name: &str, path: Option<&OsStr>) -> Option<PathBuf> {
-    crate::exe::find(name, path)
 }
 
 /// The bash that runs export files and the launcher.

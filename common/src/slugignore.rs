@@ -47,22 +47,20 @@ impl Slugignore {
     pub fn parse(root: &Path, text: &str) -> Result<Self, SlugignoreError> {
         let mut builder = GitignoreBuilder::new(root);
         let mut warnings = Vec::new();
-        for (idx, raw) in text.lines().enumerate() {
-            let line = raw.trim_end_matches('\r').trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
+        // The same lines as every other line-oriented file (BOM, CRLF,
+        // comments, blanks); a pattern also loses its trailing blanks.
+        for (line_no, raw) in crate::lines::content_lines(text) {
+            let line = raw.trim();
             if line.starts_with('!') {
                 warnings.push(format!(
-                    ".slugignore line {}: negation is not supported, skipped: {line}",
-                    idx + 1
+                    ".slugignore line {line_no}: negation is not supported, skipped: {line}"
                 ));
                 continue;
             }
             builder
                 .add_line(None, line)
                 .map_err(|e| SlugignoreError::Pattern {
-                    line: idx + 1,
+                    line: line_no,
                     message: e.to_string(),
                 })?;
         }
@@ -134,6 +132,25 @@ mod tests {
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(p, "x").unwrap();
         }
+    }
+
+    /// The line rules of every other config file: a byte-order mark, CRLF,
+    /// indented comments; line numbers count every line.
+    #[test]
+    fn lines_follow_the_shared_rules() {
+        let root = Path::new("/build");
+        let ignore = Slugignore::parse(
+            root,
+            "\u{feff}*.psd\r\n  # comment\r\n\r\n!keep\r\n/docs  \r\n",
+        )
+        .unwrap();
+        assert!(ignore.matches(Path::new("design.psd"), false));
+        assert!(ignore.matches(Path::new("docs"), true));
+        assert!(!ignore.matches(Path::new("comment"), false));
+        assert_eq!(
+            ignore.warnings,
+            [".slugignore line 4: negation is not supported, skipped: !keep"]
+        );
     }
 
     #[test]

@@ -102,6 +102,25 @@ impl RawTar {
         self
     }
 
+    /// A regular file whose header names an owner (uid, gid, user and
+    /// group names), which unpacking must ignore.
+    pub fn file_owned(mut self, name: &str, data: &[u8], uid: u64, gid: u64) -> Self {
+        let mut h = Self::header(
+            name.as_bytes(),
+            EntryType::Regular,
+            data.len() as u64,
+            0o644,
+            b"",
+        );
+        h.set_uid(uid);
+        h.set_gid(gid);
+        h.set_username("mallory").unwrap();
+        h.set_groupname("wheel").unwrap();
+        h.set_cksum();
+        self.push(&h, data);
+        self
+    }
+
     pub fn special(mut self, name: &str, kind: EntryType) -> Self {
         self.push(&Self::header(name.as_bytes(), kind, 0, 0o666, b""), b"");
         self
@@ -193,39 +212,59 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
 }
 
 /// Everything observable about a directory tree: per path, type, mode,
-/// size, mtime and content (or link target). Links are not followed.
-pub fn snapshot(root: &Path) -> BTreeMap<String, String> {
+/// owner, size, link count, mtime and content (or link target). Links are
+/// not followed. `skip` names paths (relative to `root`) left out with
+/// everything beneath them.
+pub fn snapshot_except(root: &Path, skip: &[&Path]) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+    fn walk(root: &Path, dir: &Path, skip: &[&Path], out: &mut BTreeMap<String, String>) {
         let mut entries: Vec<_> = std::fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().path())
             .collect();
         entries.sort();
         for path in entries {
+            let rel_path = path.strip_prefix(root).unwrap();
+            if skip.contains(&rel_path) {
+                continue;
+            }
             let meta = path.symlink_metadata().unwrap();
-            let rel = path.strip_prefix(root).unwrap().display().to_string();
+            let rel = rel_path.display().to_string();
+            let owner = format!("{}:{}", meta.uid(), meta.gid());
             let desc = if meta.file_type().is_symlink() {
-                format!("link -> {}", std::fs::read_link(&path).unwrap().display())
-            } else if meta.is_dir() {
-                format!("dir {:o}", meta.mode())
-            } else {
                 format!(
-                    "file {:o} {} {} {:?}",
+                    "link {owner} -> {}",
+                    std::fs::read_link(&path).unwrap().display()
+                )
+            } else if meta.is_dir() {
+                // A directory's mtime changes with its entries, which the
+                // names already show.
+                format!("dir {:o} {owner}", meta.mode())
+            } else if meta.is_file() {
+                format!(
+                    "file {:o} {owner} size {} links {} mtime {} {:?}",
                     meta.mode(),
                     meta.len(),
+                    meta.nlink(),
                     meta.mtime(),
-                    std::fs::read(&path).unwrap()
+                    String::from_utf8_lossy(&std::fs::read(&path).unwrap())
                 )
+            } else {
+                format!("special {:o} {owner} rdev {}", meta.mode(), meta.rdev())
             };
             out.insert(rel, desc);
             if meta.is_dir() && !meta.file_type().is_symlink() {
-                walk(root, &path, out);
+                walk(root, &path, skip, out);
             }
         }
     }
-    walk(root, root, &mut out);
+    walk(root, root, skip, &mut out);
     out
+}
+
+/// [`snapshot_except`] with nothing left out.
+pub fn snapshot(root: &Path) -> BTreeMap<String, String> {
+    snapshot_except(root, &[])
 }
 
 /// A victim directory with a file and a subdirectory, beside where the
@@ -236,4 +275,123 @@ pub fn make_victim(dir: &Path) -> std::path::PathBuf {
     std::fs::write(victim.join("file"), "original").unwrap();
     std::fs::write(victim.join("sub/inner"), "inner").unwrap();
     victim
+}
+
+/// The one oracle of the hostile tests: a scratch tree whose every byte
+/// outside the destination is compared before and after.
+///
+/// ```text
+/// <root>/                     "above": the victim tree's top
+///   above.txt, above/...      files and a directory above the work dir
+///   work/                     where the destination is made
+///     victim/                 "beside": file, sub/inner, a symlink, an
+///                             executable, a hard link pair
+///     app/ or slugbuilder-*/  the destination (left out of the snapshot)
+/// ```
+///
+/// [`Scene::assert_untouched`] checks that every entry outside the
+/// destination has the same name, type, mode, owner, size, link count,
+/// mtime, content and link target as before, and that nothing appeared
+/// anywhere in the tree outside the destination.
+#[derive(Debug)]
+pub struct Scene {
+    tmp: tempfile::TempDir,
+    before: BTreeMap<String, String>,
+    /// Paths under `root` that belong to the destination.
+    destinations: Vec<std::path::PathBuf>,
+}
+
+impl Default for Scene {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Scene {
+    pub fn new() -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        // Traversable by an unprivileged build or run user.
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let root = tmp.path();
+        std::fs::write(root.join("above.txt"), "above the work dir").unwrap();
+        std::fs::create_dir_all(root.join("above/deeper")).unwrap();
+        std::fs::write(root.join("above/deeper/file"), "deep above").unwrap();
+        let work = root.join("work");
+        std::fs::create_dir(&work).unwrap();
+        let victim = make_victim(&work);
+        std::os::unix::fs::symlink("file", victim.join("link")).unwrap();
+        std::fs::write(victim.join("run.sh"), "#!/bin/sh\necho trusted\n").unwrap();
+        std::fs::set_permissions(
+            victim.join("run.sh"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        std::fs::write(victim.join("pair-a"), "linked").unwrap();
+        std::fs::hard_link(victim.join("pair-a"), victim.join("pair-b")).unwrap();
+        let before = snapshot(root);
+        Self {
+            tmp,
+            before,
+            destinations: vec![std::path::PathBuf::from("work/app")],
+        }
+    }
+
+    /// The top of the scene ("above").
+    pub fn root(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// The work dir: slugbuilder's `--work-dir`, the parent of the app dir.
+    pub fn work(&self) -> std::path::PathBuf {
+        self.root().join("work")
+    }
+
+    /// The victim directory beside the destination.
+    pub fn victim(&self) -> std::path::PathBuf {
+        self.work().join("victim")
+    }
+
+    /// slugrunner's app dir (the destination, created by the tool).
+    pub fn app(&self) -> std::path::PathBuf {
+        self.work().join("app")
+    }
+
+    /// Leave `rel` (a path under the root) out of the comparison: another
+    /// destination a test made on purpose.
+    pub fn also_destination(&mut self, rel: &str) {
+        self.destinations.push(std::path::PathBuf::from(rel));
+    }
+
+    /// Everything outside the destinations, now.
+    pub fn outside(&self) -> BTreeMap<String, String> {
+        let skip: Vec<&Path> = self.destinations.iter().map(|p| p.as_path()).collect();
+        snapshot_except(self.root(), &skip)
+    }
+
+    /// Panic (naming `what`) unless everything outside the destinations is
+    /// exactly as it was when the scene was made.
+    pub fn assert_untouched(&self, what: &str) {
+        let after = self.outside();
+        let mut before = self.before.clone();
+        for dest in &self.destinations {
+            before.remove(&dest.display().to_string());
+        }
+        if after != before {
+            let mut diff = String::new();
+            for (k, v) in &before {
+                match after.get(k) {
+                    None => diff.push_str(&format!("  removed {k}: {v}\n")),
+                    Some(a) if a != v => diff.push_str(&format!("  changed {k}: {v} -> {a}\n")),
+                    _ => {}
+                }
+            }
+            for (k, v) in &after {
+                if !before.contains_key(k) {
+                    diff.push_str(&format!("  appeared {k}: {v}\n"));
+                }
+            }
+            panic!("{what}: the tree outside the destination changed:\n{diff}");
+        }
+    }
 }

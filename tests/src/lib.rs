@@ -42,19 +42,19 @@ pub fn bin(name: &str) -> PathBuf {
             .to_string_lossy()
             .to_string();
         let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        // Inherited from the test's own cargo, they would make build
-        // scripts that track them (ring's watches CARGO_PKG_NAME) rerun: a
-        // rebuild of half the tree in the first test binary.
+        // What the test's own cargo set for this package (CARGO_MANIFEST_DIR,
+        // CARGO_PKG_NAME, CARGO_PKG_VERSION_*, ...) would make build scripts
+        // that track it (ring's) rerun whenever the binaries were last built
+        // from a shell: a rebuild of half the tree. CARGO_HOME,
+        // CARGO_TARGET_DIR and cargo's own settings stay.
         for (key, _) in std::env::vars_os() {
             let key = key.to_string_lossy();
             if key.starts_with("CARGO_PKG_")
                 || key.starts_with("CARGO_MANIFEST_")
-                || matches!(
-                    key.as_ref(),
-                    "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE"
-                )
+                || key.starts_with("CARGO_BIN_")
+                || ["CARGO_CRATE_NAME", "CARGO_PRIMARY_PACKAGE", "OUT_DIR"].contains(&&*key)
             {
-                cmd.env_remove(key.as_ref());
+                cmd.env_remove(&*key);
             }
         }
         cmd.current_dir(repo_root()).args([

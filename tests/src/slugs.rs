@@ -319,6 +319,22 @@ pub fn is_root() -> bool {
     nix::unistd::Uid::effective().is_root()
 }
 
+/// For a test (or part of one) that means something only as root: `true`
+/// as root; otherwise it is skipped with a note, except when `CI` is set:
+/// CI runs as root, and there a root-only test must fail, never pass by
+/// skipping.
+pub fn require_root(what: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{what} needs root, and CI is set: run the tests as root"
+    );
+    eprintln!("skipped: {what} needs root");
+    false
+}
+
 /// A child process that is killed (its process group too, when it leads
 /// one) if the test panics before waiting for it.
 #[derive(Debug)]

@@ -160,7 +160,7 @@ fn compile_sees_only_the_documented_environment() {
     assert_eq!(mask("SigBlk:") & 0x7fff_ffff, 0, "{signals}");
     assert_eq!(mask("SigIgn:") & 0x7fff_ffff, 0, "{signals}");
     // As root, buildpack code runs unprivileged, as a uid of its own.
-    if e2e::slugs::is_root() {
+    if e2e::slugs::require_root("running buildpacks unprivileged") {
         let id = text(&files, ".recorded/id");
         assert!(!id.starts_with("uid=0("), "{id}");
         let out = Build::new(web_app().tar())

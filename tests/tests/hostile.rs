@@ -4,33 +4,23 @@
 //! byte for byte, and (for slugbuilder) that no slug was written.
 
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use e2e::hostile::{gzip, make_victim, snapshot, RawTar};
+use e2e::hostile::{gzip, RawTar, Scene};
 use e2e::{bin, fixtures};
 use tar::EntryType;
 
-/// Where an archive goes and what it must not touch.
-struct Scene {
-    tmp: tempfile::TempDir,
-    victim: PathBuf,
+/// Where an archive goes and what it must not touch: the shared oracle,
+/// with the victim beside the destination and more of it above.
+trait SceneExt {
+    fn victim_str(&self) -> String;
 }
 
-impl Scene {
-    fn new() -> Self {
-        let tmp = tempfile::tempdir().unwrap();
-        let victim = make_victim(tmp.path());
-        Self { tmp, victim }
-    }
-
-    fn path(&self) -> &Path {
-        self.tmp.path()
-    }
-
+impl SceneExt for Scene {
     fn victim_str(&self) -> String {
-        self.victim.display().to_string()
+        self.victim().display().to_string()
     }
 }
 
@@ -39,32 +29,37 @@ fn run(mut cmd: Command, input: Vec<u8>) -> Output {
 }
 
 /// slugbuilder with its work dir beside the victim: `../../victim` from the
-/// build dir (`<tmp>/slugbuilder-XXXX/build`) is the victim.
+/// build dir (`<work>/slugbuilder-XXXX/build`) is the victim, and
+/// `../../../above.txt` is above it.
 fn build(scene: &Scene, input: Vec<u8>, extra: &[&str]) -> Output {
     let mut cmd = Command::new(bin("slugbuilder"));
     cmd.arg("--work-dir")
-        .arg(scene.path())
+        .arg(scene.work())
         .arg("--buildpack")
         .arg(fixtures().join("buildpacks/recorder"))
         .args(extra);
     run(cmd, input)
 }
 
-/// slugrunner unpacking into `<tmp>/app`: `../victim` is the victim.
+/// slugrunner unpacking into `<work>/app`: `../victim` is the victim.
 fn unpack(scene: &Scene, input: Vec<u8>, extra: &[&str]) -> Output {
     let mut cmd = Command::new(bin("slugrunner"));
     cmd.args(["--slug", "-", "--app-dir"])
-        .arg(scene.path().join("app"))
+        .arg(scene.app())
         .args(extra)
         .args(["exec", "true"]);
     run(cmd, input)
 }
 
+/// The error, which must be exactly one non-empty line on stderr.
 fn one_line(out: &Output) -> String {
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    let last = err.lines().last().unwrap_or("").to_string();
-    assert!(!last.is_empty(), "no error line");
-    last
+    let lines: Vec<&str> = err.lines().collect();
+    assert!(
+        lines.len() == 1 && !lines[0].trim().is_empty(),
+        "not exactly one error line:\n{err}"
+    );
+    lines[0].to_string()
 }
 
 /// Run `archive` through both binaries; both must refuse it with exit 10,
@@ -72,7 +67,6 @@ fn one_line(out: &Output) -> String {
 fn refused_by_both(name: &str, archive: impl Fn(&Scene, &str) -> Vec<u8>, needle: &str) {
     for tool in ["slugbuilder", "slugrunner"] {
         let scene = Scene::new();
-        let before = snapshot(&scene.victim);
         let prefix = if tool == "slugbuilder" {
             "../../"
         } else {
@@ -96,18 +90,9 @@ fn refused_by_both(name: &str, archive: impl Fn(&Scene, &str) -> Vec<u8>, needle
             line.contains(needle),
             "{name} via {tool}: {line:?} lacks {needle:?}"
         );
-        assert_eq!(
-            snapshot(&scene.victim),
-            before,
-            "{name} via {tool}: victim changed"
-        );
-        // Nothing new appeared beside the destination either.
-        let beside: Vec<_> = std::fs::read_dir(scene.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n != "victim" && n != "app" && !n.starts_with("slugbuilder-"))
-            .collect();
-        assert!(beside.is_empty(), "{name} via {tool}: created {beside:?}");
+        // Nothing beside or above the destination changed or appeared
+        // (slugbuilder's own work dir is gone too).
+        scene.assert_untouched(&format!("{name} via {tool}"));
     }
 }
 
@@ -130,6 +115,38 @@ fn dotdot_paths() {
                 .finish()
         },
         "escapes",
+    );
+}
+
+#[test]
+fn paths_above_the_work_dir() {
+    refused_by_both(
+        "dotdot above",
+        |_, up| {
+            RawTar::new()
+                .file(&format!("{up}../above.txt"), b"x")
+                .finish()
+        },
+        "escapes",
+    );
+    refused_by_both(
+        "absolute above",
+        |s, _| {
+            RawTar::new()
+                .file(&format!("{}/above/deeper/file", s.root().display()), b"x")
+                .finish()
+        },
+        "escapes",
+    );
+    refused_by_both(
+        "hard link above",
+        |s, _| {
+            RawTar::new()
+                .symlink("top", &s.root().display().to_string())
+                .hardlink("h", "top/above.txt")
+                .finish()
+        },
+        "symlink",
     );
 }
 
@@ -275,6 +292,82 @@ fn devices_and_fifos_are_refused() {
     }
 }
 
+/// Sparse entries are refused, in both of their encodings: the old GNU
+/// type `S` and the PAX `GNU.sparse.*` records.
+#[test]
+fn sparse_entries_are_refused() {
+    refused_by_both(
+        "gnu sparse",
+        |_, _| {
+            RawTar::new()
+                .file("ok", b"x")
+                .special("sparse", EntryType::GNUSparse)
+                .finish()
+        },
+        "sparse file",
+    );
+    refused_by_both(
+        "pax sparse",
+        |_, _| {
+            RawTar::new()
+                .pax(&[
+                    ("GNU.sparse.major", b"1"),
+                    ("GNU.sparse.minor", b"0"),
+                    ("GNU.sparse.name", b"big"),
+                    ("GNU.sparse.realsize", b"8589934592"),
+                ])
+                .file("GNUSparseFile.0/big", b"")
+                .finish()
+        },
+        "sparse file",
+    );
+}
+
+/// Owners recorded in an archive are ignored: slugrunner as root gives
+/// every file to the run user, slugbuilder packs 0:0 with no names.
+#[test]
+fn archive_owners_are_ignored() {
+    if !e2e::slugs::require_root("assigning the run user while unpacking") {
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let archive = RawTar::new()
+        .file("Procfile", b"web: true\n")
+        .file_owned("owned", b"mine", 4242, 4343)
+        .file_owned("rooted", b"root's", 0, 0)
+        .finish();
+    let scene = Scene::new();
+    let out = unpack(&scene, gzip(&archive), &["--user", "65534:65534"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for name in ["owned", "rooted", "Procfile"] {
+        let meta = std::fs::metadata(scene.app().join(name)).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (65534, 65534), "{name}");
+    }
+    scene.assert_untouched("owners via slugrunner");
+
+    let scene = Scene::new();
+    let out = build(&scene, archive, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut slug = tar::Archive::new(flate2::read::GzDecoder::new(&out.stdout[..]));
+    for entry in slug.entries().unwrap() {
+        let entry = entry.unwrap();
+        let h = entry.header();
+        let path = entry.path().unwrap().display().to_string();
+        assert_eq!((h.uid().unwrap(), h.gid().unwrap()), (0, 0), "{path}");
+        assert_eq!(h.username_bytes().unwrap_or_default(), b"", "{path}");
+        assert_eq!(h.groupname_bytes().unwrap_or_default(), b"", "{path}");
+    }
+    scene.assert_untouched("owners via slugbuilder");
+}
+
 #[test]
 fn malformed_input_is_one_clear_line() {
     let good = RawTar::new()
@@ -366,12 +459,12 @@ fn gzip_bomb_fails_fast() {
         let mut cmd = Command::new(bin(tool));
         if tool == "slugbuilder" {
             cmd.arg("--work-dir")
-                .arg(scene.path())
+                .arg(scene.work())
                 .arg("--buildpack")
                 .arg(fixtures().join("buildpacks/recorder"));
         } else {
             cmd.args(["--slug", "-", "--app-dir"])
-                .arg(scene.path().join("app"))
+                .arg(scene.app())
                 .args(["exec", "true"]);
         }
         let mut child = cmd
@@ -415,8 +508,9 @@ fn gzip_bomb_fails_fast() {
         assert!(stderr.contains("limit"), "{tool}: {stderr}");
         drop(child.stdout.take());
         feeder.join().unwrap();
-        let du: u64 = walk_size(scene.path());
+        let du: u64 = walk_size(&scene.work());
         assert!(du < 1 << 20, "{tool} wrote {du} bytes");
+        scene.assert_untouched(&format!("gzip bomb via {tool}"));
     }
 }
 
@@ -441,8 +535,7 @@ fn walk_size(dir: &Path) -> u64 {
 #[test]
 fn accepted_archives_are_sanitised() {
     let scene = Scene::new();
-    let before = snapshot(&scene.victim);
-    let victim_file = scene.victim.join("file").display().to_string();
+    let victim_file = scene.victim().join("file").display().to_string();
     let slug = RawTar::new()
         .file("Procfile", b"web: true\n")
         .file_mode("suid", b"#!/bin/sh\n", 0o6777)
@@ -459,7 +552,7 @@ fn accepted_archives_are_sanitised() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let app = scene.path().join("app");
+    let app = scene.app();
     use std::os::unix::fs::MetadataExt;
     assert_eq!(
         std::fs::metadata(app.join("suid")).unwrap().mode() & 0o7777,
@@ -475,7 +568,7 @@ fn accepted_archives_are_sanitised() {
         std::fs::read_link(app.join("abs")).unwrap(),
         Path::new("/etc/passwd")
     );
-    assert_eq!(snapshot(&scene.victim), before);
+    scene.assert_untouched("sanitised archive");
 }
 
 /// Packing stores links as links: a source symlink to /etc/passwd (or to a
@@ -486,7 +579,7 @@ fn packing_never_follows_symlinks() {
     let source = RawTar::new()
         .file("app.py", b"x")
         .symlink("passwd", "/etc/passwd")
-        .symlink("secret", &scene.victim.join("file").display().to_string())
+        .symlink("secret", &scene.victim().join("file").display().to_string())
         .finish();
     let out = build(&scene, source, &[]);
     assert!(
@@ -506,6 +599,7 @@ fn packing_never_follows_symlinks() {
         }
     }
     assert_eq!(links, 2);
+    scene.assert_untouched("packing links");
 }
 
 /// `.slugignore` patterns cannot delete outside the build dir, whatever
@@ -513,15 +607,19 @@ fn packing_never_follows_symlinks() {
 #[test]
 fn slugignore_cannot_reach_outside() {
     let scene = Scene::new();
-    let before = snapshot(&scene.victim);
     let victim = scene.victim_str();
+    let root = scene.root().display().to_string();
     let source = RawTar::new()
         .file("app.py", b"x")
         .symlink("link", &victim)
+        .symlink("top", &root)
         .file(
             ".slugignore",
-            format!("../../victim\n{victim}\n{victim}/file\nlink/*\nlink/file\n/..\n*/file\n")
-                .as_bytes(),
+            format!(
+                "../../victim\n{victim}\n{victim}/file\nlink/*\nlink/file\n/..\n*/file\n\
+                 ../../../above.txt\n{root}/above\ntop/*\ntop/above/**\n**/inner\n*.txt\n*/run.sh\n"
+            )
+            .as_bytes(),
         )
         .finish();
     let out = build(&scene, source, &[]);
@@ -530,7 +628,7 @@ fn slugignore_cannot_reach_outside() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(snapshot(&scene.victim), before);
+    scene.assert_untouched(".slugignore");
 }
 
 /// Names from Procfile, `.release` and the command line are never shell.
@@ -541,7 +639,7 @@ fn process_type_names_are_not_shell() {
         let slug = RawTar::new().file("Procfile", procfile.as_bytes()).finish();
         let mut cmd = Command::new(bin("slugrunner"));
         cmd.args(["--slug", "-", "--app-dir"])
-            .arg(scene.path().join("app"))
+            .arg(scene.app())
             .args(["start", "web;id"]);
         let out = run(cmd, slug);
         assert!(!out.status.success(), "{what}");

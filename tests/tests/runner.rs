@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use e2e::slugs::{
-    http_response, is_root, processes, run_with_timeout, serve_http, wait_output, wait_until,
+    http_response, processes, require_root, run_with_timeout, serve_http, wait_output, wait_until,
     Finished, Guarded, Layout, Slug,
 };
 use nix::sys::signal::{kill, Signal};
@@ -537,12 +537,7 @@ fn init_exit_code_and_leftover_group_members_are_cleaned_up() {
 
 #[test]
 fn runs_unprivileged_when_started_as_root() {
-    if !is_root() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "needs root, and CI is set"
-        );
-        eprintln!("skipped: needs root");
+    if !require_root("dropping privileges") {
         return;
     }
     let case = Case::new();
@@ -647,20 +642,18 @@ fn slug_built_by_slugbuilder_runs() {
 /// being asked, and SIGTERM from outside still reaches the app.
 #[test]
 fn pid_1_in_a_pid_namespace() {
-    let unshare_works = is_root()
-        && Command::new("unshare")
-            .args(["--pid", "--fork", "--mount-proc", "true"])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-    if !unshare_works {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "needs root and unshare(1), and CI is set"
-        );
-        eprintln!("skipped: needs root and unshare(1)");
+    if !require_root("a PID namespace") {
         return;
     }
+    let unshare_works = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "true"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        unshare_works,
+        "unshare --pid --fork --mount-proc does not work here (as root)"
+    );
     let case = Case::new();
     let slug = Slug::with_procfile(
         "web: cat /proc/1/comm > \"$HOME/pid1\"; trap 'echo got-term > \"$HOME/marker\"; exit 42' TERM; while :; do sleep 0.05; done",
@@ -795,11 +788,7 @@ fn a_deeply_nested_release_is_refused_at_once() {
 /// parent cannot, and one that leaves its session is still stopped.
 #[test]
 fn the_supervisor_cannot_be_killed_or_escaped_by_the_app() {
-    if !is_root() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "needs root, and CI is set"
-        );
+    if !require_root("a supervisor the app cannot kill") {
         return;
     }
     let case = Case::new();

@@ -21,7 +21,7 @@ use std::io;
 use std::path::PathBuf;
 
 pub use pack::{pack_gzip, pack_tar, PackOptions, PackSummary};
-pub use unpack::{decompressed, unpack, unpack_slug, UnpackOptions, UnpackSummary};
+pub use unpack::{decompressed, parse_pax, unpack, unpack_slug, UnpackOptions, UnpackSummary};
 
 use crate::cancel::Stop;
 use crate::rootdir::RootError;

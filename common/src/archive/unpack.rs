@@ -641,8 +641,11 @@ fn entry_type_name(kind: EntryType) -> String {
     }
 }
 
-/// Parse pax extended header records (`"<len> key=value\n"`), strictly.
-fn parse_pax(data: &[u8]) -> Result<Vec<(String, Vec<u8>)>, ArchiveError> {
+/// Parse pax extended header records (`"<len> key=value\n"`), strictly:
+/// every record's length must match, values are kept as bytes (newlines
+/// included), and a set cut short is an error. Public for the property
+/// tests and the fuzz target.
+pub fn parse_pax(data: &[u8]) -> Result<Vec<(String, Vec<u8>)>, ArchiveError> {
     let bad = || ArchiveError::Corrupt("malformed PAX extended header".into());
     let mut out = Vec::new();
     let mut rest = data;

@@ -46,6 +46,7 @@ use crate::log;
 use crate::procfile::ProcfileError;
 use crate::release::ReleaseError;
 use crate::report::{PhaseName, Recorder, SlugReport};
+use crate::rootdir::RootError;
 use crate::sandbox::{Sandbox, SandboxConfig, SandboxError};
 use crate::slugignore::{Slugignore, SlugignoreError};
 
@@ -175,8 +176,31 @@ pub enum BuildError {
     Source(#[source] ArchiveError),
     #[error("{0}")]
     Slugignore(#[from] SlugignoreError),
+    /// A bad command line or setting (no I/O behind it).
     #[error("{0}")]
     BadInput(String),
+    #[error("cannot open source {path:?}: {source}")]
+    SourceOpen {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("source {path:?} is not a directory")]
+    SourceNotDir { path: PathBuf },
+    #[error("cannot read env dir {path:?}: {source}")]
+    EnvDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("ENV_DIR: {name} is larger than {limit} bytes")]
+    EnvValueTooLarge { name: String, limit: u64 },
+    #[error("--env {name:?}: not a valid variable name")]
+    EnvName { name: String },
+    #[error(".buildpacks: {0}")]
+    ListFile(#[source] RootError),
+    #[error("Procfile is {kind}, not a regular file")]
+    ProcfileNotRegular { kind: &'static str },
     #[error("no buildpack applies to this app (tried: {tried}); set BUILDPACK_URL or add a .buildpacks file")]
     NoBuildpack { tried: String },
     #[error("buildpack {buildpack} does not apply to this app (bin/detect: {status})")]
@@ -246,6 +270,13 @@ impl BuildError {
             BuildError::Source(_)
             | BuildError::Slugignore(_)
             | BuildError::BadInput(_)
+            | BuildError::SourceOpen { .. }
+            | BuildError::SourceNotDir { .. }
+            | BuildError::EnvDir { .. }
+            | BuildError::EnvValueTooLarge { .. }
+            | BuildError::EnvName { .. }
+            | BuildError::ListFile(_)
+            | BuildError::ProcfileNotRegular { .. }
             | BuildError::Procfile(_) => Exit::BadInput,
             BuildError::NoBuildpack { .. } | BuildError::Refused { .. } => Exit::NoBuildpack,
             BuildError::Fetch(_) => Exit::BuildpackFetch,

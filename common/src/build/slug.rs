@@ -337,9 +337,7 @@ pub fn write_release(build: &Path, release: &Release) -> Result<Vec<String>, Bui
         Ok(None) => None,
         Err(RootError::TooLarge { .. }) => return Err(ProcfileError::TooLarge.into()),
         Err(RootError::NotRegular { kind, .. }) => {
-            return Err(BuildError::BadInput(format!(
-                "Procfile is {kind}, not a regular file"
-            )))
+            return Err(BuildError::ProcfileNotRegular { kind })
         }
         Err(e) => return Err(root_io("reading the Procfile")(e)),
     };

@@ -54,17 +54,15 @@ pub fn receive(
             super::remote::receive_source(url.expose(), build, &opts, cancel)
         }
         SourceInput::File(path) => {
-            let file = File::open(path).map_err(|e| {
-                BuildError::BadInput(format!("cannot open source {}: {e}", path.display()))
+            let file = File::open(path).map_err(|source| BuildError::SourceOpen {
+                path: path.clone(),
+                source,
             })?;
             archive::unpack(file, build, &opts).map_err(source_err)
         }
         SourceInput::Dir(dir) => {
             if !dir.is_dir() {
-                return Err(BuildError::BadInput(format!(
-                    "source {} is not a directory",
-                    dir.display()
-                )));
+                return Err(BuildError::SourceNotDir { path: dir.clone() });
             }
             // One code path for every source: the directory is streamed as a
             // tar through the same safe unpacker a pushed archive goes through.
@@ -120,8 +118,9 @@ pub fn prepare_env_dir(cfg: &BuildConfig, env_dir: &Path, owner: Owner) -> Resul
             })
     };
     if let Some(src) = &cfg.env_dir {
-        let entries = std::fs::read_dir(src).map_err(|e| {
-            BuildError::BadInput(format!("cannot read env dir {}: {e}", src.display()))
+        let entries = std::fs::read_dir(src).map_err(|source| BuildError::EnvDir {
+            path: src.clone(),
+            source,
         })?;
         let mut names: Vec<_> = entries
             .map(|e| e.map(|e| e.file_name()))
@@ -146,9 +145,10 @@ pub fn prepare_env_dir(cfg: &BuildConfig, env_dir: &Path, owner: Owner) -> Resul
                 continue;
             }
             if meta.len() > MAX_ENV_VALUE {
-                return Err(BuildError::BadInput(format!(
-                    "ENV_DIR: {name_str} is larger than {MAX_ENV_VALUE} bytes"
-                )));
+                return Err(BuildError::EnvValueTooLarge {
+                    name: name_str,
+                    limit: MAX_ENV_VALUE,
+                });
             }
             let value =
                 std::fs::read(&path).map_err(io_ctx(format!("reading env var {name_str}")))?;
@@ -157,9 +157,7 @@ pub fn prepare_env_dir(cfg: &BuildConfig, env_dir: &Path, owner: Owner) -> Resul
     }
     for (key, value) in &cfg.env_vars {
         if !is_valid_env_name(key) {
-            return Err(BuildError::BadInput(format!(
-                "--env {key:?}: not a valid variable name"
-            )));
+            return Err(BuildError::EnvName { name: key.clone() });
         }
         write(key, value.as_bytes())?;
     }

@@ -227,7 +227,7 @@ fn choose_buildpacks(
         }
         Ok(None) => {}
         Err(e @ (RootError::NotRegular { .. } | RootError::TooLarge { .. })) => {
-            return Err(BuildError::BadInput(format!(".buildpacks: {e}")))
+            return Err(BuildError::ListFile(e))
         }
         Err(e) => {
             return Err(BuildError::Io {

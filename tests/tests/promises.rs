@@ -1,0 +1,378 @@
+//! Promises of README.md, SECURITY.md and buildpacks/README.md that no
+//! other test checks (issue 16): each test names the claim it keeps.
+//!
+//! The buildpack tests build small fixture apps (`tests/fixtures/apps/`)
+//! with the bundled buildpacks. The Python one needs no network (its app
+//! has no dependencies); the Node.js one installs one local package and
+//! uses the stack's node when there is one (else it downloads Node.js from
+//! the npm registry, and says so when that fails); the Rust one compiles a
+//! crate without dependencies with the stack's cargo.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use e2e::apps::{tar_of, Case};
+use e2e::builds::*;
+use e2e::fixtures;
+use e2e::slugs::{wait_until, Guarded, Slug};
+use nix::sys::signal::{kill, Signal};
+
+/// Incompressible bytes (a xorshift stream): a slug of a known size.
+fn noise(len: usize, mut seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        out.extend_from_slice(&seed.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// README "Bounded resources" (SECURITY.md 3): the compressed slug gets a
+/// warning above `--slug-size-warning` and fails the build (exit 15,
+/// nothing written) above `--max-slug-size`.
+#[test]
+fn slug_size_warning_and_hard_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("Procfile"), "web: true\n").unwrap();
+    std::fs::write(dir.path().join("blob.bin"), noise(200_000, 7)).unwrap();
+    let source = tar_of(dir.path(), &[]);
+
+    let out = Build::new(source.clone())
+        .buildpack("recorder")
+        .args(["--slug-size-warning", "100000", "--max-slug-size", "400000"])
+        .run();
+    assert_ok(&out);
+    let log = stderr(&out);
+    assert!(out.stdout.len() > 200_000, "{} bytes", out.stdout.len());
+    assert!(
+        log.contains("exceeds the soft limit of"),
+        "no size warning:\n{log}"
+    );
+
+    let quiet = Build::new(source.clone()).buildpack("recorder").run();
+    assert_ok(&quiet);
+    assert!(!stderr(&quiet).contains("soft limit"), "{}", stderr(&quiet));
+
+    let tmp = tempfile::tempdir().unwrap();
+    let slug = tmp.path().join("slug.tgz");
+    let out = Build::new(source)
+        .buildpack("recorder")
+        .args(["--max-slug-size", "150000", "-o"])
+        .args([slug.as_os_str()])
+        .run();
+    assert_fails_with(&out, 15);
+    let log = stderr(&out);
+    assert!(
+        log.lines()
+            .last()
+            .unwrap_or("")
+            .contains("larger than the limit"),
+        "{log}"
+    );
+    assert_eq!(
+        std::fs::read_dir(tmp.path()).unwrap().count(),
+        0,
+        "a slug over the limit was written"
+    );
+}
+
+/// SECURITY.md 3: "Unpacking streams: memory is bounded by a few 256 KiB
+/// chunks whatever the input." slugrunner unpacks a slug of 384 MiB of
+/// content (a few files, highly compressible, so the test stays small);
+/// the app, started by the supervisor (`--init`) once the unpack is done,
+/// reads its supervisor's peak RSS (VmHWM).
+#[test]
+fn slugrunner_unpack_memory_is_bounded() {
+    let case = Case::new();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    {
+        let mut tar = tar::Builder::new(&mut gz);
+        let mut add = |name: &str, data: &mut dyn Read, size: u64| {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o644);
+            h.set_size(size);
+            h.set_mtime(1);
+            tar.append_data(&mut h, name, data).unwrap();
+        };
+        let procfile = b"web: grep VmHWM /proc/$PPID/status\n";
+        add("./Procfile", &mut &procfile[..], procfile.len() as u64);
+        for i in 0..3u64 {
+            let size = 128 << 20;
+            add(
+                &format!("./big-{i}.bin"),
+                &mut std::io::repeat(i as u8).take(size),
+                size,
+            );
+        }
+        tar.finish().unwrap();
+    }
+    let slug = gz.finish().unwrap();
+    let path = case.path("slug.tgz");
+    std::fs::write(&path, &slug).unwrap();
+    let mut cmd = Command::new(e2e::bin("slugrunner"));
+    cmd.arg("--slug")
+        .arg(&path)
+        .arg("--app-dir")
+        .arg(case.app_dir())
+        .args(["--init", "start", "web"]);
+    let out = e2e::slugs::run_with_timeout(&mut cmd, Duration::from_secs(120));
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    let kib: u64 = out
+        .stdout
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no VmHWM in {:?}", out.stdout));
+    assert_eq!(
+        std::fs::metadata(case.app_dir().join("big-2.bin"))
+            .unwrap()
+            .len(),
+        128 << 20
+    );
+    // The binary itself, its runtime and a few chunks: far below the 384
+    // MiB it wrote.
+    assert!(
+        kib < 48 * 1024,
+        "slugrunner peaked at {kib} KiB while unpacking"
+    );
+}
+
+/// README (slugrunner 5): SIGQUIT and SIGWINCH are forwarded to the app.
+#[test]
+fn sigquit_and_sigwinch_are_forwarded() {
+    let case = Case::new();
+    let slug = Slug::with_procfile(
+        "web: trap 'echo winch >> \"$HOME/log\"' WINCH; trap 'echo quit >> \"$HOME/log\"; exit 4' QUIT; touch \"$HOME/ready\"; while :; do sleep 0.05; done",
+    );
+    let path = slug.write_to(case.dir.path());
+    let child = Guarded::new(
+        Command::new(e2e::bin("slugrunner"))
+            .arg("--slug")
+            .arg(&path)
+            .arg("--app-dir")
+            .arg(case.app_dir())
+            .args(["--init", "start", "web"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let log = case.app_dir().join("log");
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        wait_until(Duration::from_secs(20), || case
+            .app_dir()
+            .join("ready")
+            .exists()),
+        "the app never started"
+    );
+    kill(child.pid(), Signal::SIGWINCH).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || read() == "winch\n"),
+        "SIGWINCH did not reach the app: {:?}",
+        read()
+    );
+    kill(child.pid(), Signal::SIGQUIT).unwrap();
+    let out = child.output(Duration::from_secs(20));
+    assert_eq!(out.code(), Some(4), "{}", out.stderr);
+    assert_eq!(read(), "winch\nquit\n");
+}
+
+/// README (slugbuilder 4) and the builds_are_reproducible test's other
+/// half: `--source DIR` gives the same slug bytes as the tar of that
+/// directory, and reports the unpacker's own error for a bad tree.
+#[test]
+fn source_dir_reports_the_unpackers_error() {
+    let app = App::new(&[("Procfile", "web: true\n")]);
+    // A path deeper than the limit: refused by the unpacker, whose message
+    // must reach the user (not "Broken pipe" from the packing side).
+    let deep = app.path().join("d/".repeat(20));
+    std::fs::create_dir_all(&deep).unwrap();
+    std::fs::write(deep.join("f"), "x").unwrap();
+    let out = Build::new(Vec::new())
+        .buildpack("recorder")
+        .args([std::ffi::OsStr::new("--source"), app.path().as_os_str()])
+        .args(["--max-entries", "5"])
+        .run();
+    assert_fails_with(&out, 10);
+    let log = stderr(&out);
+    assert!(log.contains("limit of 5 entries"), "{log}");
+    assert!(!log.to_lowercase().contains("broken pipe"), "{log}");
+}
+
+/// Build `app` (a fixture under tests/fixtures/apps) with the bundled
+/// buildpacks; returns (exit code, log) and leaves the slug in the case.
+fn build_fixture(case: &Case, app: &str, args: &[&str]) -> (Option<i32>, String) {
+    let source = tar_of(&fixtures().join("apps").join(app), &[]);
+    let mut cmd = case.slugbuilder();
+    cmd.args(args).arg("-o").arg(case.slug());
+    let out = e2e::apps::run_with_stdin(&mut cmd, source, e2e::apps::BUILD_TIMEOUT);
+    (out.code(), out.stderr)
+}
+
+fn slug_has(case: &Case, path: &str) -> bool {
+    e2e::apps::slug_entries(&case.slug())
+        .iter()
+        .any(|e| e == path)
+}
+
+fn slug_text(case: &Case, path: &str) -> String {
+    let slug = std::fs::read(case.slug()).unwrap();
+    text(&slug_files(&slug), path)
+}
+
+/// buildpacks/README.md (python, Django): collectstatic runs unless
+/// DISABLE_COLLECTSTATIC is set to anything but `0`/`false`/`no`. The app
+/// (`python-collectstatic`) is a manage.py with a collectstatic command and
+/// no dependencies to download; its `django` package is the app's own, so
+/// `import django` holds as the buildpack checks it.
+#[test]
+fn disable_collectstatic_skips_collectstatic() {
+    let case = Case::new();
+    for (value, runs) in [("1", false), ("false", true), ("yes", false)] {
+        let var = format!("DISABLE_COLLECTSTATIC={value}");
+        let (code, log) = build_fixture(&case, "python-collectstatic", &["-e", &var]);
+        assert_eq!(code, Some(0), "{var}:\n{log}");
+        assert_eq!(
+            log.contains("-----> Running Django collectstatic"),
+            runs,
+            "{var}:\n{log}"
+        );
+        assert_eq!(
+            log.contains("-----> Skipping Django collectstatic (DISABLE_COLLECTSTATIC is set)"),
+            !runs,
+            "{var}:\n{log}"
+        );
+        assert_eq!(
+            slug_has(&case, "staticfiles/collected.txt"),
+            runs,
+            "{var}: collectstatic's output"
+        );
+    }
+}
+
+/// buildpacks/README.md (nodejs): `heroku-prebuild` runs before the
+/// install, `heroku-postbuild` instead of `build`, `heroku-cleanup` after
+/// the prune; devDependencies are pruned unless NPM_CONFIG_PRODUCTION=false.
+/// The app's one devDependency is a local package (`file:`), so npm needs
+/// no registry.
+#[test]
+fn node_hooks_run_in_order_and_npm_config_production_keeps_dev_dependencies() {
+    let case = Case::new();
+    let (code, log) = build_fixture(&case, "node-hooks", &[]);
+    assert_eq!(
+        code,
+        Some(0),
+        "(a stack without node downloads it from the npm registry: this needs the network)\n{log}"
+    );
+    // Each hook appends its name and whether the devDependency is installed.
+    assert_eq!(
+        slug_text(&case, "hooks.log"),
+        "prebuild dev=no\npostbuild dev=yes\ncleanup dev=no\n",
+        "{log}"
+    );
+    assert!(!slug_has(&case, "node_modules/dev-only"), "not pruned");
+    assert!(!slug_has(&case, "build-ran"), "build ran beside postbuild");
+
+    let case = Case::new();
+    let (code, log) = build_fixture(&case, "node-hooks", &["-e", "NPM_CONFIG_PRODUCTION=false"]);
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(
+        slug_text(&case, "hooks.log"),
+        "prebuild dev=no\npostbuild dev=yes\ncleanup dev=yes\n",
+        "{log}"
+    );
+    assert!(slug_has(&case, "node_modules/dev-only"), "pruned anyway");
+}
+
+/// buildpacks/README.md (rust): a `rust-toolchain.toml` asking for another
+/// Rust only gets a warning, and the stack's toolchain builds the app.
+#[test]
+fn rust_toolchain_toml_is_a_warning_not_a_download() {
+    let case = Case::new();
+    let (code, log) = build_fixture(&case, "rust-toolchain", &[]);
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains("-----> Warning: The app asks for Rust 1.31.0; this stack has rustc"),
+        "{log}"
+    );
+    assert!(slug_has(&case, "bin/toolchain-app"), "{log}");
+}
+
+/// buildpacks/README.md: config vars are exported into the compile
+/// environment of every bundled buildpack except PATH, GIT_DIR, CPATH,
+/// CPPATH, LD_PRELOAD, LIBRARY_PATH and LD_LIBRARY_PATH. The node app's
+/// heroku-prebuild hook records the environment it runs in. (The python
+/// buildpack's extra PYTHONHOME/PYTHONPATH are not checked here: that
+/// buildpack is being reworked.)
+#[test]
+fn env_dir_names_that_break_builds_are_kept_out_of_compile() {
+    let case = Case::new();
+    let mut args = vec!["-e".to_string(), "KEPT_VAR=kept".to_string()];
+    for name in [
+        "PATH",
+        "GIT_DIR",
+        "CPATH",
+        "CPPATH",
+        "LD_PRELOAD",
+        "LIBRARY_PATH",
+        "LD_LIBRARY_PATH",
+    ] {
+        args.push("-e".into());
+        args.push(format!("{name}=/from-config-var"));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, log) = build_fixture(&case, "node-hooks", &args);
+    assert_eq!(code, Some(0), "{log}");
+    let seen = slug_text(&case, "prebuild-env.txt");
+    assert!(seen.contains("KEPT_VAR=kept\n"), "{seen}");
+    assert!(
+        !seen.contains("/from-config-var"),
+        "a config var of the excluded names reached compile:\n{seen}"
+    );
+}
+
+/// README (slugrunner 5): "With a terminal on stdin the app's group gets
+/// the terminal." Under `script` (a pseudo-terminal), the supervised app
+/// (`cat`, exec'd as the app) reads its own process group and the
+/// terminal's foreground group from /proc: they must be the same.
+#[test]
+fn with_a_terminal_the_apps_group_gets_it() {
+    let case = Case::new();
+    let slug = Slug::with_procfile("web: true\n");
+    let path = slug.write_to(case.dir.path());
+    let runner = format!(
+        "{} --slug {} --app-dir {} --init exec cat /proc/self/stat",
+        e2e::bin("slugrunner").display(),
+        path.display(),
+        case.app_dir().display()
+    );
+    let mut cmd = Command::new("script");
+    cmd.args(["-q", "-e", "-c", &runner, "/dev/null"]);
+    let out = e2e::slugs::run_with_timeout(&mut cmd, Duration::from_secs(60));
+    assert_eq!(
+        out.code(),
+        Some(0),
+        "(needs script(1) from util-linux)\n{}{}",
+        out.stdout,
+        out.stderr
+    );
+    // `pid (comm) state ppid pgrp session tty_nr tpgid ...`
+    let stat = out.stdout.trim();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    assert!(fields.len() > 5, "{stat:?}");
+    let (pgrp, tty, tpgid) = (fields[2], fields[4], fields[5]);
+    assert_ne!(tty, "0", "no terminal: {stat:?}");
+    assert_eq!(
+        pgrp, tpgid,
+        "the app's group {pgrp} is not the terminal's foreground group {tpgid}"
+    );
+}
