@@ -17,7 +17,7 @@
 //! a `file://` URL unless the operator allows it.
 
 use std::ffi::{OsStr, OsString};
-use std::io::Read;
+use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -26,6 +26,7 @@ use crate::cancel::{Cancel, Stop};
 use crate::child::{Env, Step, StepError, StepRunner};
 use crate::http::{self, redact_url, HttpOptions};
 use crate::rootdir::{Owner, RootDir};
+use sha2::{Digest, Sha256};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildpackError {
@@ -175,6 +176,8 @@ pub struct Buildpack {
     pub name: String,
     /// The private copy (host path).
     pub dir: PathBuf,
+    /// `sha256:...` of the archive, for a downloaded (tarball) buildpack.
+    pub digest: Option<String>,
 }
 
 impl Buildpack {
@@ -205,6 +208,7 @@ impl Buildpack {
             spec: shown(spec),
             name,
             dir,
+            digest: None,
         };
         if !bp.has("compile") {
             return Err(BuildpackError::NoCompile { spec: bp.spec });
@@ -354,8 +358,10 @@ impl<'a> Fetcher<'a> {
             Source::Tarball { url } => {
                 let name = url_stem(&url);
                 let dest = self.next_dest(&name);
-                self.download(spec, &url, &dest)?;
-                Buildpack::checked(spec, name, buildpack_root(&dest))
+                let digest = self.download(spec, &url, &dest)?;
+                let mut bp = Buildpack::checked(spec, name, buildpack_root(&dest))?;
+                bp.digest = Some(digest);
+                Ok(bp)
             }
         }
     }
@@ -626,7 +632,8 @@ impl<'a> Fetcher<'a> {
     /// Download a tarball and unpack it through the safe unpacker, as a
     /// sandboxed step: with the build user's rights (and network rules), not
     /// root's, within the build's deadline.
-    fn download(&self, spec: &str, url: &str, dest: &Path) -> Result<(), BuildpackError> {
+    /// Returns the `sha256:...` digest of the downloaded archive.
+    fn download(&self, spec: &str, url: &str, dest: &Path) -> Result<String, BuildpackError> {
         self.prepare_dest(spec, dest)?;
         let inner = self.runner.sandbox().to_inner(dest);
         let mut env = self.env.clone();
@@ -650,10 +657,18 @@ impl<'a> Fetcher<'a> {
                 .capture(),
             )
             .map_err(|source| step_error(spec, source))?;
-        if out.status.success() {
-            return Ok(());
-        }
         let said = String::from_utf8_lossy(&out.stdout);
+        if out.status.success() {
+            return said
+                .lines()
+                .rfind(|l| !l.trim().is_empty())
+                .filter(|l| l.len() == 71 && l.starts_with("sha256:"))
+                .map(str::to_string)
+                .ok_or_else(|| BuildpackError::Download {
+                    spec: shown(spec),
+                    detail: "the fetch step reported no digest".into(),
+                });
+        }
         let detail = said
             .lines()
             .rfind(|l| !l.trim().is_empty())
@@ -703,14 +718,63 @@ pub fn dispatch_fetch() -> Option<std::process::ExitCode> {
         Ok(body) => body,
         Err(e) => return fail(e.to_string()),
     };
+    // Whole into a file beside the destination first, hashed on the way:
+    // the digest is then of exactly what was downloaded (the unpacker may
+    // stop reading at the end-of-archive marker), for the build report.
+    let dest = PathBuf::from(dest);
+    let parent = dest.parent().unwrap_or(Path::new("."));
+    let mut file = match tempfile::tempfile_in(parent) {
+        Ok(file) => file,
+        Err(e) => return fail(format!("a temporary file in {}: {e}", parent.display())),
+    };
     let watch = body.watch();
-    let reader: Box<dyn Read + Send> = Box::new(body);
-    match archive::unpack(reader, Path::new(&dest), &UnpackOptions::default()) {
-        Ok(_) => Some(std::process::ExitCode::SUCCESS),
-        Err(e) => match watch.network_error() {
-            Some(net) => fail(net.to_string()),
-            None => fail(format!("bad tarball: {e}")),
-        },
+    let mut hashing = HashingReader {
+        inner: body.take(MAX_TARBALL_BYTES + 1),
+        hasher: Sha256::new(),
+        bytes: 0,
+    };
+    if let Err(e) = std::io::copy(&mut hashing, &mut file) {
+        return fail(
+            watch
+                .network_error()
+                .map_or(e.to_string(), |n| n.to_string()),
+        );
+    }
+    if hashing.bytes > MAX_TARBALL_BYTES {
+        return fail(format!(
+            "the download is larger than {} MiB",
+            MAX_TARBALL_BYTES >> 20
+        ));
+    }
+    let digest = format!("sha256:{:x}", hashing.hasher.finalize());
+    if let Err(e) = file.seek(std::io::SeekFrom::Start(0)) {
+        return fail(e.to_string());
+    }
+    let reader: Box<dyn Read + Send> = Box::new(file);
+    match archive::unpack(reader, &dest, &UnpackOptions::default()) {
+        Ok(_) => {
+            println!("{digest}");
+            Some(std::process::ExitCode::SUCCESS)
+        }
+        Err(e) => fail(format!("bad tarball: {e}")),
+    }
+}
+
+/// A buildpack archive larger than this is refused (real ones are a few MB).
+const MAX_TARBALL_BYTES: u64 = 512 << 20;
+
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
     }
 }
 

@@ -417,16 +417,13 @@ fn exchange(
             return Err(timed_out(0));
         }
         let cap = |t: Duration| Some(remaining.map_or(t, |r| t.min(r)));
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(remaining)
-            .timeout_connect(cap(opts.connect_timeout))
-            .timeout_recv_response(cap(opts.read_timeout))
-            .timeout_per_read(cap(opts.read_timeout))
-            .timeout_per_write(cap(opts.read_timeout))
-            .user_agent(concat!("slugtools/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .into();
+        let agent = agent(Timeouts {
+            global: remaining,
+            connect: cap(opts.connect_timeout),
+            response: cap(opts.read_timeout),
+            per_read: cap(opts.read_timeout),
+            per_write: cap(opts.read_timeout),
+        });
         let outcome = match method {
             Method::Get => agent.get(url).call(),
             Method::Put { file, len } => {
@@ -455,7 +452,7 @@ fn exchange(
             Ok(response) => {
                 let status = response.status().as_u16();
                 (
-                    matches!(status, 408 | 429 | 500..=599),
+                    retryable_status(status),
                     HttpError::Status {
                         what: opts.what,
                         url: shown.clone(),
@@ -508,7 +505,39 @@ fn sleep_unless_stopped(pause: Duration, cancel: Option<&Cancel>) {
     }
 }
 
-fn is_transient(e: &ureq::Error) -> bool {
+/// Time limits of one HTTP agent (`None`: no limit of that kind).
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub global: Option<Duration>,
+    pub connect: Option<Duration>,
+    pub response: Option<Duration>,
+    pub per_read: Option<Duration>,
+    pub per_write: Option<Duration>,
+}
+
+/// The one way this project makes an HTTP agent (downloads, uploads and
+/// the OCI registry client): statuses are answers, not errors; one user
+/// agent; the TLS roots and proxy settings of ureq's defaults.
+pub fn agent(t: Timeouts) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(t.global)
+        .timeout_connect(t.connect)
+        .timeout_recv_response(t.response)
+        .timeout_per_read(t.per_read)
+        .timeout_per_write(t.per_write)
+        .user_agent(concat!("slugtools/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .into()
+}
+
+/// Whether a status is worth another attempt (the same rule everywhere).
+pub fn retryable_status(status: u16) -> bool {
+    matches!(status, 408 | 429 | 500..=599)
+}
+
+/// Whether a transport failure is worth another attempt.
+pub fn is_transient(e: &ureq::Error) -> bool {
     matches!(
         e,
         ureq::Error::Io(_)

@@ -436,12 +436,22 @@ fn buildpack_tarball_url_over_http() {
     let body = gz.finish().unwrap();
     let (url, server) = e2e::slugs::serve_http(vec![e2e::slugs::http_response("200 OK", &body)]);
     let app = App::new(&[("marker.txt", "m")]);
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report.json");
     let out = Build::new(app.tar())
         .args(["--buildpack", &format!("{url}/marker.tgz")])
+        .args([std::ffi::OsStr::new("--report"), report.as_os_str()])
         .run();
     assert_ok(&out);
     assert!(slug_files(&out.stdout).contains_key("marker-compiled.txt"));
     assert_eq!(server.join().unwrap(), ["GET /marker.tgz HTTP/1.1"]);
+    // The report names exactly what was downloaded.
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(
+        report["buildpacks"][0]["digest"],
+        format!("sha256:{:x}", Sha256::digest(&body))
+    );
 }
 
 #[test]

@@ -100,7 +100,10 @@ pub fn run_buildpacks(
                 report_index.push(index);
                 let bp = fetcher.fetch(spec, *origin)?;
                 let commit = resolved_commit(runner, &bp, &env);
-                rec.update_buildpack(index, |r| r.commit = commit);
+                rec.update_buildpack(index, |r| {
+                    r.commit = commit;
+                    r.digest = bp.digest.clone();
+                });
                 bps.push(bp);
             }
             (bps, None)

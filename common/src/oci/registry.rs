@@ -1,5 +1,6 @@
 //! A blocking client of the OCI distribution protocol, on the project's
-//! `ureq`: what publishing and rebasing need, nothing more.
+//! one HTTP client ([`crate::http`]: its agent, its retry rules, its URL
+//! redaction): what publishing and rebasing need, nothing more.
 //!
 //! - `GET /v2/` to learn how the registry wants to be authenticated, and to
 //!   check the credentials before anything else is done;
@@ -157,14 +158,14 @@ impl Registry {
         insecure_hosts: Vec<String>,
         cancel: Arc<Cancel>,
     ) -> Self {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_connect(Some(Duration::from_secs(30)))
-            .timeout_recv_response(Some(Duration::from_secs(300)))
-            .timeout_per_read(Some(Duration::from_secs(60)))
-            .user_agent(concat!("slugtools/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .into();
+        // The global limit is set per request, from the build's deadline.
+        let agent = crate::http::agent(crate::http::Timeouts {
+            global: None,
+            connect: Some(Duration::from_secs(30)),
+            response: Some(Duration::from_secs(300)),
+            per_read: Some(Duration::from_secs(60)),
+            per_write: None,
+        });
         Self {
             endpoint,
             agent,
@@ -371,7 +372,7 @@ impl Registry {
                 }
                 Ok(res) if matches!(res.status().as_u16(), 401 | 403) => return Err(self.refused()),
                 Ok(res)
-                    if matches!(res.status().as_u16(), 408 | 429 | 500..=599)
+                    if crate::http::retryable_status(res.status().as_u16())
                         && payload.retryable()
                         && attempt < ATTEMPTS =>
                 {
@@ -411,7 +412,7 @@ impl Registry {
             attempt += 1;
             match self.raw(method, url, headers, &mut Payload::Empty, auth.clone()) {
                 Ok(res)
-                    if matches!(res.status().as_u16(), 408 | 429 | 500..=599)
+                    if crate::http::retryable_status(res.status().as_u16())
                         && attempt < ATTEMPTS => {}
                 Err(OciError::Unreachable { .. }) if attempt < ATTEMPTS => {}
                 other => return other,
