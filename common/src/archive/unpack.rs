@@ -405,7 +405,7 @@ fn read_extension(
 }
 
 /// GNU long names end with a NUL.
-fn strip_nul(mut v: Vec<u8>) -> Vec<u8> {
+pub(crate) fn strip_nul(mut v: Vec<u8>) -> Vec<u8> {
     if let Some(i) = v.iter().position(|&b| b == 0) {
         v.truncate(i);
     }
@@ -631,7 +631,8 @@ impl Read for Counting {
     }
 }
 
-fn entry_type_name(kind: EntryType) -> String {
+/// How an entry type is named in errors.
+pub(crate) fn entry_type_name(kind: EntryType) -> String {
     match kind {
         EntryType::Char => "character device".into(),
         EntryType::Block => "block device".into(),

@@ -409,11 +409,11 @@ impl<W: Write> Walk<W> {
                 .saturating_add(size.div_ceil(512).saturating_mul(512));
             match kind {
                 EntryType::GNULongName => {
-                    pending.long_name = Some(strip_nul(self.extension(&mut entry, size)?));
+                    pending.long_name = Some(archive::strip_nul(self.extension(&mut entry, size)?));
                     continue;
                 }
                 EntryType::GNULongLink => {
-                    pending.long_link = Some(strip_nul(self.extension(&mut entry, size)?));
+                    pending.long_link = Some(archive::strip_nul(self.extension(&mut entry, size)?));
                     continue;
                 }
                 EntryType::XHeader => {
@@ -685,7 +685,7 @@ impl<W: Write> Walk<W> {
                 return Err(bad(format!(
                     "{}: unsupported entry type {} (only files, directories and links are allowed)",
                     shown(path),
-                    entry_type_name(other)
+                    archive::entry_type_name(other)
                 )))
             }
         }
@@ -770,57 +770,10 @@ fn valid_target(target: Option<Vec<u8>>, path: &[u8], max: usize) -> Result<Vec<
     }
 }
 
-fn entry_type_name(kind: EntryType) -> String {
-    match kind {
-        EntryType::Char => "character device".into(),
-        EntryType::Block => "block device".into(),
-        EntryType::Fifo => "FIFO".into(),
-        EntryType::GNUSparse => "sparse file".into(),
-        other => format!("{other:?}"),
-    }
-}
-
-/// GNU long names end with a NUL.
-fn strip_nul(mut v: Vec<u8>) -> Vec<u8> {
-    if let Some(i) = v.iter().position(|&b| b == 0) {
-        v.truncate(i);
-    }
-    v
-}
-
-/// PAX records `LEN KEY=VALUE\n`, strictly.
+/// PAX records, read by the unpacker's strict parser; an error here names
+/// the slug.
 fn parse_pax(data: &[u8]) -> Result<Vec<(String, Vec<u8>)>, OciError> {
-    let malformed = || bad("corrupt slug: malformed PAX extended header");
-    let mut out = Vec::new();
-    let mut rest = data;
-    while !rest.is_empty() {
-        if rest.iter().all(|&b| b == 0) {
-            break;
-        }
-        let space = rest
-            .iter()
-            .take(20)
-            .position(|&b| b == b' ')
-            .ok_or_else(malformed)?;
-        let len: usize = std::str::from_utf8(&rest[..space])
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(malformed)?;
-        if len <= space + 1 || len > rest.len() || rest[len - 1] != b'\n' {
-            return Err(malformed());
-        }
-        let record = &rest[space + 1..len - 1];
-        let eq = record
-            .iter()
-            .position(|&b| b == b'=')
-            .ok_or_else(malformed)?;
-        let key = std::str::from_utf8(&record[..eq])
-            .map_err(|_| malformed())?
-            .to_string();
-        out.push((key, record[eq + 1..].to_vec()));
-        rest = &rest[len..];
-    }
-    Ok(out)
+    archive::parse_pax(data).map_err(|_| bad("corrupt slug: malformed PAX extended header"))
 }
 
 #[cfg(test)]
