@@ -22,7 +22,7 @@ use std::path::PathBuf;
 
 pub use pack::{pack_gzip, pack_tar, PackOptions, PackSummary};
 pub use unpack::{decompressed, parse_pax, unpack, unpack_slug, UnpackOptions, UnpackSummary};
-pub(crate) use unpack::{entry_type_name, strip_nul};
+pub(crate) use unpack::{entry_type_name, strip_nul, Pending};
 
 use crate::cancel::Stop;
 use crate::rootdir::RootError;

@@ -367,14 +367,15 @@ fn sanitize_dir_mode(mode: u32) -> u32 {
 
 /// Extension headers seen before the entry they describe.
 #[derive(Default)]
-struct Pending {
-    long_name: Option<Vec<u8>>,
-    long_link: Option<Vec<u8>>,
-    pax: Option<Vec<(String, Vec<u8>)>>,
+pub(crate) struct Pending {
+    pub long_name: Option<Vec<u8>>,
+    pub long_link: Option<Vec<u8>>,
+    pub pax: Option<Vec<(String, Vec<u8>)>>,
 }
 
 impl Pending {
-    fn pax(&self, key: &str) -> Option<&[u8]> {
+    /// The last value of a PAX key (later records win).
+    pub fn pax(&self, key: &str) -> Option<&[u8]> {
         self.pax
             .as_ref()?
             .iter()

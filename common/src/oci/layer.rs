@@ -40,7 +40,7 @@ use sha2::{Digest as _, Sha256};
 use tar::EntryType;
 
 use super::OciError;
-use crate::archive::{self, Limits};
+use crate::archive::{self, Limits, Pending};
 use crate::cancel::Cancel;
 use crate::pgzip::ParallelGzWriter;
 use crate::procfile::{Procfile, MAX_PROCFILE_BYTES};
@@ -279,25 +279,6 @@ enum Kind {
     Dir,
     File,
     Link,
-}
-
-/// Extension headers seen before the entry they describe.
-#[derive(Default)]
-struct Pending {
-    long_name: Option<Vec<u8>>,
-    long_link: Option<Vec<u8>>,
-    pax: Option<Vec<(String, Vec<u8>)>>,
-}
-
-impl Pending {
-    fn pax(&self, key: &str) -> Option<&[u8]> {
-        self.pax
-            .as_ref()?
-            .iter()
-            .rev()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_slice())
-    }
 }
 
 /// Counts what the tar reader took, to tell a missing end-of-archive marker.
