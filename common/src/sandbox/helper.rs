@@ -370,16 +370,7 @@ fn init(plan: &Plan, status: OwnedFd) -> ! {
     if let Some(name) = &plan.hostname {
         let _ = nix::unistd::sethostname(name);
     }
-    if let Some((uid, gid)) = plan.user {
-        if let Err((what, e)) = become_user(uid, gid) {
-            fail(what, e);
-        }
-    }
-    // After the change of credentials, which clears it.
-    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
-    if let Err(e) = nix::sys::prctl::set_no_new_privs() {
-        fail("prctl(PR_SET_NO_NEW_PRIVS)", e);
-    }
+    drop_to_step_user(plan);
     let step = spawn_step(plan);
     loop {
         match waitpid(Pid::from_raw(-1), None) {
@@ -403,6 +394,21 @@ fn become_user(uid: u32, gid: u32) -> Result<(), (&'static str, Errno)> {
     nix::unistd::setgid(g).map_err(|e| ("setgid", e))?;
     nix::unistd::setuid(Uid::from_raw(uid)).map_err(|e| ("setuid", e))?;
     Ok(())
+}
+
+/// Become the step's user (when there is one), then make sure the step
+/// dies with its parent and can never gain privileges. Fails the helper.
+fn drop_to_step_user(plan: &Plan) {
+    if let Some((uid, gid)) = plan.user {
+        if let Err((what, e)) = become_user(uid, gid) {
+            fail(what, e);
+        }
+    }
+    // After the change of credentials, which clears it.
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    if let Err(e) = nix::sys::prctl::set_no_new_privs() {
+        fail("prctl(PR_SET_NO_NEW_PRIVS)", e);
+    }
 }
 
 /// Fork and exec the step; returns its pid.
@@ -458,15 +464,7 @@ fn as_subreaper(plan: &Plan) -> ! {
         Err(e) => fail("fork", e),
         Ok(ForkResult::Parent { child }) => child,
         Ok(ForkResult::Child) => {
-            if let Some((uid, gid)) = plan.user {
-                if let Err((what, e)) = become_user(uid, gid) {
-                    fail(what, e);
-                }
-            }
-            let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
-            if let Err(e) = nix::sys::prctl::set_no_new_privs() {
-                fail("prctl(PR_SET_NO_NEW_PRIVS)", e);
-            }
+            drop_to_step_user(plan);
             exec_here(plan)
         }
     };
