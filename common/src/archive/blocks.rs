@@ -50,10 +50,23 @@ pub struct BlockFile {
     name: OsString,
     temp: OsString,
     old: Option<(File, Index)>,
-    new: Mutex<Option<BufWriter<File>>>,
+    new: Mutex<New>,
     hits: std::sync::atomic::AtomicUsize,
     blocks: std::sync::atomic::AtomicUsize,
     committed: bool,
+}
+
+/// This run's blocks. The new file is only started at the first block the
+/// last slug did not have: a warm rebuild whose blocks were all there
+/// before keeps the old file as it is rather than writing it again.
+#[derive(Debug, Default)]
+struct New {
+    /// Blocks of this run that are in the old file, while no new file is
+    /// being written.
+    in_old: std::collections::HashSet<BlockKey>,
+    writer: Option<BufWriter<File>>,
+    /// Writing failed (out of disk, say): this run's blocks are not kept.
+    failed: bool,
 }
 
 impl BlockFile {
@@ -80,41 +93,62 @@ impl BlockFile {
         };
         let mut temp = name.clone();
         temp.push(format!(".new.{}", std::process::id()));
-        let flags =
-            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-        let fd = match openat(
-            &dir,
-            temp.as_os_str(),
-            flags,
-            Mode::from_bits_truncate(0o600),
-        ) {
-            Err(Errno::EEXIST) => {
-                let _ = nix::unistd::unlinkat(
-                    &dir,
-                    temp.as_os_str(),
-                    nix::unistd::UnlinkatFlags::NoRemoveDir,
-                );
-                openat(
-                    &dir,
-                    temp.as_os_str(),
-                    flags,
-                    Mode::from_bits_truncate(0o600),
-                )?
-            }
-            other => other?,
-        };
-        let mut new = BufWriter::with_capacity(1 << 20, File::from(fd));
-        new.write_all(MAGIC)?;
         Ok(Self {
             dir,
             name,
             temp,
             old,
-            new: Mutex::new(Some(new)),
+            new: Mutex::new(New::default()),
             hits: Default::default(),
             blocks: Default::default(),
             committed: false,
         })
+    }
+
+    /// Start the new file (exclusively, beside the old one) with the
+    /// blocks of this run that only the old file holds so far.
+    fn start_new(
+        &self,
+        pending: &std::collections::HashSet<BlockKey>,
+    ) -> io::Result<BufWriter<File>> {
+        let flags =
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let create = || {
+            openat(
+                &self.dir,
+                self.temp.as_os_str(),
+                flags,
+                Mode::from_bits_truncate(0o600),
+            )
+        };
+        let fd = match create() {
+            Err(Errno::EEXIST) => {
+                let _ = nix::unistd::unlinkat(
+                    &self.dir,
+                    self.temp.as_os_str(),
+                    nix::unistd::UnlinkatFlags::NoRemoveDir,
+                );
+                create()?
+            }
+            other => other?,
+        };
+        let mut new = BufWriter::with_capacity(1 << 20, File::from(fd));
+        new.write_all(MAGIC)?;
+        for key in pending {
+            let bytes = self
+                .read_old(key)
+                .ok_or_else(|| io::Error::other("the last slug's blocks could not be read"))?;
+            write_record(&mut new, key, &bytes)?;
+        }
+        Ok(new)
+    }
+
+    fn read_old(&self, key: &BlockKey) -> Option<Vec<u8>> {
+        let (file, index) = self.old.as_ref()?;
+        let &(at, len) = index.get(key)?;
+        let mut bytes = vec![0u8; len as usize];
+        file.read_exact_at(&mut bytes, at).ok()?;
+        Some(bytes)
     }
 
     /// How many blocks the last slug left.
@@ -131,14 +165,22 @@ impl BlockFile {
         )
     }
 
-    /// This run's blocks replace the last one's.
+    /// This run's blocks replace the last one's (when they differ).
     pub fn commit(mut self) -> io::Result<()> {
-        let writer = self
-            .new
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-            .ok_or_else(|| io::Error::other("recording the slug's blocks failed"))?;
+        let mut new = std::mem::take(&mut *self.new.lock().unwrap_or_else(|e| e.into_inner()));
+        if new.failed {
+            return Err(io::Error::other("recording the slug's blocks failed"));
+        }
+        let writer = match new.writer.take() {
+            Some(writer) => writer,
+            None if new.in_old.len() == self.known() => {
+                // Every block is in the old file, and it holds no other:
+                // it is already this slug's.
+                self.committed = true;
+                return Ok(());
+            }
+            None => self.start_new(&new.in_old)?,
+        };
         writer.into_inner().map_err(|e| e.into_error())?;
         nix::fcntl::renameat(
             &self.dir,
@@ -194,10 +236,7 @@ fn index(mut file: File) -> (File, Index) {
 
 impl BlockCache for BlockFile {
     fn get(&self, key: &BlockKey) -> Option<Vec<u8>> {
-        let (file, index) = self.old.as_ref()?;
-        let &(at, len) = index.get(key)?;
-        let mut bytes = vec![0u8; len as usize];
-        file.read_exact_at(&mut bytes, at).ok()?;
+        let bytes = self.read_old(key)?;
         self.hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Some(bytes)
     }
@@ -206,22 +245,44 @@ impl BlockCache for BlockFile {
         self.blocks
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let mut guard = self.new.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(writer) = guard.as_mut() else {
+        let new = &mut *guard;
+        if new.failed {
             return;
-        };
-        let Ok(len) = u32::try_from(compressed.len()) else {
-            *guard = None;
-            return;
-        };
-        let written = writer
-            .write_all(key)
-            .and_then(|()| writer.write_all(&len.to_le_bytes()))
-            .and_then(|()| writer.write_all(compressed));
-        if written.is_err() {
+        }
+        if new.writer.is_none() {
+            if self
+                .old
+                .as_ref()
+                .is_some_and(|(_, index)| index.contains_key(key))
+            {
+                new.in_old.insert(*key);
+                return;
+            }
+            match self.start_new(&new.in_old) {
+                Ok(writer) => {
+                    new.writer = Some(writer);
+                    new.in_old.clear();
+                }
+                Err(_) => {
+                    new.failed = true;
+                    return;
+                }
+            }
+        }
+        let writer = new.writer.as_mut().expect("started above");
+        if write_record(writer, key, compressed).is_err() {
             // Out of disk, say: this run's blocks will not be kept.
-            *guard = None;
+            new.failed = true;
+            new.writer = None;
         }
     }
+}
+
+fn write_record(out: &mut impl Write, key: &BlockKey, compressed: &[u8]) -> io::Result<()> {
+    let len = u32::try_from(compressed.len()).map_err(|_| io::Error::other("block too large"))?;
+    out.write_all(key)?;
+    out.write_all(&len.to_le_bytes())?;
+    out.write_all(compressed)
 }
 
 #[cfg(test)]
@@ -261,6 +322,47 @@ mod tests {
         assert_eq!(one, two);
         Arc::try_unwrap(second).unwrap().commit().unwrap();
         // Only the blob and no temporary file remain.
+        let names: Vec<_> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [OsString::from("cache.slug-blocks")]);
+    }
+
+    #[test]
+    fn an_unchanged_slug_leaves_the_file_alone_and_a_changed_one_keeps_what_it_reuses() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let path = path_for(&tmp.path().join("cache")).unwrap();
+        let pack = |data: &[u8]| {
+            let file = Arc::new(BlockFile::open(&path).unwrap());
+            let out = gz(data, Arc::clone(&file));
+            let reuse = file.reuse();
+            Arc::try_unwrap(file).unwrap().commit().unwrap();
+            (out, reuse)
+        };
+        let data = data();
+        let (first, _) = pack(&data);
+        let inode = std::fs::metadata(&path).unwrap().ino();
+        // The same slug again: every block reused, the file not rewritten.
+        let (again, reuse) = pack(&data);
+        assert_eq!((again, reuse), (first.clone(), (4, 4)));
+        assert_eq!(std::fs::metadata(&path).unwrap().ino(), inode);
+        // A slug with one more block: a new file, with the blocks this slug
+        // took from the old one as well as the new block.
+        let mut longer = data.clone();
+        longer.extend(std::iter::repeat_n(b'z', BLOCK_SIZE));
+        let (grown, reuse) = pack(&longer);
+        assert_eq!(reuse, (3, 5));
+        assert_ne!(std::fs::metadata(&path).unwrap().ino(), inode);
+        assert_eq!(BlockFile::open(&path).unwrap().known(), 5);
+        let (grown_again, reuse) = pack(&longer);
+        assert_eq!((grown_again, reuse), (grown, (5, 5)));
+        // A shorter slug (its first block the same, its last one new): only
+        // its own blocks are kept.
+        let (_, reuse) = pack(&data[..BLOCK_SIZE]);
+        assert_eq!(reuse, (1, 2));
+        assert_eq!(BlockFile::open(&path).unwrap().known(), 2);
         let names: Vec<_> = std::fs::read_dir(tmp.path())
             .unwrap()
             .map(|e| e.unwrap().file_name())
