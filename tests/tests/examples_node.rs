@@ -136,8 +136,22 @@ fn express_example_serves_builds_reproducibly_and_reuses_its_caches() {
         first.contains("Default types for buildpack -> web"),
         "{first}"
     );
+    // No devDependencies: npm has nothing to prune, and is not asked to.
+    assert!(
+        first.contains("-----> Pruning devDependencies: none installed"),
+        "{first}"
+    );
     assert_in_slug(&case, ".heroku/node/bin/node");
     assert_in_slug(&case, ".heroku/node/bin/npm");
+    assert_in_slug(&case, ".heroku/node/lib/node_modules/npm/bin/npm-cli.js");
+    // npm's documentation is left out of the slug.
+    let entries = slug_entries(&case.slug());
+    assert!(
+        !entries
+            .iter()
+            .any(|e| e.contains("node_modules/npm/docs/") || e.contains("node_modules/npm/man/")),
+        "{entries:?}"
+    );
     let cold = sha256_of(&case.slug());
 
     let mut web = case.start_web();
@@ -244,7 +258,14 @@ fn engines_npm_installs_that_npm() {
     let log = build_ok(
         &case,
         // The stack's node (or the newest LTS) with the npm engines.npm names.
-        versions_app(&versions_package(r#"{"npm": "10.9.x"}"#)),
+        // npm's files go into the slug while the dependencies install; a
+        // heroku-prebuild script (which may reinstall npm) runs after that.
+        versions_app(
+            r#"{"name": "node-versions", "version": "1.0.0", "private": true,
+  "scripts": {"start": "node server.js",
+    "heroku-prebuild": "test -x .heroku/node/bin/npm && node -e \"require('fs').accessSync('.heroku/node/lib/node_modules/npm/package.json')\" && echo npm-is-in-the-slug-before-prebuild"},
+  "engines": {"npm": "10.9.x"}}"#,
+        ),
         &[],
         None,
     );
@@ -260,6 +281,7 @@ fn engines_npm_installs_that_npm() {
         log.contains(&format!("Installing dependencies with npm {npm} (npm ci)")),
         "{log}"
     );
+    assert!(log.contains("npm-is-in-the-slug-before-prebuild"), "{log}");
     assert_eq!(serve(&case).1, npm);
 }
 

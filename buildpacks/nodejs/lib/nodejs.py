@@ -7,8 +7,12 @@ stack's python3 (standard library only; the build may have no node yet):
                                               as shell assignments
   nodejs.py get PACKAGE_JSON KEY.PATH         print a string field, or nothing
   nodejs.py has-script PACKAGE_JSON NAME      exit 0 when scripts[NAME] exists
-  nodejs.py runtime BUILD_DIR CACHE_DIR OUT   choose and install Node.js and npm;
-                                              write shell assignments to OUT
+  nodejs.py runtime BUILD_DIR CACHE_DIR OUT [--defer-npm DIR]
+                                              choose and install Node.js and npm; write
+                                              package.json's facts and the result to OUT
+                                              (shell assignments); with --defer-npm, npm's
+                                              files are only planned (DIR/plan.json)
+  nodejs.py install-tree PLAN                 carry out such a plan
   nodejs.py package-manager yarn|pnpm BUILD_DIR CACHE_DIR BIN_DIR [options]
   nodejs.py web-process BUILD_DIR [--explain] the default web process
   nodejs.py release BUILD_DIR                 bin/release's YAML
@@ -16,6 +20,10 @@ stack's python3 (standard library only; the build may have no node yet):
   nodejs.py run-needs-dev BUILD_DIR           print "BIN PACKAGE" when scripts.start or a
                                               Procfile command runs a program that only a
                                               devDependency provides; exit 1 otherwise
+  nodejs.py prune-plan BUILD_DIR PM           "keep BIN PACKAGE" (as run-needs-dev),
+                                              "nothing" (npm would prune nothing) or "prune"
+  nodejs.py finish BUILD_DIR CACHE_DIR USED_FILE
+                                              web-process --explain, then prune-cache
   nodejs.py semver-check                      stdin "VERSION<TAB>RANGE" -> 1, 0 or E
 
 Settings (environment): NODE_RUNTIME_REGISTRY, else npm's registry setting
@@ -26,21 +34,19 @@ and pnpm.
 
 import json
 import os
-import platform
 import re
 import shlex
 import shutil
 import stat
-import subprocess
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import pkgcache  # noqa: E402
 import semver  # noqa: E402
 
-# The registry client (urllib, ssl: ~80 ms to import) is only loaded by the
-# commands that need it.
+# The registry client (urllib, ssl: ~80 ms to import) is only loaded when the
+# registry has to be asked.
 
 
 def reg():
@@ -83,6 +89,27 @@ def read_package(path):
     if not isinstance(doc, dict):
         raise ValueError("package.json must hold a JSON object")
     return doc
+
+
+def valid_package(path):
+    try:
+        return read_package(path)
+    except (OSError, ValueError) as e:
+        raise BuildError("package.json is not valid JSON", str(e))
+
+
+def facts_of(pkg):
+    """What bin/compile needs to know of package.json, as shell variables."""
+    scripts = pkg.get("scripts") if isinstance(pkg.get("scripts"), dict) else {}
+    return {
+        "PKG_NAME": pkg.get("name") if isinstance(pkg.get("name"), str) else "",
+        "PKG_PACKAGE_MANAGER": pkg.get("packageManager") if isinstance(pkg.get("packageManager"), str) else "",
+        "PKG_SCRIPTS": "\n".join(sorted(k for k, v in scripts.items() if isinstance(v, str) and "\n" not in k)),
+    }
+
+
+def shell_assignments(values):
+    return "".join("%s=%s\n" % (k, shlex.quote(v)) for k, v in sorted(values.items()))
 
 
 def get_path(doc, dotted):
@@ -181,9 +208,10 @@ def downloads_allowed():
 
 def node_package():
     """The registry package with this machine's official Node.js binaries."""
-    arch = {"x86_64": "x64", "amd64": "x64", "aarch64": "arm64", "arm64": "arm64"}.get(platform.machine().lower())
-    if platform.system() != "Linux" or arch is None:
-        return None, "%s-%s" % (platform.system().lower(), platform.machine())
+    system, machine = os.uname().sysname, os.uname().machine
+    arch = {"x86_64": "x64", "amd64": "x64", "aarch64": "arm64", "arm64": "arm64"}.get(machine.lower())
+    if system != "Linux" or arch is None:
+        return None, "%s-%s" % (system.lower(), machine)
     return "node-linux-%s" % arch, "linux-%s" % arch
 
 
@@ -191,7 +219,7 @@ class Context:
     def __init__(self, build_dir, cache_dir):
         self.build_dir = build_dir
         self.cache_dir = cache_dir
-        self.pkg = read_package(os.path.join(build_dir, "package.json"))
+        self.pkg = valid_package(os.path.join(build_dir, "package.json"))
         self.allowed = downloads_allowed()
         self._registry = None
         root = os.path.join(cache_dir, "runtimes")
@@ -202,8 +230,10 @@ class Context:
             writable = False
         if not writable:
             warn("CACHE_DIR is not writable: Node.js and npm are downloaded for this build only")
+            import tempfile
+
             root = os.path.join(os.environ.get("NODEJS_BP_WORK") or tempfile.mkdtemp(), "runtimes")
-        self.cache = reg().Cache(root, info, os.environ.get("NODEJS_BP_USED"))
+        self.cache = pkgcache.Cache(root, info, os.environ.get("NODEJS_BP_USED"))
 
     @property
     def registry(self):
@@ -243,6 +273,8 @@ def stack_tool(name):
             "%s is not accessible to unprivileged users" % path,
             "The app runs as an unprivileged user; install %s outside private directories." % name,
         )
+    import subprocess
+
     try:
         out = subprocess.run([path, "--version"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=60)
     except (OSError, subprocess.SubprocessError):
@@ -311,13 +343,25 @@ def resolve(ctx, name, text, label, what):
     return best.text, versions[best]
 
 
+def prewarm_newest(ctx, name, text):
+    """Start checking the newest cached release of name that the range text
+    admits: on a warm build it is usually the one the registry will pick."""
+    try:
+        rng = semver.Range(text)
+    except semver.RangeError:
+        return
+    cached = [v for v in map(semver.parse_version, ctx.cache.versions(name)) if v is not None and rng.satisfies(v)]
+    if cached:
+        ctx.cache.prewarm(name, max(cached).text)
+
+
 def manifest_or_fail(ctx, name, version, what, label):
     def fetch():
         man = ctx.registry.manifest(name, version)
         if man is None:
             try:
                 hint = newest_hint(versions_of(ctx.registry.packument(name)))
-            except reg().RegistryError:
+            except pkgcache.RegistryError:
                 hint = ""
             raise BuildError(
                 "The registry has no %s %s (%s)" % (what, version, label),
@@ -412,30 +456,61 @@ def install_node(ctx, home, name, version, manifest, label):
     entry = fetch(ctx, name, version, manifest, "Node.js", label, keep=keep)
     if "bin/node" not in entry.files:
         raise BuildError("%s@%s has no bin/node" % (name, version))
-    reg().install_files(entry, home, [r for r in ("bin/node", "LICENSE") if r in entry.files])
+    pkgcache.install_files(entry.package, home, [r for r in ("bin/node", "LICENSE") if r in entry.files])
     return entry
 
 
-def install_npm(ctx, home, version, manifest, label):
+NPM_DOCS = ("docs/", "man/")
+
+
+def install_npm(ctx, home, version, manifest, label, defer_dir=None):
+    """npm@version into home (lib/node_modules/npm, and bin/npm, bin/npx).
+    With defer_dir, only verify it and write the plan of its files to
+    defer_dir/plan.json (for `install-tree`, which the build runs beside the
+    dependency install), and point defer_dir/bin's commands at the verified
+    cached copy for the meantime."""
     entry = fetch(ctx, "npm", version, manifest, "npm", label)
     dest = os.path.join(home, "lib", "node_modules", "npm")
     if os.path.lexists(dest):
         shutil.rmtree(dest)
-    reg().install_files(entry, dest, sorted(entry.files))
-    bindir = os.path.join(home, "bin")
-    os.makedirs(bindir, exist_ok=True)
-    for cmd, rel in sorted(bins_of("npm", entry.manifest).items()):
-        link = os.path.join(bindir, cmd)
-        if os.path.lexists(link):
-            os.unlink(link)
-        os.symlink(os.path.join("..", "lib", "node_modules", "npm", rel), link)
+    bins = sorted(bins_of("npm", entry.manifest).items())
+    plan = {
+        "package": entry.package,
+        "dest": dest,
+        # Not its documentation (docs/, man/: ~270 files no app runs).
+        "files": sorted(f for f in entry.files if not f.startswith(NPM_DOCS)),
+        "bin": os.path.join(home, "bin"),
+        "links": {cmd: os.path.join("..", "lib", "node_modules", "npm", rel) for cmd, rel in bins},
+    }
+    if defer_dir is None:
+        install_tree(plan)
+        return entry
+    tmp_bin = os.path.join(defer_dir, "bin")
+    os.makedirs(tmp_bin, exist_ok=True)
+    for cmd, rel in bins:
+        os.symlink(os.path.join(entry.package, rel), os.path.join(tmp_bin, cmd))
+    with open(os.path.join(defer_dir, "plan.json"), "w") as f:
+        json.dump(plan, f)
     return entry
 
 
-def default_npm(ctx, node_version):
+def install_tree(plan):
+    """Copy (or link) a verified cached package into the slug, then its
+    commands: they appear only once every file is in place."""
+    pkgcache.install_files(plan["package"], plan["dest"], plan["files"])
+    os.makedirs(plan["bin"], exist_ok=True)
+    for cmd, target in sorted(plan["links"].items()):
+        link = os.path.join(plan["bin"], cmd)
+        if os.path.lexists(link):
+            os.unlink(link)
+        os.symlink(target, link)
+
+
+def default_npm(ctx, node_version, latest=None):
     """(version, manifest, why): npm's latest release when it supports this
-    Node.js, else the newest release that does."""
-    latest = ctx.registry.latest("npm")
+    Node.js, else the newest release that does. latest: the `latest`
+    dist-tag, when it is already being fetched."""
+    latest = latest.get() if latest is not None else ctx.registry.latest("npm")
     needs = ""
     if latest:
         cached = ctx.cache.peek("npm", latest)
@@ -456,7 +531,9 @@ def default_npm(ctx, node_version):
     return best.text, versions[best], "the newest npm that supports Node.js %s%s" % (node_version, needs)
 
 
-def cmd_runtime(build_dir, cache_dir, out_path):
+def cmd_runtime(build_dir, cache_dir, out_path, defer_dir=None):
+    """Node.js and npm; writes package.json's facts and what was installed
+    to out_path as shell assignments."""
     ctx = Context(build_dir, cache_dir)
     header("Installing Node.js")
     node_req = engine(ctx.pkg, "node")
@@ -465,6 +542,9 @@ def cmd_runtime(build_dir, cache_dir, out_path):
     pm = package_manager_field(ctx.pkg)
     if npm_req is None and pm is not None and pm.name == "npm":
         npm_req, npm_label = pm.version, "packageManager"
+    # A Node.js from the registry comes with the latest npm that supports it:
+    # ask for npm's latest while Node.js is being resolved.
+    npm_latest = pkgcache.Background(lambda: ctx.registry.latest("npm")) if ctx.allowed and node_req and not npm_req else None
     home = os.path.join(build_dir, ".heroku", "node")
     if os.path.lexists(home):
         shutil.rmtree(home) if os.path.isdir(home) and not os.path.islink(home) else os.unlink(home)
@@ -492,6 +572,7 @@ def cmd_runtime(build_dir, cache_dir, out_path):
         if name is None:
             raise BuildError("No Node.js binaries on the npm registry for this platform (%s)" % platform_label)
         if node_req is not None:
+            prewarm_newest(ctx, name, node_req)
             version, manifest = resolve(ctx, name, node_req, "engines.node", "Node.js")
             if manifest is None:
                 info("engines.node '%s' (package.json): Node.js %s, an exact version" % (node_req, version))
@@ -535,9 +616,10 @@ def cmd_runtime(build_dir, cache_dir, out_path):
         else:
             if node_version is None:
                 raise BuildError("Cannot tell which npm suits Node.js %s" % result["NODE_VERSION"], "Set engines.npm in package.json.")
-            version, manifest, why = default_npm(ctx, node_version)
+            version, manifest, why = default_npm(ctx, node_version, npm_latest)
             info("engines.npm is not set: npm %s, %s" % (version, why))
-        entry = install_npm(ctx, home, version, manifest, npm_label)
+        entry = install_npm(ctx, home, version, manifest, npm_label, defer_dir)
+        result["NPM_DEFERRED"] = defer_dir or ""
         if node_version is not None and not supports_node(entry.manifest, node_version):
             warn(
                 "npm %s does not support Node.js %s (its engines.node is '%s')" % (version, node_version, entry.manifest["engines"]["node"]),
@@ -549,9 +631,9 @@ def cmd_runtime(build_dir, cache_dir, out_path):
     if result["NODE_BIN_DIR"]:
         info("Installed in .heroku/node/bin (on PATH at build and run time)")
 
+    result.update(facts_of(ctx.pkg))
     with open(out_path, "w") as f:
-        for k, v in sorted(result.items()):
-            f.write("%s=%s\n" % (k, shlex.quote(v)))
+        f.write(shell_assignments(result))
 
 
 def check_stack_version(label, req, version, what):
@@ -734,20 +816,62 @@ def package_of_bin(build_dir, name):
     return parts[0]
 
 
-def cmd_run_needs_dev(build_dir):
-    try:
-        pkg = read_package(os.path.join(build_dir, "package.json"))
-    except (OSError, ValueError):
-        return 1
+def needs_dev(build_dir, pkg):
+    """(BIN, PACKAGE) when scripts.start or a Procfile command runs a program
+    that only a devDependency provides, else None."""
     deps = pkg.get("dependencies") if isinstance(pkg.get("dependencies"), dict) else {}
     dev = pkg.get("devDependencies") if isinstance(pkg.get("devDependencies"), dict) else {}
     for command in run_commands(build_dir, pkg):
         name = program_of(command)
         owner = package_of_bin(build_dir, name) if name else None
         if owner and owner in dev and owner not in deps:
-            print("%s %s" % (name, owner))
-            return 0
+            return name, owner
+    return None
+
+
+def cmd_run_needs_dev(build_dir):
+    try:
+        pkg = read_package(os.path.join(build_dir, "package.json"))
+    except (OSError, ValueError):
+        return 1
+    found = needs_dev(build_dir, pkg)
+    if found:
+        print("%s %s" % found)
+        return 0
     return 1
+
+
+def nothing_to_prune(build_dir, pkg):
+    """Whether `npm prune --omit=dev` would remove nothing: package.json
+    declares no devDependencies and the tree npm installed (its hidden
+    lockfile, node_modules/.package-lock.json) has no dev or extraneous
+    package. Unknown: no."""
+    dev = pkg.get("devDependencies")
+    if dev:
+        return False
+    try:
+        with open(os.path.join(build_dir, "node_modules", ".package-lock.json"), encoding="utf-8") as f:
+            packages = json.load(f).get("packages")
+    except (OSError, ValueError, AttributeError):
+        return False
+    if not isinstance(packages, dict):
+        return False
+    flags = ("dev", "devOptional", "extraneous")
+    return all(isinstance(p, dict) and not any(p.get(k) for k in flags) for p in packages.values())
+
+
+def cmd_prune_plan(build_dir, pm):
+    """One line for bin/compile: "keep BIN PACKAGE" (the app starts with a
+    program only a devDependency provides), "nothing" (npm has nothing to
+    prune) or "prune"."""
+    pkg = valid_package(os.path.join(build_dir, "package.json"))
+    needs = needs_dev(build_dir, pkg)
+    if needs:
+        print("keep %s %s" % needs)
+    elif pm == "npm" and nothing_to_prune(build_dir, pkg):
+        print("nothing")
+    else:
+        print("prune")
 
 
 def cmd_web_process(build_dir, explain):
@@ -771,6 +895,13 @@ def cmd_release(build_dir):
         print("default_process_types: {}")
 
 
+def prune_cache(cache_dir, used_file):
+    with open(used_file) as f:
+        used = {line.strip() for line in f if line.strip()}
+    for gone in pkgcache.Cache(os.path.join(cache_dir, "runtimes"), info).prune(used):
+        info("Removed %s from the cache (not used by this build)" % gone)
+
+
 # --- CLI ------------------------------------------------------------------------------------
 
 
@@ -785,18 +916,7 @@ def main(argv):
             except (OSError, ValueError) as e:
                 raise BuildError("package.json is not valid JSON", str(e))
         elif cmd == "facts":
-            try:
-                pkg = read_package(args[0])
-            except (OSError, ValueError) as e:
-                raise BuildError("package.json is not valid JSON", str(e))
-            scripts = pkg.get("scripts") if isinstance(pkg.get("scripts"), dict) else {}
-            facts = {
-                "PKG_NAME": pkg.get("name") if isinstance(pkg.get("name"), str) else "",
-                "PKG_PACKAGE_MANAGER": pkg.get("packageManager") if isinstance(pkg.get("packageManager"), str) else "",
-                "PKG_SCRIPTS": "\n".join(sorted(k for k, v in scripts.items() if isinstance(v, str) and "\n" not in k)),
-            }
-            for k, v in sorted(facts.items()):
-                print("%s=%s" % (k, shlex.quote(v)))
+            sys.stdout.write(shell_assignments(facts_of(valid_package(args[0]))))
         elif cmd == "get":
             v = get_path(read_package(args[0]), args[1])
             if isinstance(v, str):
@@ -805,7 +925,11 @@ def main(argv):
             scripts = read_package(args[0]).get("scripts")
             return 0 if isinstance(scripts, dict) and isinstance(scripts.get(args[1]), str) else 1
         elif cmd == "runtime":
-            cmd_runtime(*args)
+            defer = args[args.index("--defer-npm") + 1] if "--defer-npm" in args[3:] else None
+            cmd_runtime(args[0], args[1], args[2], defer)
+        elif cmd == "install-tree":
+            with open(args[0]) as f:
+                install_tree(json.load(f))
         elif cmd == "package-manager":
             pm, build_dir, cache_dir, bin_dir = args[:4]
             opts = args[4:]
@@ -819,11 +943,13 @@ def main(argv):
             cmd_release(args[0])
         elif cmd == "run-needs-dev":
             return cmd_run_needs_dev(args[0])
+        elif cmd == "prune-plan":
+            cmd_prune_plan(args[0], args[1])
         elif cmd == "prune-cache":
-            with open(args[1]) as f:
-                used = {line.strip() for line in f if line.strip()}
-            for gone in reg().Cache(os.path.join(args[0], "runtimes"), info).prune(used):
-                info("Removed %s from the cache (not used by this build)" % gone)
+            prune_cache(args[0], args[1])
+        elif cmd == "finish":
+            cmd_web_process(args[0], True)
+            prune_cache(args[1], args[2])
         elif cmd == "semver-check":
             for line in sys.stdin:
                 version, _, rng = line.rstrip("\n").partition("\t")
@@ -835,10 +961,9 @@ def main(argv):
         else:
             raise SystemExit("unknown command %s" % cmd)
     except Exception as e:
-        registry = sys.modules.get("registry")
         if isinstance(e, OSError):
             e = BuildError("%s failed: %s" % (cmd, e))
-        elif not isinstance(e, BuildError) and not (registry and isinstance(e, registry.RegistryError)):
+        elif not isinstance(e, (BuildError, pkgcache.RegistryError)):
             raise
         sys.stdout.flush()
         print("-----> Error: " + e.title, file=sys.stderr)
