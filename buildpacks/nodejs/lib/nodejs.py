@@ -544,7 +544,10 @@ def cmd_runtime(build_dir, cache_dir, out_path, defer_dir=None):
         npm_req, npm_label = pm.version, "packageManager"
     # A Node.js from the registry comes with the latest npm that supports it:
     # ask for npm's latest while Node.js is being resolved.
-    npm_latest = pkgcache.Background(lambda: ctx.registry.latest("npm")) if ctx.allowed and node_req and not npm_req else None
+    npm_latest = None
+    if ctx.allowed and node_req and not npm_req:
+        registry = ctx.registry  # made here, not by both threads
+        npm_latest = pkgcache.Background(lambda: registry.latest("npm"))
     home = os.path.join(build_dir, ".heroku", "node")
     if os.path.lexists(home):
         shutil.rmtree(home) if os.path.isdir(home) and not os.path.islink(home) else os.unlink(home)

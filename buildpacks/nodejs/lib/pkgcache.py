@@ -413,13 +413,40 @@ def install_files(package, dest, rels):
         if parent not in made:
             os.makedirs(parent, exist_ok=True)
             made.add(parent)
-        if os.path.lexists(target):
-            os.unlink(target)
         if link:
+            if os.path.lexists(target):
+                os.unlink(target)
             try:
                 os.link(src, target)
                 continue
             except OSError:
                 link = False
-        shutil.copyfile(src, target)
-        os.chmod(target, os.stat(src).st_mode & 0o777)
+        _copy_file(src, target)
+
+
+def _copy_file(src, target):
+    """src's bytes and mode into a new file target (replacing what is
+    there), in as few system calls as the kernel allows: npm alone is
+    ~2,000 files."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    sfd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        st = os.fstat(sfd)
+        mode = st.st_mode & 0o777
+        try:
+            dfd = os.open(target, flags, mode)
+        except FileExistsError:
+            os.unlink(target)
+            dfd = os.open(target, flags, mode)
+        try:
+            offset = 0
+            while offset < st.st_size:
+                sent = os.sendfile(dfd, sfd, offset, st.st_size - offset)
+                if sent == 0:
+                    raise OSError("%s changed while it was copied" % src)
+                offset += sent
+            os.fchmod(dfd, mode)
+        finally:
+            os.close(dfd)
+    finally:
+        os.close(sfd)

@@ -58,9 +58,12 @@ class Registry:
         self.base = urllib.parse.urlunsplit((parts.scheme, host, path, "", ""))
         self.display = self.base
         self.timeout = timeout
-        context = ssl.create_default_context()
+        # npm's cafile replaces the default certificate authorities (as it
+        # does for npm); loading only it also saves parsing a CA bundle twice.
         if cafile and os.path.isfile(cafile):
-            context.load_verify_locations(cafile)
+            context = ssl.create_default_context(cafile=cafile)
+        else:
+            context = ssl.create_default_context()
         self.opener = urllib.request.build_opener(
             urllib.request.ProxyHandler(), urllib.request.HTTPSHandler(context=context)
         )
