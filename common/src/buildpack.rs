@@ -26,7 +26,6 @@ use crate::cancel::{Cancel, Stop};
 use crate::child::{Env, Step, StepError, StepRunner};
 use crate::http::{self, redact_url, HttpOptions};
 use crate::rootdir::{Owner, RootDir};
-use sha2::{Digest, Sha256};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildpackError {
@@ -728,11 +727,7 @@ pub fn dispatch_fetch() -> Option<std::process::ExitCode> {
         Err(e) => return fail(format!("a temporary file in {}: {e}", parent.display())),
     };
     let watch = body.watch();
-    let mut hashing = HashingReader {
-        inner: body.take(MAX_TARBALL_BYTES + 1),
-        hasher: Sha256::new(),
-        bytes: 0,
-    };
+    let mut hashing = crate::digest::Hashed::new(body.take(MAX_TARBALL_BYTES + 1));
     if let Err(e) = std::io::copy(&mut hashing, &mut file) {
         return fail(
             watch
@@ -740,13 +735,13 @@ pub fn dispatch_fetch() -> Option<std::process::ExitCode> {
                 .map_or(e.to_string(), |n| n.to_string()),
         );
     }
-    if hashing.bytes > MAX_TARBALL_BYTES {
+    if hashing.size() > MAX_TARBALL_BYTES {
         return fail(format!(
             "the download is larger than {} MiB",
             MAX_TARBALL_BYTES >> 20
         ));
     }
-    let digest = format!("sha256:{:x}", hashing.hasher.finalize());
+    let digest = format!("sha256:{}", hashing.finish().2);
     if let Err(e) = file.seek(std::io::SeekFrom::Start(0)) {
         return fail(e.to_string());
     }
@@ -762,21 +757,6 @@ pub fn dispatch_fetch() -> Option<std::process::ExitCode> {
 
 /// A buildpack archive larger than this is refused (real ones are a few MB).
 const MAX_TARBALL_BYTES: u64 = 512 << 20;
-
-struct HashingReader<R> {
-    inner: R,
-    hasher: Sha256,
-    bytes: u64,
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.bytes += n as u64;
-        Ok(n)
-    }
-}
 
 fn step_error(spec: &str, source: StepError) -> BuildpackError {
     match source {

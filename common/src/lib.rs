@@ -11,6 +11,7 @@ pub mod buildpack;
 pub mod cancel;
 pub mod child;
 pub mod cmdline;
+pub mod digest;
 pub mod exe;
 pub mod exit;
 pub mod http;

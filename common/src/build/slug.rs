@@ -7,7 +7,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
+use crate::digest::Hashed;
 
 use super::workspace::Workspace;
 use super::{BuildConfig, BuildError, SlugOutput};
@@ -183,34 +183,6 @@ impl Drop for Staging {
     }
 }
 
-/// Counts and hashes what passes through.
-struct HashingWriter<W> {
-    inner: W,
-    hasher: Sha256,
-    bytes: u64,
-    /// Stop writing past this many bytes: a slug over the hard limit fails
-    /// as soon as it gets there, not after filling the disk.
-    limit: u64,
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.bytes + buf.len() as u64 > self.limit {
-            return Err(io::Error::new(
-                io::ErrorKind::FileTooLarge,
-                "slug over the size limit",
-            ));
-        }
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.bytes += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 /// Pack the build dir into the staging file. Returns (size, sha256).
 pub fn pack(
     cfg: &BuildConfig,
@@ -225,12 +197,10 @@ pub fn pack(
         source,
     };
     let file = staging.file().try_clone().map_err(out_err)?;
-    let mut writer = HashingWriter {
-        inner: io::BufWriter::with_capacity(1 << 20, file),
-        hasher: Sha256::new(),
-        bytes: 0,
-        limit: cfg.max_slug_size,
-    };
+    let mut writer = Hashed::with_limit(
+        io::BufWriter::with_capacity(1 << 20, file),
+        cfg.max_slug_size,
+    );
     // The last slug's compressed blocks, kept beside a persistent cache dir.
     let blocks = cfg
         .cache_dir
@@ -276,12 +246,7 @@ pub fn pack(
         ));
     }
     writer.flush().map_err(out_err)?;
-    let HashingWriter {
-        inner,
-        hasher,
-        bytes,
-        ..
-    } = writer;
+    let (inner, bytes, sha256) = writer.finish();
     if bytes > cfg.slug_size_warning {
         log::warn(format!(
             "Your slug size ({}) exceeds the soft limit of {}, which may slow app boot and deploys",
@@ -308,7 +273,7 @@ pub fn pack(
             Err(_) => tracing::warn!("the slug's blocks are still in use: not kept"),
         }
     }
-    Ok((bytes, format!("{:x}", hasher.finalize())))
+    Ok((bytes, sha256))
 }
 
 fn root_io(context: &str) -> impl FnOnce(RootError) -> BuildError + '_ {

@@ -36,12 +36,12 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use sha2::{Digest as _, Sha256};
 use tar::EntryType;
 
 use super::OciError;
 use crate::archive::{self, Limits, Pending};
 use crate::cancel::Cancel;
+use crate::digest::Hashed;
 use crate::pgzip::ParallelGzWriter;
 use crate::procfile::{Procfile, MAX_PROCFILE_BYTES};
 use crate::release::{Release, MAX_RELEASE_BYTES};
@@ -65,25 +65,6 @@ pub struct SlugLayer {
     pub config_vars: BTreeMap<String, String>,
 }
 
-/// Counts and hashes what passes through.
-struct Hashing<W> {
-    inner: W,
-    hasher: Sha256,
-    bytes: u64,
-}
-
-impl<W: Write> Write for Hashing<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.bytes += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 fn io_ctx(context: &str) -> impl FnOnce(io::Error) -> OciError + '_ {
     move |source| OciError::Io {
         context: context.to_string(),
@@ -97,17 +78,9 @@ fn bad(msg: impl Into<String>) -> OciError {
 
 /// sha256 (hex) of a file.
 pub fn file_sha256(path: &Path) -> io::Result<String> {
-    let mut file = File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(format!("{:x}", hasher.finalize()))
+    let mut file = Hashed::new(File::open(path)?);
+    io::copy(&mut file, &mut io::sink())?;
+    Ok(file.finish().2)
 }
 
 /// Make the layer of `slug`, owned by `owner`, mtimes clamped to `epoch`.
@@ -216,19 +189,11 @@ fn transform(
             e => bad(e.to_string()),
         })?;
     let file = File::create(layer_path).map_err(io_ctx("creating the image layer"))?;
-    let compressed = Hashing {
-        inner: io::BufWriter::with_capacity(1 << 20, file),
-        hasher: Sha256::new(),
-        bytes: 0,
-    };
+    let compressed = Hashed::new(io::BufWriter::with_capacity(1 << 20, file));
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
     let gz = ParallelGzWriter::new(compressed, level, threads)
         .map_err(io_ctx("starting the layer's compression"))?;
-    let uncompressed = Hashing {
-        inner: io::BufWriter::with_capacity(256 << 10, gz),
-        hasher: Sha256::new(),
-        bytes: 0,
-    };
+    let uncompressed = Hashed::new(io::BufWriter::with_capacity(256 << 10, gz));
     let mut walk = Walk {
         builder: tar::Builder::new(uncompressed),
         owner,
@@ -255,19 +220,20 @@ fn transform(
         ..
     } = walk;
     let uncompressed = builder.into_inner().map_err(io_ctx("writing the layer"))?;
-    let diff_id = format!("sha256:{:x}", uncompressed.hasher.finalize());
-    let gz = uncompressed.inner.into_inner().map_err(|e| OciError::Io {
+    let (buffered, _, diff_id) = uncompressed.finish();
+    let gz = buffered.into_inner().map_err(|e| OciError::Io {
         context: "compressing the layer".into(),
         source: e.into_error(),
     })?;
     let mut compressed = gz.finish().map_err(io_ctx("compressing the layer"))?;
     compressed.flush().map_err(io_ctx("writing the layer"))?;
+    let (_, size, digest) = compressed.finish();
     let app_rooted =
         !hoist && top_level.len() == 1 && top_level.contains(b"app".as_slice()) && !app_not_dir;
     Ok(Made {
-        digest: format!("sha256:{:x}", compressed.hasher.finalize()),
-        diff_id,
-        size: compressed.bytes,
+        digest: format!("sha256:{digest}"),
+        diff_id: format!("sha256:{diff_id}"),
+        size,
         release,
         procfile,
         app_rooted,
