@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use e2e::apps::{free_port, http_get};
 use e2e::builds::{assert_ok, shared_tempdir, stderr, App, Build};
 use e2e::platform::{have, sha256, sha256_file, Fault, FaultServer, Moto, Nginx};
-use e2e::slugs::{is_root, wait_until, Guarded};
+use e2e::slugs::{require_root, wait_until, Guarded};
 use e2e::{bin, repo_root};
 use serde_json::Value;
 
@@ -422,29 +422,25 @@ fn a_broken_cache_means_a_cold_build() {
     let tmp = shared_tempdir();
     let bp = counter_buildpack(tmp.path());
     let cache = format!("{}/cache.tgz", server.url);
+    // A build that warns its cache could not be restored and starts cold.
+    let cold_build = || {
+        let out = Build::new(app().tar())
+            .args(["--buildpack"])
+            .arg(&bp)
+            .args(["--cache-url", &cache])
+            .run();
+        assert_ok(&out);
+        let log = stderr(&out);
+        assert!(log.contains("could not be restored"), "{log}");
+        assert!(log.contains("build number 1"), "{log}");
+    };
     server.put_object("/cache.tgz", b"this is not a tarball".to_vec());
-    let out = Build::new(app().tar())
-        .args(["--buildpack"])
-        .arg(&bp)
-        .args(["--cache-url", &cache])
-        .run();
-    assert_ok(&out);
-    let log = stderr(&out);
-    assert!(log.contains("could not be restored"), "{log}");
-    assert!(log.contains("build number 1"), "{log}");
+    cold_build();
     // The good cache the build stored; then a download dropped half-way.
     let good = server.object("/cache.tgz").unwrap();
     assert!(good.len() > 1000);
     server.plan(&[Fault::DropAfter(good.len() / 2)]);
-    let out = Build::new(app().tar())
-        .args(["--buildpack"])
-        .arg(&bp)
-        .args(["--cache-url", &cache])
-        .run();
-    assert_ok(&out);
-    let log = stderr(&out);
-    assert!(log.contains("could not be restored"), "{log}");
-    assert!(log.contains("build number 1"), "{log}");
+    cold_build();
 }
 
 /// Every field of the report, on success and on failure.
@@ -682,20 +678,6 @@ fn the_report_names_the_published_image() {
 // ---------------------------------------------------------------------------
 // git push
 
-/// Root-only: the hook runs slugbuilder and slugrunner as root (they drop
-/// to build and run users), like a backend's git user with sudo would.
-fn needs_root() -> bool {
-    if is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "this test needs root, and CI is set: run the tests as root"
-    );
-    eprintln!("skipped: needs root");
-    false
-}
-
 /// An app (a work tree) whose web process answers with `greeting`.
 fn write_app(dir: &Path, greeting: &str) {
     std::fs::write(dir.join("Procfile"), "web: python3 -m http.server $PORT\n").unwrap();
@@ -897,7 +879,9 @@ fn git_push_flow(deployed: &Deployed, remote: &str, env: &[(&str, &str)]) {
 
 #[test]
 fn git_push_over_file_url() {
-    if !needs_root() {
+    // The hook runs slugbuilder and slugrunner as root (they drop to build
+    // and run users), like a backend's git user with sudo would.
+    if !require_root("the git push hook") {
         return;
     }
     let deployed = Deployed::install(5);
@@ -908,7 +892,7 @@ fn git_push_over_file_url() {
 /// The same over ssh to an sshd of the test's own on 127.0.0.1.
 #[test]
 fn git_push_over_ssh() {
-    if !needs_root() || !have("/usr/sbin/sshd") || !have("ssh-keygen") {
+    if !require_root("the git push hook") || !have("/usr/sbin/sshd") || !have("ssh-keygen") {
         return;
     }
     let deployed = Deployed::install(5);

@@ -3,8 +3,6 @@
 stack's python3 (standard library only; the build may have no node yet):
 
   nodejs.py validate PACKAGE_JSON            exit 1 with an error when invalid
-  nodejs.py facts PACKAGE_JSON               PKG_NAME, PKG_PACKAGE_MANAGER, PKG_SCRIPTS
-                                              as shell assignments
   nodejs.py get PACKAGE_JSON KEY.PATH         print a string field, or nothing
   nodejs.py has-script PACKAGE_JSON NAME      exit 0 when scripts[NAME] exists
   nodejs.py runtime BUILD_DIR CACHE_DIR OUT [--defer-npm DIR]
@@ -14,16 +12,14 @@ stack's python3 (standard library only; the build may have no node yet):
                                               files are only planned (DIR/plan.json)
   nodejs.py install-tree PLAN                 carry out such a plan
   nodejs.py package-manager yarn|pnpm BUILD_DIR CACHE_DIR BIN_DIR [options]
-  nodejs.py web-process BUILD_DIR [--explain] the default web process
   nodejs.py release BUILD_DIR                 bin/release's YAML
-  nodejs.py prune-cache CACHE_DIR USED_FILE   drop cached versions this build did not use
-  nodejs.py run-needs-dev BUILD_DIR           print "BIN PACKAGE" when scripts.start or a
-                                              Procfile command runs a program that only a
-                                              devDependency provides; exit 1 otherwise
-  nodejs.py prune-plan BUILD_DIR PM           "keep BIN PACKAGE" (as run-needs-dev),
-                                              "nothing" (npm would prune nothing) or "prune"
+  nodejs.py prune-plan BUILD_DIR PM           "keep BIN PACKAGE" (scripts.start or a Procfile
+                                              command runs a program only a devDependency
+                                              provides), "nothing" (npm would prune nothing)
+                                              or "prune"
   nodejs.py finish BUILD_DIR CACHE_DIR USED_FILE
-                                              web-process --explain, then prune-cache
+                                              say the default web process; drop the cached
+                                              versions this build did not use
   nodejs.py semver-check                      stdin "VERSION<TAB>RANGE" -> 1, 0 or E
 
 Settings (environment): NODE_RUNTIME_REGISTRY, else npm's registry setting
@@ -832,18 +828,6 @@ def needs_dev(build_dir, pkg):
     return None
 
 
-def cmd_run_needs_dev(build_dir):
-    try:
-        pkg = read_package(os.path.join(build_dir, "package.json"))
-    except (OSError, ValueError):
-        return 1
-    found = needs_dev(build_dir, pkg)
-    if found:
-        print("%s %s" % found)
-        return 0
-    return 1
-
-
 def nothing_to_prune(build_dir, pkg):
     """Whether `npm prune --omit=dev` would remove nothing: package.json
     declares no devDependencies and the tree npm installed (its hidden
@@ -877,12 +861,10 @@ def cmd_prune_plan(build_dir, pm):
         print("prune")
 
 
-def cmd_web_process(build_dir, explain):
+def explain_web_process(build_dir):
+    """Say which default web process bin/release will give, unless the
+    Procfile has its own."""
     found = web_process(build_dir)
-    if not explain:
-        if found:
-            print(found[0])
-        return
     if procfile_has_web(build_dir) or not found:
         return
     header("Default web process: %s (from %s)" % found)
@@ -914,12 +896,7 @@ def main(argv):
     cmd, args = argv[0], argv[1:]
     try:
         if cmd == "validate":
-            try:
-                read_package(args[0])
-            except (OSError, ValueError) as e:
-                raise BuildError("package.json is not valid JSON", str(e))
-        elif cmd == "facts":
-            sys.stdout.write(shell_assignments(facts_of(valid_package(args[0]))))
+            valid_package(args[0])
         elif cmd == "get":
             v = get_path(read_package(args[0]), args[1])
             if isinstance(v, str):
@@ -940,18 +917,12 @@ def main(argv):
             if "--default" in opts:
                 default_major = opts[opts.index("--default") + 1]
             cmd_package_manager(pm, build_dir, cache_dir, bin_dir, "--berry" in opts, "--yarn-path" in opts, default_major)
-        elif cmd == "web-process":
-            cmd_web_process(args[0], "--explain" in args[1:])
         elif cmd == "release":
             cmd_release(args[0])
-        elif cmd == "run-needs-dev":
-            return cmd_run_needs_dev(args[0])
         elif cmd == "prune-plan":
             cmd_prune_plan(args[0], args[1])
-        elif cmd == "prune-cache":
-            prune_cache(args[0], args[1])
         elif cmd == "finish":
-            cmd_web_process(args[0], True)
+            explain_web_process(args[0])
             prune_cache(args[1], args[2])
         elif cmd == "semver-check":
             for line in sys.stdin:
