@@ -140,7 +140,11 @@ impl Cancel {
     fn kill_running_group(&self) {
         let pgid = self.running_group.load(Ordering::SeqCst);
         if pgid > 0 {
-            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+            // A sandbox helper makes its group itself (setsid, first thing
+            // it does): in the instant before, only its pid exists.
+            if killpg(Pid::from_raw(pgid), Signal::SIGKILL) == Err(nix::errno::Errno::ESRCH) {
+                let _ = nix::sys::signal::kill(Pid::from_raw(pgid), Signal::SIGKILL);
+            }
         }
     }
 

@@ -45,6 +45,9 @@ pub enum StepError {
     Stopped(#[from] Stop),
     #[error("{program:?} printed more than {MAX_CAPTURE} bytes on stdout")]
     OutputTooLarge { program: PathBuf },
+    /// A build resource limit stopped the step.
+    #[error("{0}")]
+    LimitReached(crate::sandbox::Hit),
     #[error("i/o while running {program:?}: {source}")]
     Io {
         program: PathBuf,
@@ -161,14 +164,21 @@ impl StepRunner {
         let launch = self
             .sandbox
             .command(step.argv.clone(), step.cwd, step.read_only);
+        let counters = self.sandbox.cgroup().map(|cg| cg.counters());
         let mut cmd = tokio::process::Command::new(&launch.program);
         cmd.args(&launch.args)
             .env_clear()
-            .envs(step.env)
             .current_dir(&launch.cwd)
-            .stdin(Stdio::null())
-            .process_group(0)
             .kill_on_drop(true);
+        if launch.env_as_data {
+            // The helper runs as root: the step's environment (which a
+            // buildpack's `export` shapes) must never be its own, where
+            // ld.so and libc would read it. It reads it from stdin as data,
+            // and starts a session (and group) of its own.
+            cmd.stdin(Stdio::piped());
+        } else {
+            cmd.envs(step.env).stdin(Stdio::null()).process_group(0);
+        }
         if let Some((uid, gid)) = launch.credentials {
             cmd.uid(uid).gid(gid);
         }
@@ -189,8 +199,33 @@ impl StepRunner {
         // The command (holding our copy of the write end) must be gone so
         // the log pipe reaches EOF when the step's processes close it.
         drop(cmd);
+        if let Some(mut stdin) = child.stdin.take() {
+            let data = crate::isolate::encode_env(
+                step.env.iter().map(|(k, v)| (k.as_os_str(), v.as_os_str())),
+            );
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                // A helper that failed early does not read it: nothing to do.
+                let _ = stdin.write_all(&data).await;
+            });
+        }
         let pgid = child.id().map(|id| id as i32).unwrap_or(0);
         self.cancel.set_running_group(pgid);
+        let disk_limit = self.sandbox.limits().disk;
+        let watch = (launch.env_as_data && disk_limit > 0 && pgid > 0).then(|| {
+            let host = self.sandbox.host();
+            let dirs = vec![
+                host.build.clone(),
+                host.cache.clone(),
+                host.home.clone(),
+                host.tmp.clone(),
+                host.app.clone(),
+                host.buildpacks.clone(),
+            ];
+            crate::sandbox::limits::DiskWatch::start(dirs, disk_limit, move || {
+                let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+            })
+        });
 
         let log_task = tokio::spawn(stream_log(OwnedFd::from(log_read)));
         let stdout_task = child.stdout.take().map(|out| {
@@ -219,6 +254,24 @@ impl StepRunner {
         };
         finish_log(log_task).await;
         self.cancel.check()?;
+        // Over the disk limit fails the build even when the step itself
+        // succeeded: the limit is the build's, not the step's.
+        if watch.is_some_and(|w| w.finish(true)) {
+            return Err(StepError::LimitReached(crate::sandbox::Hit::Disk(
+                disk_limit,
+            )));
+        }
+        if !status.success() {
+            // Stopped by a limit rather than by its own failure: say which.
+            if let Some(hit) = self
+                .sandbox
+                .cgroup()
+                .zip(counters)
+                .and_then(|(cg, before)| cg.hit_since(before))
+            {
+                return Err(StepError::LimitReached(hit));
+            }
+        }
         let stdout = match stdout_task {
             Some(task) => {
                 let out = tokio::time::timeout(Duration::from_secs(5), task)

@@ -27,9 +27,14 @@ pub enum Exit {
     Timeout = 16,
     /// The build was interrupted by SIGTERM, SIGINT or SIGHUP.
     Interrupted = 17,
-    /// The build sandbox was required (`--sandbox namespaces`) and the
-    /// kernel does not allow it here.
+    /// The build sandbox could not be set up as asked: namespaces required
+    /// (`--sandbox namespaces`) and refused by the kernel, or an operator's
+    /// setting that cannot work (a missing `--sandbox-ro` path, no
+    /// slirp4netns for `--network isolated`).
     Sandbox = 18,
+    /// A build resource limit (`--memory`, `--pids-limit`, `--disk-limit`)
+    /// stopped a buildpack step.
+    LimitReached = 19,
     /// The slug could not be downloaded (SLUG_URL).
     SlugFetch = 20,
     /// `start TYPE` named a process type the app does not have.

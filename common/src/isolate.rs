@@ -326,7 +326,7 @@ pub fn seccomp_filters() -> Result<Vec<BpfProgram>, seccompiler::Error> {
     // request as 32 bits, so compare those).
     let ioctl_rules: Vec<SeccompRule> = [libc::TIOCSTI, libc::TIOCLINUX]
         .iter()
-        .map(|&request| cond(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, request as u64))
+        .map(|&request| cond(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, request))
         .collect();
     for nr in numbers(libc::SYS_ioctl) {
         refused.insert(nr, ioctl_rules.clone());

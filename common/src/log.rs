@@ -85,11 +85,52 @@ pub fn write_indented(out: &mut impl Write, line: &[u8]) -> std::io::Result<()> 
     if let Some(warning) = body.strip_prefix(b" !") {
         remember_warning(&String::from_utf8_lossy(warning));
     }
-    if !body.is_empty() && !is_preformatted(body) {
+    let body = body.strip_suffix(b"\r").unwrap_or(body);
+    let safe = terminal_safe(body);
+    if !safe.is_empty() && !is_preformatted(safe.as_bytes()) {
         out.write_all(INDENT.as_bytes())?;
     }
-    out.write_all(body)?;
+    out.write_all(safe.as_bytes())?;
     out.write_all(b"\n")
+}
+
+/// `line` as it may reach an operator's terminal: text, tabs and SGR colour
+/// sequences (`ESC [ ... m`, but not "conceal", which hides what follows)
+/// as they are; every other control character (other escape sequences,
+/// BEL, backspace, a carriage return, C1 controls) shown escaped, as `\x1b`;
+/// bytes that are not UTF-8 as U+FFFD. A buildpack cannot clear the
+/// screen, hide or overwrite lines, or retitle the window.
+pub fn terminal_safe(line: &[u8]) -> String {
+    let text = String::from_utf8_lossy(line);
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text.as_ref();
+    while let Some(c) = rest.chars().next() {
+        if c == '\u{1b}' {
+            if let Some(len) = sgr_len(rest) {
+                out.push_str(&rest[..len]);
+                rest = &rest[len..];
+                continue;
+            }
+        }
+        if c.is_control() && c != '\t' {
+            out.push_str(&format!("\\x{:02x}", c as u32));
+        } else {
+            out.push(c);
+        }
+        rest = &rest[c.len_utf8()..];
+    }
+    out
+}
+
+/// Length of the SGR sequence `s` starts with, if it is one we keep.
+fn sgr_len(s: &str) -> Option<usize> {
+    let params = s.strip_prefix("\u{1b}[")?;
+    let end = params.find(|c: char| !(c.is_ascii_digit() || c == ';'))?;
+    if !params[end..].starts_with('m') || end > 64 {
+        return None;
+    }
+    let conceals = params[..end].split(';').any(|p| p.parse() == Ok(8u32));
+    (!conceals).then_some(2 + end + 1)
 }
 
 /// One line for an error and its causes, leaving out a cause whose text the
@@ -130,6 +171,23 @@ pub fn human_size(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_text_tabs_and_colours_reach_the_terminal() {
+        assert_eq!(
+            terminal_safe(b"a\tb \x1b[1;32mok\x1b[0m"),
+            "a\tb \x1b[1;32mok\x1b[0m"
+        );
+        assert_eq!(terminal_safe(b"\x1b[2Jx"), "\\x1b[2Jx");
+        assert_eq!(terminal_safe(b"\x1b[8mhidden"), "\\x1b[8mhidden");
+        assert_eq!(terminal_safe(b"\x1b[0;8mhidden"), "\\x1b[0;8mhidden");
+        assert_eq!(terminal_safe(b"\x1b]0;title\x07"), "\\x1b]0;title\\x07");
+        assert_eq!(terminal_safe(b"ok\rFAKE"), "ok\\x0dFAKE");
+        assert_eq!(terminal_safe(b"back\x08"), "back\\x08");
+        assert_eq!(terminal_safe("c1 \u{9b}2J".as_bytes()), "c1 \\x9b2J");
+        assert_eq!(terminal_safe(b"bad \xff"), "bad \u{fffd}");
+        assert_eq!(terminal_safe("caf\u{e9}".as_bytes()), "caf\u{e9}");
+    }
 
     #[test]
     fn indents_only_unformatted_lines() {

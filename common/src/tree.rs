@@ -196,6 +196,24 @@ pub fn open_dir(path: &Path) -> io::Result<OwnedFd> {
     nix::fcntl::open(path, DIR_FLAGS, Mode::empty()).map_err(io::Error::from)
 }
 
+/// Bytes the tree at `path` takes on disk (allocated blocks, hard links
+/// counted once per inode seen), never following a link; what cannot be
+/// read (gone, swapped) is skipped. 0 when `path` cannot be opened.
+pub fn disk_usage(path: &Path) -> u64 {
+    let Ok(root) = open_dir(path) else {
+        return 0;
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut total = fstat(&root).map_or(0, |st| st.st_blocks as u64 * 512);
+    let _ = walk(root.as_fd(), usize::MAX, &mut |e| {
+        if e.stat.st_nlink <= 1 || seen.insert((e.stat.st_dev, e.stat.st_ino)) {
+            total += e.stat.st_blocks as u64 * 512;
+        }
+        Ok(Visit::Descend)
+    });
+    total
+}
+
 /// Give the directory open at `root` and everything beneath it to
 /// `uid:gid`, never following a link. Returns the number of entries.
 pub fn chown_tree(root: BorrowedFd<'_>, uid: u32, gid: u32) -> Result<u64, WalkError> {

@@ -21,7 +21,7 @@ use common::cancel::{Cancel, Stop};
 use common::exit::Exit;
 use common::http::SecretUrl;
 use common::report::Recorder;
-use common::sandbox::{Policy, SandboxConfig, UidRange};
+use common::sandbox::{Network, Policy, SandboxConfig, UidRange};
 use nix::sys::signal::Signal;
 
 /// The bundled buildpacks, packed at compile time by build.rs.
@@ -36,8 +36,10 @@ static BUNDLED_BUILDPACKS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/bui
 ///
 /// Buildpack code runs in a sandbox: as a uid of the build's own (when
 /// root), in PID and mount namespaces of its own per step (when the kernel
-/// allows), with a private /tmp and APP_DIR; nothing it starts outlives its
-/// step. The build log says which sandbox a build got.
+/// allows), with a private /tmp and APP_DIR, a network namespace of the
+/// build's own, memory, process and disk limits, a new session and keyring
+/// and a seccomp filter; nothing it starts outlives its step. The build log
+/// says which sandbox a build got.
 ///
 /// With --image, an image of the slug on --run-image is published too;
 /// `slugbuilder image` publishes an existing slug, `slugbuilder rebase`
@@ -46,8 +48,9 @@ static BUNDLED_BUILDPACKS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/bui
 /// Exit codes: 0 ok, 1 internal error, 2 usage, 10 bad input, 11 no buildpack
 /// applies, 12 buildpack fetch failed, 13 compile failed, 14 release output
 /// invalid, 15 packing failed or the slug upload (PUT_URL) failed, 16 build
-/// timed out, 17 interrupted, 18 the sandbox was required but is not
-/// available, 20 the source download (SOURCE_URL) failed, 30 registry
+/// timed out, 17 interrupted, 18 the sandbox cannot be set up as asked
+/// (required and refused by the kernel, or a bad sandbox setting), 19 a
+/// memory, process or disk limit stopped a step, 20 the source download (SOURCE_URL) failed, 30 registry
 /// refused the credentials, 31 registry unreachable, 32 run image (or image
 /// to rebase) not found, 33 the image could not be made or published.
 #[derive(Debug, Parser)]
@@ -216,6 +219,33 @@ struct Args {
     #[arg(long, value_name = "PATH")]
     sandbox_ro: Vec<PathBuf>,
 
+    /// How buildpack steps reach the network: `isolated` (a network
+    /// namespace of the build's own; egress through slirp4netns, the host's
+    /// loopback and other builds out of reach), `none` (loopback only) or
+    /// `host` (the host's network, shared with every build).
+    #[arg(
+        long,
+        env = "SLUGBUILDER_NETWORK",
+        value_name = "MODE",
+        default_value = "isolated"
+    )]
+    network: Network,
+
+    /// Memory of the whole build (every step and what it starts, tmpfs
+    /// included), in bytes or with K/M/G; 0 for none. Enforced with a cgroup
+    /// (v1 or v2) when slugbuilder is root.
+    #[arg(long, env = "SLUGBUILDER_MEMORY", value_name = "BYTES", default_value = "2G", value_parser = common::sandbox::limits::parse_size)]
+    memory: u64,
+
+    /// Processes (and threads) of the whole build at once; 0 for none.
+    #[arg(long, env = "SLUGBUILDER_PIDS_LIMIT", value_name = "N", default_value_t = common::sandbox::limits::DEFAULT_PIDS)]
+    pids_limit: u64,
+
+    /// Disk of the build: build dir, cache, home, tmp and /dev/shm together,
+    /// in bytes or with K/M/G; 0 for none.
+    #[arg(long, env = "SLUGBUILDER_DISK_LIMIT", value_name = "BYTES", default_value = "8G", value_parser = common::sandbox::limits::parse_size)]
+    disk_limit: u64,
+
     /// Accept a source tar that ends without its end-of-archive marker
     /// (refused by default: it is what a `git archive` that died half-way
     /// leaves).
@@ -261,6 +291,9 @@ fn main() -> ExitCode {
     if let Some(code) = common::buildpack::dispatch_fetch() {
         return code;
     }
+    // Nothing our caller left open (a deploy lock, a root-only file)
+    // reaches a child of ours.
+    common::isolate::cloexec_inherited_fds();
     let args = Args::parse();
     init_logging(
         args.command
@@ -441,6 +474,12 @@ fn run(args: Args, recorder: &Recorder) -> anyhow::Result<()> {
             uid_range: args.build_uid_range,
             lock_dir: args.uid_lock_dir,
             read_only: args.sandbox_ro,
+            network: args.network,
+            limits: common::sandbox::Limits {
+                memory: args.memory,
+                pids: args.pids_limit,
+                disk: args.disk_limit,
+            },
         },
         limits: common::archive::Limits {
             max_bytes: args.max_unpacked_bytes,

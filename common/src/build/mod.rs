@@ -228,6 +228,12 @@ pub enum BuildError {
         #[source]
         source: StepError,
     },
+    #[error("Build stopped: {hit} in {phase} of {buildpack}")]
+    LimitReached {
+        hit: crate::sandbox::Hit,
+        phase: Phase,
+        buildpack: String,
+    },
     #[error("{0}")]
     Stopped(Stop),
     #[error("{0}")]
@@ -288,7 +294,10 @@ impl BuildError {
                 ..
             } => Exit::ReleaseInvalid,
             BuildError::Step { phase, .. } => phase.exit(),
-            BuildError::Sandbox(SandboxError::Unavailable(_)) => Exit::Sandbox,
+            BuildError::LimitReached { .. } => Exit::LimitReached,
+            BuildError::Sandbox(SandboxError::Unavailable(_) | SandboxError::Misconfigured(_)) => {
+                Exit::Sandbox
+            }
             BuildError::Sandbox(_) => Exit::Internal,
             BuildError::Pack(_)
             | BuildError::Output { .. }

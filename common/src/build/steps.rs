@@ -252,10 +252,17 @@ fn step_err(
     bp: &Buildpack,
     phase: Phase,
 ) -> impl FnOnce(crate::child::StepError) -> BuildError + '_ {
-    move |source| BuildError::Step {
-        buildpack: bp.spec.clone(),
-        phase,
-        source,
+    move |source| match source {
+        crate::child::StepError::LimitReached(hit) => BuildError::LimitReached {
+            hit,
+            phase,
+            buildpack: bp.name.clone(),
+        },
+        source => BuildError::Step {
+            buildpack: bp.spec.clone(),
+            phase,
+            source,
+        },
     }
 }
 

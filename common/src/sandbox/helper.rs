@@ -50,6 +50,10 @@ pub const PROBE_ARG: &str = "__sandbox-probe";
 /// Exit status of the helper when it could not set the sandbox up (it has
 /// printed why on stderr, which is the step's log).
 pub const SETUP_FAILED: u8 = 125;
+/// Exit status of the helper when the kernel (or the container slugbuilder
+/// runs in) refused a namespace or a mount: the one case in which
+/// `--sandbox auto` falls back to running without namespaces.
+pub const NAMESPACES_REFUSED: u8 = 124;
 
 /// One thing to put into the new root, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +84,14 @@ pub struct Plan {
     pub namespaces: bool,
     /// Unprivileged: first a user namespace mapping (uid, gid) to itself.
     pub user_namespace: Option<(u32, u32)>,
+    /// Join this network namespace (the build's own, see [`super::net`]).
+    pub netns: Option<PathBuf>,
+    /// Join these cgroups (the build's own, see [`super::limits`]).
+    pub cgroups: Vec<PathBuf>,
+    /// RLIMIT_FSIZE of the step (bytes; 0: unlimited).
+    pub file_size_limit: u64,
+    /// Size of the step's /dev/shm (bytes; 0: the kernel's default).
+    pub shm_size: u64,
     /// Where the new root's tmpfs is mounted before the pivot.
     pub new_root: Option<PathBuf>,
     pub mounts: Vec<MountOp>,
@@ -91,6 +103,10 @@ pub struct Plan {
     pub cwd: PathBuf,
     /// Program and arguments.
     pub argv: Vec<OsString>,
+    /// The step's environment: not an argument (it would show in
+    /// `/proc/PID/cmdline`) but read from stdin as data, and applied only
+    /// at the step's `execve`.
+    pub env: Vec<(OsString, OsString)>,
 }
 
 impl Plan {
@@ -108,6 +124,21 @@ impl Plan {
                 u.to_string().as_ref(),
                 g.to_string().as_ref(),
             ]);
+        }
+        if let Some(ns) = &self.netns {
+            push(&["--netns".as_ref(), ns.as_os_str()]);
+        }
+        for cgroup in &self.cgroups {
+            push(&["--cgroup".as_ref(), cgroup.as_os_str()]);
+        }
+        if self.file_size_limit > 0 {
+            push(&[
+                "--fsize".as_ref(),
+                self.file_size_limit.to_string().as_ref(),
+            ]);
+        }
+        if self.shm_size > 0 {
+            push(&["--shm-size".as_ref(), self.shm_size.to_string().as_ref()]);
         }
         if let Some(root) = &self.new_root {
             push(&["--root".as_ref(), root.as_os_str()]);
@@ -156,6 +187,11 @@ impl Plan {
                 .cloned()
                 .ok_or_else(|| format!("{what}: missing value"))
         };
+        let num64 = |v: OsString| -> Result<u64, String> {
+            v.to_str()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| format!("not a number: {v:?}"))
+        };
         let num = |v: OsString| -> Result<u32, String> {
             v.to_str()
                 .and_then(|s| s.parse().ok())
@@ -173,6 +209,10 @@ impl Plan {
                     ))
                 }
                 "--root" => plan.new_root = Some(path(next("--root", &mut it)?)),
+                "--netns" => plan.netns = Some(path(next("--netns", &mut it)?)),
+                "--cgroup" => plan.cgroups.push(path(next("--cgroup", &mut it)?)),
+                "--fsize" => plan.file_size_limit = num64(next("--fsize", &mut it)?)?,
+                "--shm-size" => plan.shm_size = num64(next("--shm-size", &mut it)?)?,
                 "--ro" => plan.mounts.push(MountOp::ReadOnly {
                     src: path(next("--ro", &mut it)?),
                     dst: path(next("--ro", &mut it)?),
@@ -230,6 +270,9 @@ pub fn dispatch() -> Option<ExitCode> {
     if first == PROBE_ARG {
         return Some(ExitCode::SUCCESS);
     }
+    if first == super::net::NETNS_ARG {
+        netns_holder()
+    }
     if first != EXEC_ARG {
         return None;
     }
@@ -247,13 +290,80 @@ fn fail(what: &str, why: impl std::fmt::Display) -> ! {
     std::process::exit(SETUP_FAILED.into())
 }
 
+/// Like [`fail`], for a namespace or mount call: a refusal by the kernel
+/// (no rights, no namespaces compiled in, too many) exits with
+/// [`NAMESPACES_REFUSED`], anything else with [`SETUP_FAILED`].
+fn fail_ns(what: &str, errno: Errno) -> ! {
+    crate::log::line(format_args!("slugbuilder: sandbox: {what}: {errno}"));
+    let refused = matches!(
+        errno,
+        Errno::EPERM
+            | Errno::EACCES
+            | Errno::EINVAL
+            | Errno::ENOSPC
+            | Errno::EUSERS
+            | Errno::ENOSYS
+    );
+    std::process::exit(
+        if refused {
+            NAMESPACES_REFUSED
+        } else {
+            SETUP_FAILED
+        }
+        .into(),
+    )
+}
+
+fn errno_of(e: &std::io::Error) -> Errno {
+    Errno::from_raw(e.raw_os_error().unwrap_or(nix::libc::EIO))
+}
+
+/// A user namespace in which this process's (uid, gid) maps to itself.
+fn enter_own_user_namespace(uid: u32, gid: u32, also: CloneFlags) {
+    if let Err(e) = unshare(CloneFlags::CLONE_NEWUSER | also) {
+        fail_ns("unshare(CLONE_NEWUSER)", e);
+    }
+    let maps = [
+        ("/proc/self/setgroups", "deny".to_string()),
+        ("/proc/self/uid_map", format!("{uid} {uid} 1")),
+        ("/proc/self/gid_map", format!("{gid} {gid} 1")),
+    ];
+    for (file, content) in maps {
+        if let Err(e) = std::fs::write(file, content) {
+            fail_ns(file, errno_of(&e));
+        }
+    }
+}
+
 fn run(plan: &Plan) -> ! {
+    // A fresh process context, as a container runtime's init makes one:
+    // nothing our caller's caller left open, no controlling terminal.
+    crate::isolate::close_inherited_fds();
+    if let Err(e) = crate::isolate::new_session() {
+        fail("setsid", e);
+    }
+    let mut plan = plan.clone();
+    plan.env = match crate::isolate::read_handoff(0) {
+        Ok(data) => crate::isolate::decode_env(&data),
+        Err(e) => fail("reading the step's environment", e),
+    };
+    let plan = &plan;
     // Die with slugbuilder; and do not start if it is already gone.
     if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
         fail("prctl(PR_SET_PDEATHSIG)", e);
     }
     if nix::unistd::getppid().as_raw() != plan.parent {
         fail("slugbuilder is gone", "parent changed");
+    }
+    // The build's memory and process limits, before anything is forked.
+    for cgroup in &plan.cgroups {
+        let procs = cgroup.join("cgroup.procs");
+        if let Err(e) = std::fs::write(&procs, std::process::id().to_string()) {
+            fail(
+                &format!("joining the build's cgroup {}", cgroup.display()),
+                e,
+            );
+        }
     }
     if plan.namespaces {
         with_namespaces(plan)
@@ -292,20 +402,28 @@ fn reproduce(kind: u32, value: u32) -> ! {
     std::process::exit(value as i32)
 }
 
+/// Join the namespace of `kind` at `path`.
+fn join(path: &Path, kind: CloneFlags) -> Result<(), Errno> {
+    let fd = std::fs::File::open(path).map_err(|e| errno_of(&e))?;
+    nix::sched::setns(fd, kind)
+}
+
 fn with_namespaces(plan: &Plan) -> ! {
-    if let Some((uid, gid)) = plan.user_namespace {
-        if let Err(e) = unshare(CloneFlags::CLONE_NEWUSER) {
-            fail("unshare(CLONE_NEWUSER)", e);
-        }
-        let maps = [
-            ("/proc/self/setgroups", "deny".to_string()),
-            ("/proc/self/uid_map", format!("{uid} {uid} 1")),
-            ("/proc/self/gid_map", format!("{gid} {gid} 1")),
-        ];
-        for (file, content) in maps {
-            if let Err(e) = std::fs::write(file, content) {
-                fail(file, e);
+    match (plan.user_namespace, &plan.netns) {
+        // Unprivileged with a network of the build's own: that namespace
+        // belongs to the holder's user namespace, which we join first.
+        (Some(_), Some(ns)) => {
+            let userns = ns.with_file_name("user");
+            if let Err(e) = join(&userns, CloneFlags::CLONE_NEWUSER) {
+                fail_ns(&format!("joining the build's user namespace {userns:?}"), e);
             }
+        }
+        (Some((uid, gid)), None) => enter_own_user_namespace(uid, gid, CloneFlags::empty()),
+        (None, _) => {}
+    }
+    if let Some(ns) = &plan.netns {
+        if let Err(e) = join(ns, CloneFlags::CLONE_NEWNET) {
+            fail_ns(&format!("joining the build's network namespace {ns:?}"), e);
         }
     }
     let flags = CloneFlags::CLONE_NEWNS
@@ -313,7 +431,7 @@ fn with_namespaces(plan: &Plan) -> ! {
         | CloneFlags::CLONE_NEWIPC
         | CloneFlags::CLONE_NEWUTS;
     if let Err(e) = unshare(flags) {
-        fail("unshare(mount, pid, ipc, uts namespaces)", e);
+        fail_ns("unshare(mount, pid, ipc, uts namespaces)", e);
     }
     let (status_read, status_write) = match nix::unistd::pipe2(OFlag::O_CLOEXEC) {
         Ok(p) => p,
@@ -348,6 +466,67 @@ fn with_namespaces(plan: &Plan) -> ! {
     }
 }
 
+/// The network namespace holder: makes the build's network namespace, with
+/// its loopback up, says `ready` on stdout and keeps the namespace alive
+/// until its stdin closes (the build is over, or slugbuilder is gone).
+fn netns_holder() -> ! {
+    // No parent-death signal: it follows the thread that started us, not
+    // slugbuilder. The end of stdin says slugbuilder is gone.
+    crate::isolate::close_inherited_fds();
+    let _ = crate::isolate::new_session();
+    let (uid, gid) = (nix::unistd::geteuid(), nix::unistd::getegid());
+    if uid.is_root() {
+        if let Err(e) = unshare(CloneFlags::CLONE_NEWNET) {
+            fail_ns("unshare(CLONE_NEWNET)", e);
+        }
+    } else {
+        // Unprivileged: the namespace belongs to a user namespace of the
+        // build's, which every step joins (and slirp4netns too).
+        enter_own_user_namespace(uid.as_raw(), gid.as_raw(), CloneFlags::CLONE_NEWNET);
+    }
+    if let Err(e) = loopback_up() {
+        fail("bringing up lo", e);
+    }
+    use std::io::{Read, Write};
+    let mut out = std::io::stdout();
+    if out.write_all(b"ready\n").and_then(|_| out.flush()).is_err() {
+        std::process::exit(SETUP_FAILED.into());
+    }
+    let mut sink = [0u8; 64];
+    while matches!(std::io::stdin().read(&mut sink), Ok(n) if n > 0) {}
+    std::process::exit(0)
+}
+
+/// `ip link set lo up` in the current network namespace.
+fn loopback_up() -> Result<(), Errno> {
+    let socket = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    // SAFETY: an all-zero ifreq is a valid value (a C struct of integers
+    // and arrays).
+    let mut req: nix::libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as nix::libc::c_char;
+    }
+    use std::os::fd::AsRawFd;
+    // SAFETY: SIOCGIFFLAGS and SIOCSIFFLAGS read and write the ifreq we
+    // own, for the lifetime of the call.
+    unsafe {
+        if nix::libc::ioctl(socket.as_raw_fd(), nix::libc::SIOCGIFFLAGS, &mut req) < 0 {
+            return Err(Errno::last());
+        }
+        req.ifr_ifru.ifru_flags |=
+            (nix::libc::IFF_UP | nix::libc::IFF_RUNNING) as nix::libc::c_short;
+        if nix::libc::ioctl(socket.as_raw_fd(), nix::libc::SIOCSIFFLAGS, &req) < 0 {
+            return Err(Errno::last());
+        }
+    }
+    Ok(())
+}
+
 /// Wait for `pid` to end.
 fn wait_for(pid: Pid) -> WaitStatus {
     loop {
@@ -364,8 +543,8 @@ fn init(plan: &Plan, status: OwnedFd) -> ! {
     let Some(new_root) = &plan.new_root else {
         fail("plan", "namespaces without a new root");
     };
-    if let Err((what, e)) = build_root(new_root, &plan.mounts) {
-        fail(&what, e);
+    if let Err((what, e)) = build_root(new_root, &plan.mounts, plan.shm_size) {
+        fail_ns(&what, e);
     }
     if let Some(name) = &plan.hostname {
         let _ = nix::unistd::sethostname(name);
@@ -404,6 +583,15 @@ fn drop_to_step_user(plan: &Plan) {
             fail(what, e);
         }
     }
+    // Nothing of the operator's keys: an empty user keyring (an earlier
+    // holder of a leased uid may have filled it) and a new session keyring.
+    // Where keyctl is refused (a container's own seccomp profile), the step
+    // cannot reach any keyring either.
+    crate::isolate::clear_user_keyrings();
+    match crate::isolate::join_new_session_keyring() {
+        Ok(()) | Err(Errno::EPERM | Errno::EACCES | Errno::ENOSYS) => {}
+        Err(e) => fail("joining a new session keyring", e),
+    }
     // After the change of credentials, which clears it.
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     if let Err(e) = nix::sys::prctl::set_no_new_privs() {
@@ -439,12 +627,12 @@ fn reset_signals() {
 }
 
 /// An absolute or relative path as it is; a bare name looked up in PATH.
-fn resolve_program(name: &OsStr) -> Option<CString> {
+fn resolve_program(name: &OsStr, path: Option<&OsStr>) -> Option<CString> {
     if name.as_bytes().contains(&b'/') {
         return CString::new(name.as_bytes()).ok();
     }
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
-    std::env::split_paths(&path)
+    let path = path.unwrap_or(OsStr::new("/usr/bin:/bin"));
+    std::env::split_paths(path)
         .map(|dir| dir.join(name))
         .find(|candidate| {
             nix::unistd::access(candidate, nix::unistd::AccessFlags::X_OK).is_ok()
@@ -498,11 +686,13 @@ fn exec_here(plan: &Plan) -> ! {
         .iter()
         .map(|a| CString::new(a.as_bytes()).unwrap_or_else(|_| fail("argument", "contains NUL")))
         .collect();
-    let env: Vec<CString> = std::env::vars_os()
+    let env: Vec<CString> = plan
+        .env
+        .iter()
         .map(|(k, v)| {
-            let mut pair = k.into_vec();
+            let mut pair = k.clone().into_vec();
             pair.push(b'=');
-            pair.extend(v.into_vec());
+            pair.extend(v.as_bytes());
             CString::new(pair).unwrap_or_else(|_| fail("environment", "contains NUL"))
         })
         .collect();
@@ -514,13 +704,30 @@ fn exec_here(plan: &Plan) -> ! {
         ));
         std::process::exit(127);
     }
-    let Some(program) = resolve_program(&plan.argv[0]) else {
+    let path = plan
+        .env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.as_os_str());
+    let Some(program) = resolve_program(&plan.argv[0], path) else {
         crate::log::line(format_args!(
             "slugbuilder: sandbox: {:?}: command not found",
             plan.argv[0]
         ));
         std::process::exit(127);
     };
+    crate::isolate::close_inherited_fds();
+    if plan.file_size_limit > 0 {
+        let limit = plan.file_size_limit;
+        if let Err(e) =
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_FSIZE, limit, limit)
+        {
+            fail("setrlimit(RLIMIT_FSIZE)", e);
+        }
+    }
+    if let Err(e) = crate::isolate::apply_seccomp() {
+        fail("seccomp", e);
+    }
     let err = nix::unistd::execve(&program, &argv, &env).unwrap_err();
     crate::log::line(format_args!(
         "slugbuilder: sandbox: cannot run {program:?}: {err}"
@@ -589,7 +796,7 @@ fn mount_point_for(src: &Path, target: &Path) -> Result<(), SetupError> {
 
 const NONE: Option<&str> = None;
 
-fn build_root(root: &Path, ops: &[MountOp]) -> Result<(), SetupError> {
+fn build_root(root: &Path, ops: &[MountOp], shm_size: u64) -> Result<(), SetupError> {
     // Nothing we mount may propagate back to the host.
     ctx(
         || "making / private".into(),
@@ -602,7 +809,8 @@ fn build_root(root: &Path, ops: &[MountOp]) -> Result<(), SetupError> {
             root,
             Some("tmpfs"),
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            Some("mode=0755"),
+            // Mount points and a few small files; read-only once built.
+            Some("mode=0755,size=4m"),
         ),
     )?;
     for op in ops {
@@ -662,7 +870,7 @@ fn build_root(root: &Path, ops: &[MountOp]) -> Result<(), SetupError> {
                     NONE,
                 );
                 match fresh {
-                    Ok(()) => {}
+                    Ok(()) => mask_proc(root)?,
                     // Inside a container /proc has masked paths, and a user
                     // namespace may not mount a procfs that would unmask
                     // them: show the container's own /proc instead (with
@@ -681,7 +889,7 @@ fn build_root(root: &Path, ops: &[MountOp]) -> Result<(), SetupError> {
                     Err(e) => return Err(("mounting /proc".into(), e)),
                 }
             }
-            MountOp::Dev { dst } => build_dev(&inside(root, dst))?,
+            MountOp::Dev { dst } => build_dev(&inside(root, dst), shm_size)?,
         }
     }
     ctx(|| format!("entering {root:?}"), nix::unistd::chdir(root))?;
@@ -800,7 +1008,76 @@ fn unescape_mountinfo(field: &[u8]) -> Vec<u8> {
     out
 }
 
-fn build_dev(dev: &Path) -> Result<(), SetupError> {
+/// Paths of a fresh /proc (and /sys) hidden from steps, as runc hides them
+/// from a container: kernel memory, keys of every user, timers and
+/// scheduler details of the host.
+const MASKED: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/key-users",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+];
+/// Paths of a fresh /proc shown read-only (kernel tunables and triggers).
+const READ_ONLY_PROC: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// Mask and write-protect what a container runtime masks: files get
+/// `/dev/null` bound over them, directories an empty read-only tmpfs.
+fn mask_proc(root: &Path) -> Result<(), SetupError> {
+    for path in MASKED {
+        let target = inside(root, Path::new(path));
+        let Ok(meta) = std::fs::symlink_metadata(&target) else {
+            continue;
+        };
+        let masked = if meta.is_dir() {
+            mount(
+                Some("tmpfs"),
+                &target,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                Some("size=0"),
+            )
+        } else {
+            mount(Some("/dev/null"), &target, NONE, MsFlags::MS_BIND, NONE)
+        };
+        ctx(|| format!("masking {path}"), masked)?;
+    }
+    for path in READ_ONLY_PROC {
+        let target = inside(root, Path::new(path));
+        if std::fs::symlink_metadata(&target).is_err() {
+            continue;
+        }
+        ctx(
+            || format!("binding {path} read-only"),
+            mount(
+                Some(&target),
+                &target,
+                NONE,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                NONE,
+            ),
+        )?;
+        remount_tree(
+            &target,
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        )?;
+    }
+    Ok(())
+}
+
+fn build_dev(dev: &Path, shm_size: u64) -> Result<(), SetupError> {
     mkdir_p(dev)?;
     ctx(
         || "tmpfs on /dev".into(),
@@ -809,10 +1086,12 @@ fn build_dev(dev: &Path) -> Result<(), SetupError> {
             dev,
             Some("tmpfs"),
             MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-            Some("mode=0755"),
+            Some("mode=0755,size=64k"),
         ),
     )?;
-    for node in ["null", "zero", "full", "random", "urandom", "tty"] {
+    // No `tty`: a step has no controlling terminal (it runs in a session of
+    // its own), and the operator's must not be reachable by name.
+    for node in ["null", "zero", "full", "random", "urandom"] {
         let host = Path::new("/dev").join(node);
         if std::fs::symlink_metadata(&host).is_err() {
             continue;
@@ -835,6 +1114,12 @@ fn build_dev(dev: &Path) -> Result<(), SetupError> {
     }
     let shm = dev.join("shm");
     mkdir_p(&shm)?;
+    // Sized: what a step keeps there is memory, and counts as disk.
+    let shm_options = if shm_size > 0 {
+        format!("mode=1777,size={shm_size}")
+    } else {
+        "mode=1777".to_string()
+    };
     ctx(
         || "tmpfs on /dev/shm".into(),
         mount(
@@ -842,7 +1127,7 @@ fn build_dev(dev: &Path) -> Result<(), SetupError> {
             &shm,
             Some("tmpfs"),
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            Some("mode=1777"),
+            Some(shm_options.as_str()),
         ),
     )?;
     // A private pty instance, for the rare build tool that wants one; not
@@ -869,6 +1154,13 @@ mod tests {
             parent: 42,
             namespaces: true,
             user_namespace: Some((1000, 1000)),
+            netns: Some("/proc/7/ns/net".into()),
+            cgroups: vec![
+                "/sys/fs/cgroup/memory/x".into(),
+                "/sys/fs/cgroup/pids/x".into(),
+            ],
+            file_size_limit: 1 << 33,
+            shm_size: 1 << 28,
             new_root: Some("/ws/root".into()),
             mounts: vec![
                 MountOp::ReadOnly {
@@ -895,6 +1187,7 @@ mod tests {
             sweep_user: true,
             cwd: "/workspace/build".into(),
             argv: vec!["bin/compile".into(), "--".into(), "-x".into()],
+            env: Vec::new(),
         };
         assert_eq!(Plan::from_args(&plan.to_args()).unwrap(), plan);
     }

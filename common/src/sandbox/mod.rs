@@ -30,6 +30,8 @@
 // The one module allowed `unsafe`: fork in the single-threaded helper.
 #[allow(unsafe_code)]
 mod helper;
+pub mod limits;
+pub mod net;
 pub mod uids;
 
 use std::ffi::{OsStr, OsString};
@@ -37,7 +39,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-pub use helper::{MountOp, Plan, EXEC_ARG, PROBE_ARG, SETUP_FAILED};
+pub use helper::{MountOp, Plan, EXEC_ARG, NAMESPACES_REFUSED, PROBE_ARG, SETUP_FAILED};
+pub use limits::{BuildCgroup, Hit, Limits};
+pub use net::{BuildNetwork, Network};
 pub use uids::{UidLease, UidRange};
 
 /// Argument that makes the binary kill every process of its own uid (run
@@ -136,6 +140,10 @@ pub struct SandboxConfig {
     pub lock_dir: PathBuf,
     /// More host paths to show read-only inside.
     pub read_only: Vec<PathBuf>,
+    /// How steps reach the network.
+    pub network: Network,
+    /// Memory, processes and disk of the build.
+    pub limits: Limits,
 }
 
 impl Default for SandboxConfig {
@@ -147,6 +155,8 @@ impl Default for SandboxConfig {
             uid_range: uids::DEFAULT_RANGE,
             lock_dir: PathBuf::from(uids::DEFAULT_LOCK_DIR),
             read_only: Vec::new(),
+            network: Network::Isolated,
+            limits: Limits::default(),
         }
     }
 }
@@ -155,6 +165,10 @@ impl Default for SandboxConfig {
 pub enum SandboxError {
     #[error("the build sandbox is required (--sandbox namespaces) but cannot be set up: {0}")]
     Unavailable(String),
+    /// An operator's setting the sandbox cannot honour (never a reason to
+    /// build without it).
+    #[error("the build sandbox cannot be set up: {0}")]
+    Misconfigured(String),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -174,6 +188,10 @@ pub struct Sandbox {
     inner: Places,
     new_root: PathBuf,
     base: Vec<MountOp>,
+    network_mode: Network,
+    network: Option<BuildNetwork>,
+    cgroup: Option<BuildCgroup>,
+    limits: Limits,
     /// Warnings for the build log (a fallback, a shared uid).
     pub warnings: Vec<String>,
 }
@@ -208,8 +226,23 @@ impl Sandbox {
             host,
             new_root,
             base: Vec::new(),
+            network_mode: Network::Host,
+            network: None,
+            cgroup: None,
+            limits: cfg.limits,
             warnings,
         };
+        // An operator's path that does not exist is a mistake to report,
+        // not a kernel that refuses namespaces.
+        for path in &cfg.read_only {
+            if !path.is_absolute() || std::fs::symlink_metadata(path).is_err() {
+                return Err(SandboxError::Misconfigured(format!(
+                    "--sandbox-ro {}: no such path (it must be absolute and exist)",
+                    path.display()
+                )));
+            }
+        }
+        sandbox.cgroup = sandbox.make_cgroup(root, scratch);
         sandbox.inner.app = app_dir.to_path_buf();
         let why_not = match (cfg.policy, &cfg.helper) {
             (Policy::Off, _) => Some("disabled with --sandbox none".to_string()),
@@ -236,18 +269,96 @@ impl Sandbox {
             app: app_dir.to_path_buf(),
             buildpacks: inside::BUILDPACKS.into(),
         };
+        let network = match (cfg.network, &cfg.helper) {
+            (Network::Host, _) | (_, None) => None,
+            (mode, Some(helper)) => match BuildNetwork::create(helper, mode) {
+                Ok(net) => Some(net),
+                // Without slirp4netns: the operator's to fix, never a
+                // silent move to the host's network.
+                Err(why) if !why.starts_with("cannot make the build's network namespace") => {
+                    return Err(SandboxError::Misconfigured(why))
+                }
+                // The kernel refused a network namespace: the probe below
+                // fails the same way and decides.
+                Err(_) => None,
+            },
+        };
+        sandbox.network_mode = if network.is_some() {
+            cfg.network
+        } else {
+            Network::Host
+        };
+        sandbox.network = network;
         sandbox.base = sandbox.base_mounts(cfg, scratch)?;
-        if let Err(why) = sandbox.probe() {
-            if cfg.policy == Policy::Require {
-                return Err(SandboxError::Unavailable(why));
+        if cfg.network != Network::Host && sandbox.network.is_none() {
+            // A namespace was wanted and could not be made: say why, as
+            // the probe would.
+            sandbox.mode = Mode::Subreaper {
+                why: "the kernel refused a network namespace".into(),
+            };
+        } else if let Err((why, refused)) = sandbox.probe() {
+            if !refused {
+                return Err(SandboxError::Misconfigured(why));
             }
             sandbox.mode = Mode::Subreaper { why };
+        }
+        if let Mode::Subreaper { why } = &sandbox.mode {
+            if cfg.policy == Policy::Require {
+                return Err(SandboxError::Unavailable(why.clone()));
+            }
             sandbox.inner = sandbox.host.clone();
             sandbox.inner.app = app_dir.to_path_buf();
             sandbox.base.clear();
+            sandbox.network = None;
+            sandbox.network_mode = Network::Host;
         }
         sandbox.warn_about_fallback(app_dir);
         Ok(sandbox)
+    }
+
+    /// The build's cgroup, as root; `None` (with a warning) where the host
+    /// has no memory and pids controllers we may use.
+    fn make_cgroup(&mut self, root: bool, scratch: &Path) -> Option<BuildCgroup> {
+        if self.limits.memory == 0 && self.limits.pids == 0 {
+            return None;
+        }
+        if !root {
+            self.warnings.push(
+                "Memory and process limits are not enforced: slugbuilder is not root and cannot make a cgroup (run it as root, or one build per container with the container's limits)".into(),
+            );
+            return None;
+        }
+        // Unique per build: the workspace's name is.
+        let name = format!(
+            "slugbuilder-{}-{}",
+            std::process::id(),
+            scratch
+                .parent()
+                .and_then(|p| p.file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        );
+        match BuildCgroup::create(&name, self.limits) {
+            Ok(cg) => Some(cg),
+            Err(why) => {
+                self.warnings
+                    .push(format!("Memory and process limits are not enforced: {why}"));
+                None
+            }
+        }
+    }
+
+    /// The build's cgroup, when it has one.
+    pub fn cgroup(&self) -> Option<&BuildCgroup> {
+        self.cgroup.as_ref()
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    pub fn network(&self) -> Network {
+        self.network_mode
     }
 
     /// Without namespaces, say what that means for this build.
@@ -315,17 +426,55 @@ impl Sandbox {
             Some(u) => format!("as uid {} (shared with other builds)", u.uid),
             None => format!("as uid {}", nix::unistd::geteuid()),
         };
-        match &self.mode {
+        let net = if self.network.is_some() { ", net" } else { "" };
+        let mode = match &self.mode {
             Mode::Namespaces => format!(
-                "Build sandbox: namespaces (pid, mount, ipc, uts), {who}; private /tmp and {}",
+                "Build sandbox: namespaces (pid, mount, ipc, uts{net}), {who}; private /tmp and {}",
                 self.inner.app.display()
             ),
             Mode::UserNamespaces => format!(
-                "Build sandbox: user namespace (pid, mount, ipc, uts), {who}; private /tmp and {}",
+                "Build sandbox: user namespace (pid, mount, ipc, uts{net}), {who}; private /tmp and {}",
                 self.inner.app.display()
             ),
             Mode::Subreaper { .. } => format!("Build sandbox: none (subreaper only), {who}"),
+        };
+        let network = match (&self.mode, self.network_mode) {
+            (Mode::Subreaper { .. }, _) => "network: the host's (no namespaces)".to_string(),
+            (_, Network::Isolated) => {
+                "network: isolated (own namespace, egress through slirp4netns, no host loopback)"
+                    .to_string()
+            }
+            (_, Network::None) => "network: none (own namespace, loopback only)".to_string(),
+            (_, Network::Host) => "network: the host's (--network host)".to_string(),
+        };
+        let limit = |n: u64, what: String| if n == 0 { None } else { Some(what) };
+        let mut limits: Vec<String> = Vec::new();
+        if self.cgroup.is_some() {
+            limits.extend(limit(
+                self.limits.memory,
+                format!("memory {}", limits::human(self.limits.memory)),
+            ));
+            limits.extend(limit(
+                self.limits.pids,
+                format!("{} processes", self.limits.pids),
+            ));
         }
+        limits.extend(limit(
+            self.limits.disk,
+            format!("disk {}", limits::human(self.limits.disk)),
+        ));
+        let limits = if limits.is_empty() {
+            "limits: none".to_string()
+        } else {
+            format!("limits: {}", limits.join(", "))
+        };
+        let context = match self.mode {
+            Mode::Subreaper { .. } => {
+                "new session, no inherited descriptors, new keyring, seccomp filter"
+            }
+            _ => "new session, no inherited descriptors, new keyring, seccomp filter, masked /proc",
+        };
+        format!("{mode}; {network}; {limits}; {context}")
     }
 
     /// The mounts every step gets.
@@ -367,12 +516,20 @@ impl Sandbox {
             }
         }
         // DNS: resolv.conf is often a link into /run (systemd-resolved).
+        // In the build's own network the host's resolvers may be out of
+        // reach (on its loopback): slirp4netns's forwarder stands in.
         if let Ok(resolv) = std::fs::canonicalize("/etc/resolv.conf") {
-            if !bound.iter().any(|b| resolv.starts_with(b)) {
-                ops.push(MountOp::ReadOnly {
-                    src: resolv.clone(),
-                    dst: resolv,
-                });
+            let ours = self.network.as_ref().and_then(BuildNetwork::resolv_conf);
+            let src = match ours {
+                Some(content) => {
+                    let path = scratch.join("resolv.conf");
+                    std::fs::write(&path, content).map_err(io(format!("writing {path:?}")))?;
+                    path
+                }
+                None => resolv.clone(),
+            };
+            if src != resolv || !bound.iter().any(|b| resolv.starts_with(b)) {
+                ops.push(MountOp::ReadOnly { src, dst: resolv });
             }
         }
         if bound.iter().any(|b| b == Path::new("/etc")) {
@@ -495,6 +652,22 @@ impl Sandbox {
                 _ => None,
             },
             new_root: self.mode.has_namespaces().then(|| self.new_root.clone()),
+            netns: self
+                .network
+                .as_ref()
+                .filter(|_| self.mode.has_namespaces())
+                .map(|n| n.ns_path.clone()),
+            cgroups: self
+                .cgroup
+                .as_ref()
+                .map(|c| c.dirs().to_vec())
+                .unwrap_or_default(),
+            file_size_limit: self.limits.disk,
+            shm_size: match (self.limits.memory, self.limits.disk) {
+                (0, 0) => 0,
+                (0, d) | (d, 0) => d,
+                (m, d) => m.min(d),
+            },
             mounts: if self.mode.has_namespaces() {
                 mounts
             } else {
@@ -508,6 +681,7 @@ impl Sandbox {
             sweep_user: self.user.as_ref().is_some_and(|u| u.leased),
             cwd: cwd.to_path_buf(),
             argv,
+            env: Vec::new(),
         }
     }
 
@@ -524,6 +698,7 @@ impl Sandbox {
                     args,
                     cwd: PathBuf::from("/"),
                     credentials: None,
+                    env_as_data: true,
                 }
             }
             None => {
@@ -533,15 +708,19 @@ impl Sandbox {
                     args: argv.collect(),
                     cwd: cwd.to_path_buf(),
                     credentials: self.user.as_ref().map(|u| (u.uid, u.gid)),
+                    env_as_data: false,
                 }
             }
         }
     }
 
     /// See that a sandbox can be made here: run the probe in one.
-    fn probe(&self) -> Result<(), String> {
+    /// `Err((why, refused))`: `refused` when the kernel (or the container
+    /// slugbuilder runs in) does not allow namespaces, the one reason to
+    /// fall back; otherwise a setting that cannot work.
+    fn probe(&self) -> Result<(), (String, bool)> {
         let Some(helper) = &self.helper else {
-            return Err("no sandbox helper".into());
+            return Err(("no sandbox helper".into(), true));
         };
         let plan = self.plan(
             vec![OsString::from("/proc/self/exe"), OsString::from(PROBE_ARG)],
@@ -558,15 +737,15 @@ impl Sandbox {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
-            .map_err(|e| format!("cannot start the helper: {e}"))?;
+            .map_err(|e| (format!("cannot start the helper: {e}"), false))?;
         let status = loop {
-            if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            if let Some(status) = child.try_wait().map_err(|e| (e.to_string(), false))? {
                 break status;
             }
             if started.elapsed() > Duration::from_secs(20) {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err("the sandbox probe did not finish within 20 s".into());
+                return Err(("the sandbox probe did not finish within 20 s".into(), false));
             }
             std::thread::sleep(Duration::from_millis(2));
         };
@@ -585,7 +764,8 @@ impl Sandbox {
             .unwrap_or("the probe failed")
             .trim_start_matches("slugbuilder: sandbox: ")
             .to_string();
-        Err(why)
+        let refused = status.code() == Some(NAMESPACES_REFUSED.into());
+        Err((why, refused))
     }
 
     /// After a step: nothing it started may be left. Kills and reaps every
@@ -597,7 +777,12 @@ impl Sandbox {
         if self.helper.is_none() {
             return;
         }
-        let killed = crate::proctree::sweep_own_children(&[]);
+        let keep = self
+            .network
+            .as_ref()
+            .map(BuildNetwork::pids)
+            .unwrap_or_default();
+        let killed = crate::proctree::sweep_own_children(&keep);
         if killed > 0 {
             tracing::debug!(killed, "swept processes left by a step");
         }
@@ -659,6 +844,9 @@ pub struct Launch {
     pub cwd: PathBuf,
     /// Drop to these before exec (direct starts only).
     pub credentials: Option<(u32, u32)>,
+    /// The program is the sandbox helper: it gets a fixed, empty
+    /// environment and reads the step's from its stdin, as data.
+    pub env_as_data: bool,
 }
 
 /// Start `helper` as `uid` to kill every process of that uid.
