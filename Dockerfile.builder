@@ -35,9 +35,14 @@ COPY buildpacks/ /buildpacks/
 RUN slugbuilder --version \
  && install -d -o slug -g slug -m 0755 /cache \
  && install -d -m 0755 /env
+# One container per build: the container's own network namespace (podman
+# and docker give each container one) is the build's, so steps share it
+# (--network host) rather than need slirp4netns and /dev/net/tun inside.
+# The build log's sandbox line says so.
 ENV CACHE_PATH=/cache \
     ENV_PATH=/env \
-    BUILDPACK_PATH=/buildpacks
+    BUILDPACK_PATH=/buildpacks \
+    SLUGBUILDER_NETWORK=host
 LABEL org.opencontainers.image.title="slugbuilder" \
       org.opencontainers.image.description="Build stack + slugbuilder + bundled buildpacks: source tar on stdin, slug on stdout"
 USER slug

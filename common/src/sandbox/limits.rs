@@ -163,6 +163,33 @@ fn read_u64_field(path: &Path, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Remove the cgroups of builds whose slugbuilder was killed before it
+/// could (`slugbuilder-PID-...` with PID gone). Their steps died with it.
+fn remove_stale(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("slugbuilder-"))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid.to_string()).exists() {
+            let dir = entry.path();
+            let empty = std::fs::read_to_string(dir.join("cgroup.procs"))
+                .is_ok_and(|p| p.trim().is_empty());
+            if empty {
+                let _ = std::fs::remove_dir(&dir);
+            }
+        }
+    }
+}
+
 impl BuildCgroup {
     /// Make the build's cgroup(s) beneath this process's own, named
     /// `name`, with `limits` set. `Err` says why not (no controller, no
@@ -190,6 +217,7 @@ impl BuildCgroup {
             if !(enabled.contains("memory") && enabled.contains("pids")) {
                 write(&control, "+memory +pids")?;
             }
+            remove_stale(&parent);
             let dir = parent.join(name);
             std::fs::create_dir(&dir)
                 .map_err(|e| format!("creating cgroup {}: {e}", dir.display()))?;
@@ -208,6 +236,7 @@ impl BuildCgroup {
                 let parent = own_cgroup(controller)
                     .filter(|p| p.exists())
                     .ok_or(format!("no cgroup {controller} controller (v1 or v2)"))?;
+                remove_stale(&parent);
                 let dir = parent.join(name);
                 std::fs::create_dir(&dir)
                     .map_err(|e| format!("creating cgroup {}: {e}", dir.display()))?;

@@ -445,7 +445,10 @@ impl Sandbox {
                     .to_string()
             }
             (_, Network::None) => "network: none (own namespace, loopback only)".to_string(),
-            (_, Network::Host) => "network: the host's (--network host)".to_string(),
+            (_, Network::Host) => {
+                "network: slugbuilder's own (--network host: the host's, unless slugbuilder runs in a container of its own)"
+                    .to_string()
+            }
         };
         let limit = |n: u64, what: String| if n == 0 { None } else { Some(what) };
         let mut limits: Vec<String> = Vec::new();

@@ -72,14 +72,6 @@ impl BuildNetwork {
     /// Make the namespace (`helper` is this binary) and, for `isolated`,
     /// start slirp4netns for it. `Err` says why, for the log or exit 18.
     pub fn create(helper: &Path, mode: Network) -> Result<Self, String> {
-        let slirp = match mode {
-            Network::Isolated => Some(which::which("slirp4netns").map_err(|_| {
-                "--network isolated needs slirp4netns (Debian/Ubuntu: apt-get install slirp4netns); \
-                 or choose --network none or host"
-                    .to_string()
-            })?),
-            _ => None,
-        };
         let mut holder = Command::new(helper)
             .arg(NETNS_ARG)
             .env_clear()
@@ -113,7 +105,28 @@ impl BuildNetwork {
             slirp: None,
             ns_path,
         };
-        if let Some(slirp) = slirp {
+        if mode == Network::Isolated {
+            // The namespace could be made, so the kernel allows it: what
+            // is missing now is the operator's to provide (checked after
+            // the namespace, so that a host without namespaces falls back).
+            let slirp = which::which("slirp4netns").map_err(|_| {
+                "--network isolated needs slirp4netns (Debian/Ubuntu: apt-get install slirp4netns); \
+                 or choose --network none or host"
+                    .to_string()
+            })?;
+            // slirp4netns opens the tun device as us: say so now rather
+            // than let it fail half-way. Distributions ship it mode 0666.
+            if let Err(e) = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/net/tun")
+            {
+                return Err(format!(
+                    "--network isolated needs /dev/net/tun, which cannot be opened here ({e}); \
+                     make it usable (mode 0666, as distributions ship it; in a container, --device /dev/net/tun) \
+                     or choose --network none or host"
+                ));
+            }
             net.slirp = Some(net.start_slirp(&slirp)?);
         }
         Ok(net)
@@ -123,21 +136,23 @@ impl BuildNetwork {
         let pid = self.holder.id();
         // stdin is a pipe we never write: slirp4netns exits when it closes
         // (--exit-fd), that is when this build or slugbuilder ends, however.
+        let root = nix::unistd::geteuid().is_root();
         let mut child = Command::new(program)
             .args([
                 "--configure",
                 "--mtu=65520",
                 "--disable-host-loopback",
-                "--enable-sandbox",
                 "--enable-seccomp",
                 "--exit-fd=0",
             ])
+            // As root, slirp4netns confines itself too (its own mount
+            // namespace); that needs uid 0 mapped in the build's user
+            // namespace, which an unprivileged build does not map (steps
+            // keep their own uid), and there it runs unprivileged anyway.
+            .args(root.then_some("--enable-sandbox"))
             // Unprivileged, the namespace belongs to the build's user
             // namespace, which slirp4netns must join to reach it.
-            .args(
-                (!nix::unistd::geteuid().is_root())
-                    .then(|| format!("--userns-path=/proc/{pid}/ns/user")),
-            )
+            .args((!root).then(|| format!("--userns-path=/proc/{pid}/ns/user")))
             .arg(pid.to_string())
             .arg("tap0")
             .env_clear()
