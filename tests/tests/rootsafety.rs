@@ -234,7 +234,16 @@ fn swaps_during_packing_never_pull_in_a_file_from_outside() {
 fn a_black_hole_buildpack_server_meets_the_deadline_and_sigterm() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/bp.git", listener.local_addr().unwrap());
-    let build = Build::new(web_app().tar()).args(["--buildpack", &url, "--timeout", "4"]);
+    // The black hole is on the host's loopback, which only a build on the
+    // host's network reaches (an isolated one is refused at once).
+    let build = Build::new(web_app().tar()).args([
+        "--buildpack",
+        &url,
+        "--timeout",
+        "4",
+        "--network",
+        "host",
+    ]);
     let start = Instant::now();
     let out = build.run();
     assert_fails_with(&out, 16);
@@ -250,7 +259,7 @@ fn a_black_hole_buildpack_server_meets_the_deadline_and_sigterm() {
     let url = format!("http://{}/bp.git", listener.local_addr().unwrap());
     let app = web_app();
     let child = Build::new(Vec::new())
-        .args(["--buildpack", &url])
+        .args(["--buildpack", &url, "--network", "host"])
         .args([std::ffi::OsStr::new("--source"), app.path().as_os_str()])
         .command()
         .stdin(Stdio::null())
