@@ -218,6 +218,108 @@ impl Cancel {
     }
 }
 
+/// The signals that stop a build, or slugrunner before the app runs.
+pub const STOP_SIGNALS: [Signal; 3] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP];
+
+/// A thread that watches [`STOP_SIGNALS`] for a process that keeps them
+/// blocked in every thread (block them first thing, before any thread
+/// exists: a process without handlers loses them as PID 1, and one with
+/// handlers could not hand them over to a later signalfd). The first one
+/// triggers the [`Cancel`]; if the process has not ended by itself within
+/// `grace` after it, the guard runs the emergency cleanups and calls
+/// `give_up`, which must end the process.
+#[derive(Debug)]
+pub struct SignalGuard {
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// Dropping it wakes the thread for good.
+    wake: Option<std::os::fd::OwnedFd>,
+}
+
+impl SignalGuard {
+    pub fn start(
+        cancel: Arc<Cancel>,
+        grace: Duration,
+        give_up: impl FnOnce(Stop) + Send + 'static,
+    ) -> std::io::Result<Self> {
+        use nix::sys::signalfd::{SfdFlags, SignalFd};
+        let mut set = nix::sys::signal::SigSet::empty();
+        for sig in STOP_SIGNALS {
+            set.add(sig);
+        }
+        let sfd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+        let (woken, wake) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let thread = std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                let Some(sig) = wait_signal(&sfd, &woken, None) else {
+                    return;
+                };
+                let stop = Stop::Interrupted(sig);
+                cancel.trigger(stop);
+                // Done when the process ends (or its owner stops the guard)
+                // within the grace time; otherwise end it here.
+                let _ = wait_signal(&sfd, &woken, Some(grace));
+                if wait_closed(&woken) {
+                    return;
+                }
+                cancel.emergency();
+                give_up(stop);
+            })?;
+        Ok(Self {
+            thread: Some(thread),
+            wake: Some(wake),
+        })
+    }
+
+    /// Stop watching: signals that arrive from now on stay pending for
+    /// whoever takes them over (a supervisor's signalfd, or the default
+    /// action once an exec unblocks them).
+    pub fn stop(mut self) {
+        self.wake.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Wait for a stop signal (or for `woken` to be closed, or `timeout`).
+fn wait_signal(
+    sfd: &nix::sys::signalfd::SignalFd,
+    woken: &std::os::fd::OwnedFd,
+    timeout: Option<Duration>,
+) -> Option<Signal> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let until = timeout.map(|t| Instant::now() + t);
+    loop {
+        if let Ok(Some(info)) = sfd.read_signal() {
+            if let Ok(sig) = Signal::try_from(info.ssi_signo as i32) {
+                return Some(sig);
+            }
+        }
+        let left = until.map(|u| u.saturating_duration_since(Instant::now()));
+        if left == Some(Duration::ZERO) || wait_closed(woken) {
+            return None;
+        }
+        let wait = left.map_or(PollTimeout::NONE, |l| {
+            PollTimeout::try_from(l).unwrap_or(PollTimeout::MAX)
+        });
+        let mut fds = [
+            PollFd::new(sfd.as_fd(), PollFlags::POLLIN),
+            PollFd::new(woken.as_fd(), PollFlags::POLLIN),
+        ];
+        let _ = poll(&mut fds, wait);
+    }
+}
+
+/// Whether the other end of the wake pipe is gone.
+fn wait_closed(woken: &std::os::fd::OwnedFd) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let mut fds = [PollFd::new(woken.as_fd(), PollFlags::POLLIN)];
+    poll(&mut fds, PollTimeout::ZERO).is_ok_and(|n| n > 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

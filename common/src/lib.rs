@@ -20,6 +20,7 @@ pub mod http;
 pub mod isolate;
 pub mod lines;
 pub mod log;
+pub mod logging;
 pub mod oci;
 pub mod pgzip;
 pub mod procfile;

@@ -252,12 +252,16 @@ pub enum SlugSource {
 /// they are created, and the app dir itself too), or check that an app dir
 /// used as it is holds something. Returns what was unpacked, if anything.
 /// A slug that fails to install leaves the app dir as it found it (removed
-/// if it did not exist, emptied if it was empty).
+/// if it did not exist, emptied if it was empty), and so does a process
+/// ended by `opts.cancel`'s emergency (a signal the install does not
+/// notice in time). `phase` hears what is being done (for the line that
+/// says where a signal stopped it).
 pub fn install_slug(
     source: &SlugSource,
     app_dir: &Path,
     opts: &UnpackOptions,
     http_opts: &HttpOptions,
+    phase: &dyn Fn(&'static str),
 ) -> Result<Option<UnpackSummary>, RuntimeError> {
     if *source == SlugSource::AppDir {
         let state = match std::fs::read_dir(app_dir).map(|mut e| e.next().is_some()) {
@@ -287,9 +291,16 @@ pub fn install_slug(
             })
         }
     };
-    let installed = unpack_source(source, app_dir, opts, http_opts);
+    let emergency = opts.cancel.as_ref().map(|cancel| {
+        let dir = app_dir.to_path_buf();
+        cancel.on_emergency(move || undo_install(&dir, before))
+    });
+    let installed = unpack_source(source, app_dir, opts, http_opts, phase);
     if installed.is_err() {
         undo_install(app_dir, before);
+    }
+    if let (Some(cancel), Some(id)) = (&opts.cancel, emergency) {
+        cancel.forget(id);
     }
     let summary = installed?;
     if let Some((uid, gid)) = opts.owner {
@@ -334,7 +345,12 @@ fn unpack_source(
     app_dir: &Path,
     opts: &UnpackOptions,
     http_opts: &HttpOptions,
+    phase: &dyn Fn(&'static str),
 ) -> Result<UnpackSummary, RuntimeError> {
+    phase(match source {
+        SlugSource::Url(_) => "downloading the slug",
+        _ => "unpacking the slug",
+    });
     match source {
         SlugSource::AppDir => unreachable!("handled by install_slug"),
         SlugSource::File(path) => {
@@ -355,11 +371,13 @@ fn unpack_source(
         }
         SlugSource::Url(url) => {
             let download = http::get(url, http_opts)?;
+            phase("unpacking the slug");
             let watch = download.watch();
             let mut opts = opts.clone();
             // The unpacker stops waiting for bytes at the download's
-            // deadline, even while a read from the network is stuck.
-            if let Some(deadline) = http_opts.deadline {
+            // deadline, even while a read from the network is stuck (a
+            // caller's own cancel has that deadline already).
+            if let (Some(deadline), None) = (http_opts.deadline, &opts.cancel) {
                 opts.cancel = Some(crate::cancel::Cancel::new(
                     deadline.saturating_duration_since(std::time::Instant::now())
                         + std::time::Duration::from_secs(1),
@@ -367,7 +385,7 @@ fn unpack_source(
             }
             unpack_slug(download, app_dir, &opts).map_err(|source| match watch.network_error() {
                 Some(fetch_error) => RuntimeError::Fetch(fetch_error),
-                None if matches!(source, ArchiveError::Stopped(_)) => {
+                None if matches!(source, ArchiveError::Stopped(crate::cancel::Stop::TimedOut)) => {
                     RuntimeError::Fetch(HttpError::TimedOut {
                         what: http_opts.what,
                         url: watch.url().to_string(),
@@ -504,36 +522,76 @@ pub fn dyno_env(
 
 /// The scripts the launcher sources, in order: `.profile.d/*.sh` sorted by
 /// bytes (as bash's glob with `LC_COLLATE=C`; hidden files excluded, as the
-/// glob does), then `.profile`.
+/// glob does), then `.profile`. Only regular files count, looked at by
+/// descriptor beneath the app dir without following links (root lists
+/// them): a link, as `.profile.d` or in it, is skipped with a warning.
 pub fn profile_scripts(app_dir: &Path) -> Vec<PathBuf> {
-    let mut scripts: Vec<PathBuf> = match std::fs::read_dir(app_dir.join(".profile.d")) {
-        Ok(entries) => entries
-            .filter_map(Result::ok)
-            .filter(|e| {
-                let name = e.file_name();
-                let name = name.as_bytes();
-                !name.starts_with(b".") && name.ends_with(b".sh")
-            })
-            .map(|e| e.path())
-            .filter(|p| p.is_file())
-            .collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        // Deliberately not fatal (the app may still start), but never
-        // silent: its environment will lack what those scripts set.
+    use std::os::fd::AsFd;
+    let mut root = match crate::rootdir::RootDir::open_existing(app_dir) {
+        Ok(root) => root,
         Err(e) => {
             tracing::warn!(
-                "cannot read {}: {e}; its scripts are not sourced",
-                app_dir.join(".profile.d").display()
+                "cannot open the app dir {}: {e}; no profile scripts are sourced",
+                app_dir.display()
             );
-            Vec::new()
+            return Vec::new();
         }
     };
-    scripts.sort_by(|a, b| a.as_os_str().as_bytes().cmp(b.as_os_str().as_bytes()));
+    let profile_d = app_dir.join(".profile.d");
+    let mut scripts = Vec::new();
+    match root.open_subdir(&[OsStr::new(".profile.d")]) {
+        Ok(dir) => {
+            let names = crate::rootdir::list_dir(dir.as_fd()).unwrap_or_else(|e| {
+                tracing::warn!(
+                    "cannot list {}: {e}; its scripts are not sourced",
+                    profile_d.display()
+                );
+                Vec::new()
+            });
+            for name in names {
+                let bytes = name.as_bytes();
+                if bytes.starts_with(b".") || !bytes.ends_with(b".sh") {
+                    continue;
+                }
+                let path = profile_d.join(&name);
+                if is_regular_beneath(dir.as_fd(), &name, &path) {
+                    scripts.push(path);
+                }
+            }
+        }
+        Err(crate::rootdir::RootError::Io { source, .. })
+            if source.kind() == io::ErrorKind::NotFound => {}
+        // Deliberately not fatal (the app may still start), but never
+        // silent: its environment will lack what those scripts set.
+        Err(e) => tracing::warn!("{}: {e}; its scripts are not sourced", profile_d.display()),
+    }
     let profile = app_dir.join(".profile");
-    if profile.is_file() {
+    if is_regular_beneath(root.fd(), OsStr::new(".profile"), &profile) {
         scripts.push(profile);
     }
     scripts
+}
+
+/// Whether `name` in `dir` is a regular file (never following a link;
+/// a link or other kind is reported and skipped).
+fn is_regular_beneath(dir: std::os::fd::BorrowedFd<'_>, name: &OsStr, shown: &Path) -> bool {
+    use nix::sys::stat::{fstatat, SFlag};
+    match fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG => true,
+        Ok(st) => {
+            tracing::warn!(
+                "{} is {}, not a regular file: not sourced",
+                shown.display(),
+                crate::rootdir::kind_name(st.st_mode)
+            );
+            false
+        }
+        Err(nix::errno::Errno::ENOENT) => false,
+        Err(e) => {
+            tracing::warn!("{}: {e}: not sourced", shown.display());
+            false
+        }
+    }
 }
 
 /// What the launcher runs once the profile scripts are sourced.

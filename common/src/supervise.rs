@@ -21,7 +21,8 @@
 
 use std::ffi::{CString, OsStr};
 use std::io::IsTerminal;
-use std::os::fd::AsFd;
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::time::{Duration, Instant};
 
@@ -96,7 +97,14 @@ pub struct SuperviseOptions {
     pub run_as: Option<(u32, u32)>,
     /// The binary that drops privileges for the app (slugrunner itself).
     pub helper: Option<std::path::PathBuf>,
+    /// Keep the terminal as the app's controlling terminal when it runs as
+    /// another user (interactive use); otherwise it gets a session of its
+    /// own.
+    pub keep_terminal: bool,
 }
+
+/// Where the exec-as helper finds the app's environment.
+const HANDOFF_FD: i32 = 3;
 
 fn sig_err(call: &'static str) -> impl FnOnce(nix::Error) -> SuperviseError {
     move |source| SuperviseError::Signals { call, source }
@@ -112,8 +120,10 @@ fn cstring(bytes: &OsStr, what: &str) -> Result<CString, SuperviseError> {
 /// dispositions (posix_spawn: std's `Command` would pass on the mask that
 /// the supervisor blocks). When it must run as another user, what is
 /// started is `helper` in its exec-as mode ([`crate::user::EXEC_AS_ARG`]),
-/// which drops to that user and execs the program: the supervisor itself
-/// keeps its rights. The supervisor's own cwd moves to `spec.cwd`.
+/// in a session of its own unless the terminal is kept: the helper runs as
+/// root until it drops to that user, so it starts with an empty
+/// environment and gets the app's on a pipe, as data. The supervisor
+/// itself keeps its rights. Its own cwd moves to `spec.cwd`.
 fn spawn(
     spec: &ProcessSpec,
     reset: &SigSet,
@@ -123,32 +133,8 @@ fn spawn(
         program: spec.program.display().to_string(),
         source,
     };
+    let io = |e: nix::Error| spawn_err(e.into());
     std::env::set_current_dir(&spec.cwd).map_err(spawn_err)?;
-    let (program, mut args) = match (opts.run_as, &opts.helper) {
-        (None, _) => (
-            spec.program.clone(),
-            vec![cstring(&spec.arg0(), "the program name")?],
-        ),
-        (Some((uid, gid)), Some(helper)) => (
-            helper.clone(),
-            vec![
-                cstring(OsStr::new("slugrunner"), "the program name")?,
-                cstring(OsStr::new(crate::user::EXEC_AS_ARG), "an argument")?,
-                cstring(OsStr::new(&uid.to_string()), "the uid")?,
-                cstring(OsStr::new(&gid.to_string()), "the gid")?,
-                cstring(spec.program.as_os_str(), "the program")?,
-                cstring(&spec.arg0(), "the program name")?,
-            ],
-        ),
-        (Some(_), None) => {
-            return Err(spawn_err(std::io::Error::other(
-                "no helper to start the app as another user",
-            )))
-        }
-    };
-    for arg in &spec.args {
-        args.push(cstring(arg, "an argument")?);
-    }
     let mut env = Vec::with_capacity(spec.env.len());
     for (k, v) in &spec.env {
         let mut pair = k.clone();
@@ -159,32 +145,97 @@ fn spawn(
             &format!("variable {}", k.to_string_lossy()),
         )?);
     }
-    let io = |e: nix::Error| spawn_err(e.into());
     let mut attr = PosixSpawnAttr::init().map_err(io)?;
-    attr.set_flags(
-        PosixSpawnFlags::POSIX_SPAWN_SETPGROUP
-            | PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK
-            | PosixSpawnFlags::POSIX_SPAWN_SETSIGDEF,
-    )
-    .map_err(io)?;
+    let mut flags =
+        PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK | PosixSpawnFlags::POSIX_SPAWN_SETSIGDEF;
+    let mut actions = PosixSpawnFileActions::init().map_err(io)?;
+    let (program, mut args, handoff) = match (opts.run_as, &opts.helper) {
+        (None, _) => {
+            flags |= PosixSpawnFlags::POSIX_SPAWN_SETPGROUP;
+            (
+                spec.program.clone(),
+                vec![cstring(&spec.arg0(), "the program name")?],
+                None,
+            )
+        }
+        (Some(user), Some(helper)) => {
+            flags |= if opts.keep_terminal {
+                PosixSpawnFlags::POSIX_SPAWN_SETPGROUP
+            } else {
+                // A new session is a new process group with the same id.
+                PosixSpawnFlags::from_bits_retain(nix::libc::POSIX_SPAWN_SETSID as i32)
+            };
+            let (read, write) = handoff_pipe().map_err(spawn_err)?;
+            actions.add_dup2(read.as_raw_fd(), HANDOFF_FD).map_err(io)?;
+            let mut args = vec![cstring(OsStr::new("slugrunner"), "the program name")?];
+            for arg in crate::user::exec_as_args(HANDOFF_FD, user) {
+                args.push(cstring(OsStr::new(&arg), "an argument")?);
+            }
+            args.push(cstring(spec.program.as_os_str(), "the program")?);
+            args.push(cstring(&spec.arg0(), "the program name")?);
+            let data = crate::isolate::encode_env(
+                spec.env.iter().map(|(k, v)| (k.as_os_str(), v.as_os_str())),
+            );
+            // Only the helper's own, fixed environment.
+            env.clear();
+            (helper.clone(), args, Some((read, write, data)))
+        }
+        (Some(_), None) => {
+            return Err(spawn_err(std::io::Error::other(
+                "no helper to start the app as another user",
+            )))
+        }
+    };
+    for arg in &spec.args {
+        args.push(cstring(arg, "an argument")?);
+    }
+    attr.set_flags(flags).map_err(io)?;
     attr.set_pgroup(Pid::from_raw(0)).map_err(io)?;
     attr.set_sigmask(&SigSet::empty()).map_err(io)?;
     attr.set_sigdefault(reset).map_err(io)?;
-    let actions = PosixSpawnFileActions::init().map_err(io)?;
-    posix_spawn(program.as_path(), &actions, &attr, &args, &env).map_err(io)
+    let pid = posix_spawn(program.as_path(), &actions, &attr, &args, &env).map_err(io)?;
+    if let Some((read, write, data)) = handoff {
+        drop(read);
+        // The helper reads it all before anything else; should it have
+        // died, its exit status tells why.
+        if let Err(e) = std::fs::File::from(write).write_all(&data) {
+            tracing::debug!("handing the environment to the app's helper: {e}");
+        }
+    }
+    Ok(pid)
 }
 
-/// Run `spec` under supervision until it and its process group are gone.
-/// Privileges are whatever this process has (drop them before calling).
-pub fn supervise(spec: &ProcessSpec, opts: &SuperviseOptions) -> Result<ChildExit, SuperviseError> {
+/// A pipe for the helper's environment whose read end is not the number
+/// it must get in the helper (posix_spawn's dup2 onto the same number
+/// would leave it close-on-exec).
+fn handoff_pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    if read.as_raw_fd() != HANDOFF_FD {
+        return Ok((read, write));
+    }
+    // A copy made while the number is still held gets another one.
+    Ok((read.try_clone()?, write))
+}
+
+/// The signals the supervisor takes from its signalfd: forwarded ones,
+/// SIGCHLD, and those a background process touching the terminal
+/// (tcsetpgrp) gets. Blocked in every thread of the process, they cannot
+/// reach another thread's default action instead.
+pub fn blocked_signals() -> SigSet {
     let mut mask = SigSet::empty();
     for &sig in FORWARDED {
         mask.add(sig);
     }
     mask.add(Signal::SIGCHLD);
-    // A background process touching the terminal (tcsetpgrp) gets these.
     mask.add(Signal::SIGTTOU);
     mask.add(Signal::SIGTTIN);
+    mask
+}
+
+/// Run `spec` under supervision until it and its process group are gone.
+/// Privileges are whatever this process has (drop them before calling).
+pub fn supervise(spec: &ProcessSpec, opts: &SuperviseOptions) -> Result<ChildExit, SuperviseError> {
+    let mask = blocked_signals();
     // Blocked before the child exists, so nothing is lost in between; std
     // resets the mask in the child before exec.
     mask.thread_block().map_err(sig_err("sigprocmask"))?;

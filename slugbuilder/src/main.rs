@@ -343,24 +343,11 @@ fn main() -> ExitCode {
 fn init_logging(verbose: u8) {
     let default = match verbose {
         0 if std::env::var_os("TRACE").is_some() || std::env::var_os("DEBUG").is_some() => "debug",
-        0 => "warn",
-        1 => "info",
-        2 => "debug",
-        _ => "trace",
+        n => common::logging::level_for(n),
     };
-    let filter = std::env::var("SLUG_LOG").unwrap_or_else(|_| default.to_string());
-    // The HTTP library's own records show whole URLs, signatures included:
-    // never printed, whatever SLUG_LOG asks for (ours are redacted).
-    let filter = ["ureq=off", "ureq_proto=off"]
-        .into_iter()
-        .fold(tracing_subscriber::EnvFilter::new(filter), |f, d| {
-            f.add_directive(d.parse().expect("a valid directive"))
-        });
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(filter)
-        .with_target(false)
-        .init();
+    // The one redaction rule of both binaries (the HTTP library's own
+    // records included).
+    common::logging::init(default, "SLUG_LOG");
 }
 
 fn run(args: Args, recorder: &Recorder) -> anyhow::Result<()> {

@@ -69,6 +69,14 @@ pub struct Args {
     #[arg(long)]
     pub init: bool,
 
+    /// Keep the terminal for the app when it runs as another user, for
+    /// interactive use (`slugrunner --tty bash`). Otherwise such an app gets
+    /// a session of its own, without a controlling terminal. Implied as
+    /// PID 1 with a terminal on stdin (`docker run -t`). Either way the app
+    /// cannot push input into the terminal (TIOCSTI is refused).
+    #[arg(long)]
+    pub tty: bool,
+
     /// Seconds between SIGTERM and SIGKILL (init mode), as a dyno's 30 s.
     #[arg(
         long,

@@ -7,17 +7,20 @@
 mod cli;
 
 use std::ffi::OsString;
-use std::os::unix::process::CommandExt;
+use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use common::archive::{Limits, UnpackOptions};
+use common::cancel::{Cancel, SignalGuard, Stop};
 use common::exit::Exit;
 use common::http::HttpOptions;
 use common::runtime::{self, EnvSources, Launch, ProcessSpec, RuntimeError, SlugSource};
 use common::supervise::{self, SuperviseError, SuperviseOptions};
-use common::user::{self, UserError};
+use common::user::{self, AppExecError, UserError};
 
 use cli::{Args, Cmd};
 
@@ -27,9 +30,18 @@ fn main() -> ExitCode {
     if let Some(code) = user::dispatch_exec_as() {
         return code;
     }
+    // Blocked before any thread exists, so that every thread inherits the
+    // mask: the stop signals go to the guard until the app runs, then to
+    // the supervisor's signalfd (or to the app, whose exec unblocks them).
+    // As PID 1 a signal without a handler would be dropped instead.
+    if let Err(e) = supervise::blocked_signals().thread_block() {
+        common::log::line(format_args!("slugrunner: cannot block signals: {e}"));
+        return Exit::Internal.into();
+    }
     match run() {
         Ok(code) => code,
         Err(err) => {
+            let _last = LAST_WORD.lock();
             common::log::line(format_args!(
                 "slugrunner: {}",
                 common::log::error_line(err.chain())
@@ -39,9 +51,53 @@ fn main() -> ExitCode {
     }
 }
 
+/// Held by whoever prints slugrunner's last line and ends it: the main
+/// thread or the signal guard, never both.
+static LAST_WORD: Mutex<()> = Mutex::new(());
+
+/// What slugrunner is doing before the app runs, for the line that says
+/// where a signal stopped it.
+static PHASE: Mutex<&str> = Mutex::new("starting");
+
+fn set_phase(what: &'static str) {
+    *PHASE.lock().unwrap_or_else(|e| e.into_inner()) = what;
+}
+
+/// End slugrunner, stopped by `stop` before the app ran: exit 128+N for
+/// signal N (143 for SIGTERM, 130 for SIGINT), as a shell would report it.
+fn stopped(stop: Stop) -> ! {
+    let _last = LAST_WORD.lock();
+    let phase = *PHASE.lock().unwrap_or_else(|e| e.into_inner());
+    let (code, why) = match stop {
+        Stop::Interrupted(sig) => (128 + sig as i32, format!("stopped by {sig}")),
+        Stop::TimedOut => (Exit::SlugFetch.code().into(), stop.to_string()),
+    };
+    common::log::line(format_args!("slugrunner: {why} while {phase}"));
+    std::process::exit(code)
+}
+
+/// Exit at once when a stop signal has arrived.
+fn check_signals(cancel: &Cancel) {
+    if let Some(stop @ Stop::Interrupted(_)) = cancel.stopped() {
+        stopped(stop);
+    }
+}
+
 fn run() -> anyhow::Result<ExitCode> {
     let args = Args::parse();
-    init_logging(args.verbose);
+    common::logging::init(common::logging::level_for(args.verbose), "SLUG_LOG");
+
+    // SIGTERM, SIGINT and SIGHUP stop every phase before the app runs
+    // within a second: the work in progress notices the cancel; should it
+    // not (a connection stuck), the guard cleans up and exits itself.
+    let install_deadline = match slug_source(&args) {
+        SlugSource::Url(_) => args.download_timeout + Duration::from_secs(1),
+        _ => Duration::MAX,
+    };
+    let cancel = Cancel::new(install_deadline);
+    let guard = SignalGuard::start(Arc::clone(&cancel), STOP_GRACE, |stop| stopped(stop))
+        .context("installing signal handling")?;
+    set_phase("checking the command line");
 
     // Everything that can be checked without the slug is checked first: a
     // bad name or a typo in an env file should not cost a download.
@@ -53,8 +109,8 @@ fn run() -> anyhow::Result<ExitCode> {
     // Who runs the app is decided before unpacking, so that files are
     // created with the right owner.
     let run_user = user::resolve_run_user(args.user.as_deref(), &args.app_dir)?;
-    let owner = (user::RunUser::current().is_root() && !run_user.is_root())
-        .then_some((run_user.uid, run_user.gid));
+    let current = user::RunUser::current();
+    let owner = (current.is_root() && !run_user.is_root()).then_some((run_user.uid, run_user.gid));
     tracing::info!(user = %run_user.name, uid = run_user.uid, gid = run_user.gid, "run user");
 
     let unpack = UnpackOptions {
@@ -64,16 +120,24 @@ fn run() -> anyhow::Result<ExitCode> {
             max_entries: args.max_entries,
             ..Limits::default()
         },
+        cancel: Some(Arc::clone(&cancel)),
         ..UnpackOptions::default()
     };
     let download = HttpOptions {
         what: "SLUG_URL",
         deadline: Some(std::time::Instant::now() + args.download_timeout),
+        cancel: Some(Arc::clone(&cancel)),
         ..HttpOptions::default()
     };
-    if let Some(summary) =
-        runtime::install_slug(&slug_source(&args), &args.app_dir, &unpack, &download)?
-    {
+    let installed = runtime::install_slug(
+        &slug_source(&args),
+        &args.app_dir,
+        &unpack,
+        &download,
+        &set_phase,
+    );
+    check_signals(&cancel);
+    if let Some(summary) = installed? {
         tracing::info!(
             entries = summary.entries,
             bytes = summary.bytes,
@@ -81,6 +145,7 @@ fn run() -> anyhow::Result<ExitCode> {
             args.app_dir.display()
         );
     }
+    set_phase("reading the slug's .release and Procfile");
     let app_dir = std::fs::canonicalize(&args.app_dir)
         .with_context(|| format!("cannot resolve the app dir {}", args.app_dir.display()))?;
 
@@ -98,6 +163,7 @@ fn run() -> anyhow::Result<ExitCode> {
         ),
         Cmd::Bash => (Launch::Shell, runtime::ONE_OFF_DYNO.to_string()),
     };
+    set_phase("preparing the app's environment");
     let sources = EnvSources {
         explicit: explicit_vars,
         release_defaults: release.config_vars,
@@ -105,12 +171,17 @@ fn run() -> anyhow::Result<ExitCode> {
     let env = runtime::dyno_env(std::env::vars_os(), &sources, &app_dir, &dyno);
     let spec = ProcessSpec::launcher(&launch, &app_dir, env);
 
+    // From here on signals are the app's: pending ones reach it.
+    guard.stop();
+    check_signals(&cancel);
     let pid1 = nix::unistd::getpid().as_raw() == 1;
+    let changes_user = current.uid != run_user.uid || current.gid != run_user.gid;
+    // An interactive shell keeps the terminal: asked for, or the one a
+    // container runtime gave its PID 1 (`docker run -t`).
+    let keep_terminal = args.tty || (pid1 && std::io::stdin().is_terminal());
     if args.init || pid1 {
         // The supervisor keeps its rights: the app cannot kill or trace it.
-        let current = user::RunUser::current();
-        let run_as = (current.uid != run_user.uid || current.gid != run_user.gid)
-            .then_some((run_user.uid, run_user.gid));
+        let run_as = changes_user.then_some((run_user.uid, run_user.gid));
         if run_as.is_some() && !current.is_root() {
             user::drop_privileges(&run_user)?;
         }
@@ -119,21 +190,38 @@ fn run() -> anyhow::Result<ExitCode> {
             subreaper: !pid1,
             run_as: run_as.filter(|_| current.is_root()),
             helper: Some(std::path::PathBuf::from("/proc/self/exe")),
+            keep_terminal,
         };
         let exit = supervise::supervise(&spec, &opts)?;
         tracing::info!(?exit, "process ended");
         Ok(ExitCode::from(exit.exit_code()))
     } else {
-        user::drop_privileges(&run_user)?;
         // Nothing stands between the platform and the app.
-        let source = spec.command().exec();
-        Err(SuperviseError::Spawn {
-            program: spec.program.display().to_string(),
-            source,
+        let fresh = changes_user && current.is_root();
+        if fresh && !keep_terminal {
+            if let Err(e) = common::isolate::new_session() {
+                // Only a process group leader cannot (a job of an
+                // interactive shell): the seccomp filter still refuses
+                // TIOCSTI; --init gives the app a session of its own.
+                tracing::info!("the app stays in slugrunner's session (setsid: {e})");
+            }
         }
-        .into())
+        let env: Vec<_> = spec.env.clone().into_iter().collect();
+        let arg0 = spec.arg0();
+        let app = user::AppExec {
+            program: &spec.program,
+            argv0: &arg0,
+            args: &spec.args,
+            env: &env,
+            cwd: &spec.cwd,
+        };
+        Err(user::exec_app(&run_user, fresh, &app).into())
     }
 }
+
+/// How long the work in progress has to notice a stop signal before the
+/// guard ends slugrunner itself: well within the second promised.
+const STOP_GRACE: Duration = Duration::from_millis(600);
 
 /// `--env-file`s in order, then `--env-dir`: later ones win.
 fn explicit_config_vars(args: &Args) -> anyhow::Result<Vec<(String, OsString)>> {
@@ -176,6 +264,9 @@ fn exit_for(err: &anyhow::Error) -> Exit {
                 _ => Exit::Usage,
             };
         }
+        if cause.downcast_ref::<AppExecError>().is_some() {
+            return Exit::SpawnFailed;
+        }
         if let Some(e) = cause.downcast_ref::<SuperviseError>() {
             return match e {
                 SuperviseError::Spawn { .. } => Exit::SpawnFailed,
@@ -184,25 +275,4 @@ fn exit_for(err: &anyhow::Error) -> Exit {
         }
     }
     Exit::Internal
-}
-
-/// Logs go to stderr (stdout belongs to the app): warnings by default, more
-/// with -v, or whatever SLUG_LOG says.
-fn init_logging(verbose: u8) {
-    use std::io::IsTerminal;
-    use tracing_subscriber::EnvFilter;
-    let default = match verbose {
-        0 => "warn",
-        1 => "info",
-        2 => "debug",
-        _ => "trace",
-    };
-    let filter = EnvFilter::try_from_env("SLUG_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(filter)
-        .with_target(false)
-        .without_time()
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
 }
