@@ -887,3 +887,352 @@ fn errors_do_not_repeat_the_os_message() {
         out.stderr
     );
 }
+
+// --- The root boundary and stopping in every phase (issue 22) ----------------
+
+/// Compile C `source` with cc into `out` (extra flags after the source).
+fn cc(case: &Case, name: &str, source: &str, flags: &[&str]) -> Vec<u8> {
+    let src = case.dir.path().join(format!("{name}.c"));
+    let out = case.dir.path().join(name);
+    std::fs::write(&src, source).unwrap();
+    let status = Command::new("cc")
+        .args(flags)
+        .arg("-o")
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .expect("cc is installed");
+    assert!(status.success(), "cc {name}.c failed");
+    std::fs::read(&out).unwrap()
+}
+
+/// `cmd` as PID 1 of a new PID namespace (and its own /proc).
+fn as_pid_1(cmd: &Command) -> Command {
+    let mut outer = Command::new("unshare");
+    outer
+        .args(["--pid", "--fork", "--mount-proc"])
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (key, value) in cmd.get_envs() {
+        match value {
+            Some(v) => outer.env(key, v),
+            None => outer.env_remove(key),
+        };
+    }
+    outer
+}
+
+/// The process unshare forked (slugrunner as PID 1), once it exists.
+fn child_of(parent: Pid) -> Pid {
+    let mut found = None;
+    wait_until(Duration::from_secs(10), || {
+        found = processes()
+            .into_iter()
+            .find(|&(_, _, ppid)| ppid == parent.as_raw())
+            .map(|(pid, _, _)| Pid::from_raw(pid));
+        found.is_some()
+    });
+    found.expect("a child of unshare")
+}
+
+/// A slug whose `.release` sets LD_PRELOAD to a library it ships, whose
+/// constructor leaves a marker named after the uid that loaded it.
+fn ld_preload_slug(case: &Case, procfile: &str) -> (Slug, PathBuf) {
+    let markers = case.dir.path().join("markers");
+    std::fs::create_dir(&markers).unwrap();
+    std::fs::set_permissions(&markers, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let source = r#"
+#include <fcntl.h>
+#include <stdio.h>
+#include <unistd.h>
+__attribute__((constructor)) static void mark(void) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/uid-%d", MARKER_DIR, (int)getuid());
+    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND, 0666);
+    if (fd >= 0) { (void)write(fd, "x", 1); close(fd); }
+}
+"#;
+    let define = format!("-DMARKER_DIR=\"{}\"", markers.display());
+    let lib = cc(case, "evil.so", source, &["-shared", "-fPIC", &define]);
+    let release = format!(
+        "config_vars:\n  LD_PRELOAD: {}\n",
+        case.path("evil.so").display()
+    );
+    let slug = Slug::with_procfile(procfile)
+        .file_mode("evil.so", lib, 0o755)
+        .file(".release", release);
+    (slug, markers)
+}
+
+fn markers(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Issue 22: a slug's LD_PRELOAD (from `.release`) is loaded by the app,
+/// as the app user, and never by anything of slugrunner that runs as
+/// root: not with --init, not as PID 1, not on the plain exec path.
+#[test]
+fn issue_22_a_slug_ld_preload_never_runs_as_root() {
+    if !require_root("starting the app as another user") {
+        return;
+    }
+    let mut as_root = Vec::new();
+    for mode in ["plain", "--init", "pid 1"] {
+        let case = Case::new();
+        let (slug, dir) = ld_preload_slug(&case, "web: echo \"preload=$LD_PRELOAD\"\n");
+        let mut cmd = case.with_slug(&slug);
+        if mode == "--init" {
+            cmd.arg("--init");
+        }
+        cmd.args(["start", "web"]);
+        let out = match mode {
+            "pid 1" => run(&mut as_pid_1(&cmd)),
+            _ => run(&mut cmd),
+        };
+        assert_ok(&out);
+        let mut seen = markers(&dir);
+        if let Some(i) = seen.iter().position(|m| m == "uid-0") {
+            as_root.push(mode);
+            seen.remove(i);
+        }
+        // The positive side: the app still gets the preload, as itself.
+        assert_eq!(
+            out.stdout,
+            format!("preload={}\n", case.path("evil.so").display()),
+            "{mode}"
+        );
+        assert_eq!(seen.len(), 1, "{mode}: {seen:?}");
+    }
+    assert!(
+        as_root.is_empty(),
+        "the slug's library ran as root: {as_root:?}"
+    );
+}
+
+/// Issue 22: `.profile.d` linking to a root-only directory: root never
+/// lists it, so no name of it reaches the app or the log; the app runs.
+#[test]
+fn issue_22_a_profile_d_link_is_never_listed() {
+    if !require_root("a root-only directory") {
+        return;
+    }
+    let case = Case::new();
+    let secret = case.dir.path().join("root-only");
+    std::fs::create_dir(&secret).unwrap();
+    std::fs::write(secret.join("secret-name-4711.sh"), "export LEAK=1\n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let tar = e2e::hostile::RawTar::new()
+        .file("Procfile", b"web: echo \"ran:${LEAK:-no}\"\n")
+        .symlink(".profile.d", secret.to_str().unwrap())
+        .finish();
+    for extra in [&[][..], &["--init"][..]] {
+        let out = run(raw_slug(&case, tar.clone())
+            .args(extra)
+            .args(["start", "web"]));
+        assert_ok(&out);
+        assert_eq!(out.stdout, "ran:no\n", "{extra:?}");
+        assert!(
+            !out.stderr.contains("secret-name"),
+            "{extra:?}: {}",
+            out.stderr
+        );
+        assert!(
+            out.stderr.contains(".profile.d"),
+            "{extra:?}: {}",
+            out.stderr
+        );
+        let _ = std::fs::remove_dir_all(&case.app);
+    }
+}
+
+/// Bytes gzip cannot shrink, so that a slug is as large on the wire.
+fn noise(len: usize) -> Vec<u8> {
+    let mut x: u32 = 0x1234_5678;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+/// A server on 127.0.0.1 that sends `body` (with its length) in 4 KiB
+/// pieces 50 ms apart, to one client; it stops when the client goes or
+/// after 30 s.
+fn trickling_server(body: Vec<u8>) -> (String, std::thread::JoinHandle<()>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/slug.tgz", listener.local_addr().unwrap());
+    listener.set_nonblocking(true).unwrap();
+    let handle = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let start = Instant::now();
+        let mut conn = loop {
+            match listener.accept() {
+                Ok((conn, _)) => break conn,
+                Err(_) if start.elapsed() < Duration::from_secs(30) => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Err(_) => return,
+            }
+        };
+        conn.set_nonblocking(false).unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = conn.read(&mut buf);
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        if conn.write_all(head.as_bytes()).is_err() {
+            return;
+        }
+        for piece in body.chunks(4096) {
+            if start.elapsed() > Duration::from_secs(30) || conn.write_all(piece).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    (url, handle)
+}
+
+/// Issue 22: SIGTERM 0.5 s into a slow SLUG_URL download ends slugrunner
+/// within a second, as PID 1 and not: exit 143, the line says where, and
+/// nothing of the slug stays behind.
+#[test]
+fn issue_22_sigterm_while_a_slug_trickles_in_ends_within_a_second() {
+    let modes: &[&str] = if e2e::slugs::is_root() || require_root("a PID namespace") {
+        &["plain", "pid 1"]
+    } else {
+        &["plain"]
+    };
+    for &mode in modes {
+        let case = Case::new();
+        let slug = Slug::with_procfile("web: echo started\n").file("big.bin", noise(2 << 20));
+        let (url, server) = trickling_server(slug.tgz());
+        let mut cmd = case.runner();
+        cmd.env("SLUG_URL", &url).args(["start", "web"]);
+        let mut cmd = if mode == "pid 1" { as_pid_1(&cmd) } else { cmd };
+        let started = Instant::now();
+        let child = Guarded::new(
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let target = if mode == "pid 1" {
+            child_of(child.pid())
+        } else {
+            child.pid()
+        };
+        std::thread::sleep(Duration::from_millis(500).saturating_sub(started.elapsed()));
+        assert!(case.app.exists(), "{mode}: unpacking had not begun");
+        kill(target, Signal::SIGTERM).unwrap();
+        let signalled = Instant::now();
+        let out = child.output(Duration::from_secs(10));
+        let took = signalled.elapsed();
+        assert_eq!(out.code(), Some(143), "{mode}: {}", out.stderr);
+        assert!(took < Duration::from_secs(1), "{mode}: took {took:?}");
+        assert!(
+            out.stderr
+                .contains("slugrunner: stopped by SIGTERM while unpacking the slug"),
+            "{mode}: {}",
+            out.stderr
+        );
+        assert!(!case.app.exists(), "{mode}: the half-unpacked slug stayed");
+        server.join().unwrap();
+    }
+}
+
+/// Issue 22: no signature or credential of SLUG_URL in the log, even at
+/// trace level, where the HTTP client has most to say.
+#[test]
+fn issue_22_a_signed_slug_url_never_reaches_the_log() {
+    let case = Case::new();
+    let slug = Slug::with_procfile("web: echo ok\n");
+    let (base, server) = serve_http(vec![http_response("200 OK", &slug.tgz())]);
+    let url = format!(
+        "http://user:pass-77@{}/slug.tgz?X-Amz-Credential=AKIAEXAMPLE77&X-Amz-Signature=5ec12e7deadbeef",
+        base.trim_start_matches("http://")
+    );
+    let out = run(case
+        .runner()
+        .env("SLUG_URL", &url)
+        .env("SLUG_LOG", "trace")
+        .args(["start", "web"]));
+    assert_ok(&out);
+    assert!(out.stderr.contains("/slug.tgz"), "{}", out.stderr);
+    let hex = |s: &str| s.bytes().map(|b| format!("{b:02x}")).collect::<String>();
+    let packed: String = out.stderr.split_whitespace().collect();
+    for secret in ["5ec12e7deadbeef", "AKIAEXAMPLE77", "X-Amz-", "pass-77"] {
+        assert!(!out.stderr.contains(secret), "{secret}: {}", out.stderr);
+        assert!(!packed.contains(&hex(&secret[..4])), "{secret} as hex");
+    }
+    server.join().unwrap();
+}
+
+/// Issue 22: run as root with a dropped user from an operator's terminal
+/// (`script` gives it one), the app cannot push input into it, inherits
+/// no descriptor beyond 0-2, and with --init has a session of its own.
+#[test]
+fn issue_22_the_app_cannot_use_the_operators_terminal() {
+    if !require_root("a dropped user") {
+        return;
+    }
+    let case = Case::new();
+    let probe = cc(
+        &case,
+        "probe",
+        r#"
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+int main(void) {
+    char c = '#';
+    int r = ioctl(0, TIOCSTI, &c);
+    printf("tiocsti:%s\n", r == 0 ? "pushed" : strerror(errno));
+    printf("fd7:%s\n", fcntl(7, F_GETFD) == -1 ? "closed" : "open");
+    printf("own-session:%s\n", getsid(0) == getpid() ? "yes" : "no");
+    return 0;
+}
+"#,
+        &[],
+    );
+    let slug = Slug::with_procfile("web: ./probe\n").file_mode("probe", probe, 0o755);
+    let path = slug.write_to(case.dir.path());
+    for extra in ["", "--init", "--init --tty"] {
+        let line = format!(
+            "exec 7</etc/hostname; exec {} --app-dir {} --slug {} {extra} exec ./probe",
+            e2e::bin("slugrunner").display(),
+            case.app.display(),
+            path.display()
+        );
+        let out = run(Command::new("script")
+            .args(["-qec", &line, "/dev/null"])
+            .stdin(Stdio::null()));
+        assert!(
+            out.stdout.contains("tiocsti:Operation not permitted"),
+            "{extra}: {}",
+            out.stdout
+        );
+        assert!(out.stdout.contains("fd7:closed"), "{extra}: {}", out.stdout);
+        if extra == "--init" {
+            assert!(
+                out.stdout.contains("own-session:yes"),
+                "{extra}: {}",
+                out.stdout
+            );
+        }
+        let _ = std::fs::remove_dir_all(&case.app);
+    }
+}
