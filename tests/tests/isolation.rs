@@ -456,7 +456,9 @@ fn limits_stop_the_build_with_a_line_that_names_them() {
     if !require_root() {
         return;
     }
-    let cases: [(&str, &[(&str, &str)], &[&str], &str); 4] = [
+    // (attack, its variables, the limit's flags, the last line of the log)
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a [&'a str], &'a str);
+    let cases: [Case; 4] = [
         (
             "memory",
             &[("ALLOC_MB", "600")],
