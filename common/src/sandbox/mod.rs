@@ -269,18 +269,20 @@ impl Sandbox {
             app: app_dir.to_path_buf(),
             buildpacks: inside::BUILDPACKS.into(),
         };
+        let mut network_refused = None;
         let network = match (cfg.network, &cfg.helper) {
             (Network::Host, _) | (_, None) => None,
             (mode, Some(helper)) => match BuildNetwork::create(helper, mode) {
                 Ok(net) => Some(net),
                 // Without slirp4netns: the operator's to fix, never a
                 // silent move to the host's network.
-                Err(why) if !why.starts_with("cannot make the build's network namespace") => {
-                    return Err(SandboxError::Misconfigured(why))
+                Err(net::NetError::Unusable(why)) => return Err(SandboxError::Misconfigured(why)),
+                // The kernel refused a network namespace: like any refused
+                // namespace, the fallback (below).
+                Err(net::NetError::Refused(why)) => {
+                    network_refused = Some(why);
+                    None
                 }
-                // The kernel refused a network namespace: the probe below
-                // fails the same way and decides.
-                Err(_) => None,
             },
         };
         sandbox.network_mode = if network.is_some() {
@@ -290,12 +292,8 @@ impl Sandbox {
         };
         sandbox.network = network;
         sandbox.base = sandbox.base_mounts(cfg, scratch)?;
-        if cfg.network != Network::Host && sandbox.network.is_none() {
-            // A namespace was wanted and could not be made: say why, as
-            // the probe would.
-            sandbox.mode = Mode::Subreaper {
-                why: "the kernel refused a network namespace".into(),
-            };
+        if let Some(why) = network_refused {
+            sandbox.mode = Mode::Subreaper { why };
         } else if let Err((why, refused)) = sandbox.probe() {
             if !refused {
                 return Err(SandboxError::Misconfigured(why));

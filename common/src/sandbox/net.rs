@@ -59,6 +59,17 @@ pub const SLIRP_DNS: &str = "10.0.2.3";
 /// How long slirp4netns may take to configure the namespace.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Why a build's network could not be made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetError {
+    /// The kernel (or the container slugbuilder runs in) refused a network
+    /// namespace: like any refused namespace, a reason to fall back.
+    Refused(String),
+    /// What the operator must provide is missing (slirp4netns, a usable
+    /// /dev/net/tun) or failed: never a reason to use the host's network.
+    Unusable(String),
+}
+
 /// A build's network namespace and what serves it; both end when dropped.
 #[derive(Debug)]
 pub struct BuildNetwork {
@@ -71,7 +82,7 @@ pub struct BuildNetwork {
 impl BuildNetwork {
     /// Make the namespace (`helper` is this binary) and, for `isolated`,
     /// start slirp4netns for it. `Err` says why, for the log or exit 18.
-    pub fn create(helper: &Path, mode: Network) -> Result<Self, String> {
+    pub fn create(helper: &Path, mode: Network) -> Result<Self, NetError> {
         let mut holder = Command::new(helper)
             .arg(NETNS_ARG)
             .env_clear()
@@ -79,7 +90,9 @@ impl BuildNetwork {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| format!("cannot start the network namespace holder: {e}"))?;
+            .map_err(|e| {
+                NetError::Unusable(format!("cannot start the network namespace holder: {e}"))
+            })?;
         // The holder says "ready" once its namespace exists and lo is up.
         let mut ready = [0u8; 6];
         let said = holder
@@ -94,10 +107,10 @@ impl BuildNetwork {
             }
             let _ = holder.kill();
             let _ = holder.wait();
-            return Err(format!(
+            return Err(NetError::Refused(format!(
                 "cannot make the build's network namespace: {}",
                 why.trim().trim_start_matches("slugbuilder: sandbox: ")
-            ));
+            )));
         }
         let ns_path = PathBuf::from(format!("/proc/{}/ns/net", holder.id()));
         let mut net = BuildNetwork {
@@ -110,9 +123,11 @@ impl BuildNetwork {
             // is missing now is the operator's to provide (checked after
             // the namespace, so that a host without namespaces falls back).
             let slirp = which::which("slirp4netns").map_err(|_| {
-                "--network isolated needs slirp4netns (Debian/Ubuntu: apt-get install slirp4netns); \
-                 or choose --network none or host"
-                    .to_string()
+                NetError::Unusable(
+                    "--network isolated needs slirp4netns (Debian/Ubuntu: apt-get install slirp4netns); \
+                     or choose --network none or host"
+                        .to_string(),
+                )
             })?;
             // slirp4netns opens the tun device as us: say so now rather
             // than let it fail half-way. Distributions ship it mode 0666.
@@ -121,13 +136,13 @@ impl BuildNetwork {
                 .write(true)
                 .open("/dev/net/tun")
             {
-                return Err(format!(
+                return Err(NetError::Unusable(format!(
                     "--network isolated needs /dev/net/tun, which cannot be opened here ({e}); \
                      make it usable (mode 0666, as distributions ship it; in a container, --device /dev/net/tun) \
                      or choose --network none or host"
-                ));
+                )));
             }
-            net.slirp = Some(net.start_slirp(&slirp)?);
+            net.slirp = Some(net.start_slirp(&slirp).map_err(NetError::Unusable)?);
         }
         Ok(net)
     }
