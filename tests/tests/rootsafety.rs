@@ -187,6 +187,10 @@ fn swaps_during_packing_never_pull_in_a_file_from_outside() {
             })
             .expect("a workspace")
             .join("build");
+        assert!(
+            build.join("a").is_dir() && build.join("p").exists(),
+            "round {round}: the buildpack's tree is not at {build:?}: the swapper would swap nothing\n{log}"
+        );
         let stop = Arc::new(AtomicBool::new(false));
         let (a, b) = if round % 2 == 0 {
             ("a", "b")
@@ -223,6 +227,12 @@ fn swaps_during_packing_never_pull_in_a_file_from_outside() {
             );
             assert!(!slug.exists(), "a failed build left a slug");
         }
+        // Without a swap the round tested nothing (a swapper that cannot
+        // reach the build dir spins harmlessly).
+        assert!(
+            swaps > 0,
+            "round {round}: no swap happened while the slug was packed, so the round tested nothing\n{log}"
+        );
         results.push((status.code(), swaps));
     }
     eprintln!("(exit code, swaps) per round: {results:?}");
