@@ -227,16 +227,30 @@ fn slug_text(case: &Case, path: &str) -> String {
 }
 
 /// buildpacks/README.md (python, Django): collectstatic runs unless
-/// DISABLE_COLLECTSTATIC is set to anything but `0`/`false`/`no`. The app
-/// (`python-collectstatic`) is a manage.py with a collectstatic command and
-/// no dependencies to download; its `django` package is the app's own, so
-/// `import django` holds as the buildpack checks it.
+/// DISABLE_COLLECTSTATIC is set to anything but `0`/`false`/`no` (or
+/// empty, as unset). Every value of the buildpack's rule is tried, and a
+/// few that disable it. The app (`python-collectstatic`) is a manage.py
+/// with a collectstatic command and no dependencies to download; its
+/// `django` package is the app's own, so `import django` holds as the
+/// buildpack checks it. One case (one cache) for all: the builds after the
+/// first reuse the virtualenv.
 #[test]
 fn disable_collectstatic_skips_collectstatic() {
     let case = Case::new();
-    for (value, runs) in [("1", false), ("false", true), ("yes", false)] {
-        let var = format!("DISABLE_COLLECTSTATIC={value}");
-        let (code, log) = build_fixture(&case, "python-collectstatic", &["-e", &var]);
+    let values = [
+        (None, true),
+        (Some(""), true),
+        (Some("0"), true),
+        (Some("false"), true),
+        (Some("no"), true),
+        (Some("1"), false),
+        (Some("yes"), false),
+    ];
+    for (value, runs) in values {
+        let set = value.map(|v| format!("DISABLE_COLLECTSTATIC={v}"));
+        let args: Vec<&str> = set.iter().flat_map(|s| ["-e", s.as_str()]).collect();
+        let var = set.as_deref().unwrap_or("DISABLE_COLLECTSTATIC unset");
+        let (code, log) = build_fixture(&case, "python-collectstatic", &args);
         assert_eq!(code, Some(0), "{var}:\n{log}");
         assert_eq!(
             log.contains("-----> Running Django collectstatic"),
