@@ -121,7 +121,17 @@ pub fn parse_user_spec(spec: &str) -> Result<RunUser, UserError> {
 /// Decide who runs the app. Not root: the current user (`--user` must then
 /// name it). Root: see the module doc. `app_dir` may not exist yet.
 pub fn resolve_run_user(spec: Option<&str>, app_dir: &Path) -> Result<RunUser, UserError> {
-    let current = RunUser::current();
+    resolve_run_user_as(RunUser::current(), spec, app_dir)
+}
+
+/// [`resolve_run_user`] for a process running as `current` (so that the
+/// rules for root and for other users can both be tested, whoever runs the
+/// tests).
+fn resolve_run_user_as(
+    current: RunUser,
+    spec: Option<&str>,
+    app_dir: &Path,
+) -> Result<RunUser, UserError> {
     if let Some(spec) = spec {
         let wanted = parse_user_spec(spec)?;
         if !current.is_root() && wanted.uid != current.uid {
@@ -359,25 +369,47 @@ mod tests {
 
     #[test]
     fn root_never_picks_root_implicitly() {
+        // The owner fallback needs a directory owned by someone else, and
+        // the answer must come from the real identity: root only.
+        if !crate::needs_root() {
+            return;
+        }
         let dir = tempfile::tempdir().unwrap();
         let user = resolve_run_user(None, dir.path()).unwrap();
-        if RunUser::current().is_root() {
-            // The tempdir belongs to root: fall back to `slug` or `nobody`.
-            assert_ne!(user.uid, 0);
-            std::os::unix::fs::chown(dir.path(), Some(12345), Some(23456)).unwrap();
-            let owner = resolve_run_user(None, dir.path()).unwrap();
-            assert_eq!((owner.uid, owner.gid), (12345, 23456));
-            assert_eq!(resolve_run_user(Some("root"), dir.path()).unwrap().uid, 0);
-            assert_eq!(
-                resolve_run_user(Some("4242"), dir.path()).unwrap().uid,
-                4242
-            );
-        } else {
-            assert_eq!(user, RunUser::current());
-            assert!(matches!(
-                resolve_run_user(Some("root"), dir.path()),
-                Err(UserError::NotRoot { .. })
-            ));
-        }
+        // The tempdir belongs to root: fall back to `slug` or `nobody`.
+        assert_ne!(user.uid, 0);
+        std::os::unix::fs::chown(dir.path(), Some(12345), Some(23456)).unwrap();
+        let owner = resolve_run_user(None, dir.path()).unwrap();
+        assert_eq!((owner.uid, owner.gid), (12345, 23456));
+        assert_eq!(resolve_run_user(Some("root"), dir.path()).unwrap().uid, 0);
+        assert_eq!(
+            resolve_run_user(Some("4242"), dir.path()).unwrap().uid,
+            4242
+        );
+    }
+
+    /// Not root: always the caller itself, and `--user` may only name it.
+    #[test]
+    fn a_caller_other_than_root_runs_as_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        // An app dir of another owner (where this process may chown it)
+        // changes nothing: that fallback is root's.
+        std::os::unix::fs::chown(dir.path(), Some(12345), Some(23456)).ok();
+        let caller = RunUser {
+            uid: 4242,
+            gid: 4343,
+            name: "caller".into(),
+        };
+        let resolve = |spec| resolve_run_user_as(caller.clone(), spec, dir.path());
+        assert_eq!(resolve(None).unwrap(), caller);
+        assert_eq!(resolve(Some("4242")).unwrap(), caller);
+        assert!(matches!(
+            resolve(Some("root")),
+            Err(UserError::NotRoot { current: 4242, .. })
+        ));
+        assert!(matches!(
+            resolve(Some("4243")),
+            Err(UserError::NotRoot { .. })
+        ));
     }
 }

@@ -697,21 +697,49 @@ fn source_version_comes_from_git_archive() {
     assert!(env.contains(&format!("SOURCE_VERSION={commit}")), "{env}");
 }
 
+/// The time limit kills the step's whole process group at once. With
+/// namespaces the end of the step's PID namespace would kill the rest
+/// anyway, and the sweep after each step catches what is left, so the
+/// outcome alone cannot tell a group kill from a kill of the step's main
+/// process; the sleeper's watcher can: it is in the group, and says so in
+/// the log when it outlives the step's main process. It can only outlive
+/// it without namespaces (`--sandbox none`), hence both modes.
 #[test]
 fn time_limit_kills_the_buildpack_group() {
-    let tag = e2e::slugs::unique_tag();
-    let build = Build::new(web_app().tar())
-        .buildpack("sleeper")
-        .env("SLEEPER_TAG", &tag)
-        .args(["--pass-env", "SLEEPER_TAG", "--timeout", "3"]);
-    let start = Instant::now();
-    let out = build.run();
-    assert_fails_with(&out, 16);
-    assert!(start.elapsed() < Duration::from_secs(20));
-    assert!(stderr(&out).contains("time limit"), "{}", stderr(&out));
-    // All three sleeps, the one that left the group (setsid) too.
-    let left = e2e::slugs::wait_processes_gone(&tag, Duration::from_secs(5));
-    assert!(left.is_empty(), "buildpack processes survived: {left:?}");
+    for mode in ["auto", "none"] {
+        let tag = e2e::slugs::unique_tag();
+        let build = Build::new(web_app().tar())
+            .buildpack("sleeper")
+            .env("SLEEPER_TAG", &tag)
+            .args(["--pass-env", "SLEEPER_TAG", "--timeout", "3"])
+            .args(["--sandbox", mode]);
+        let start = Instant::now();
+        let out = build.run();
+        let log = stderr(&out);
+        assert_fails_with(&out, 16);
+        assert!(start.elapsed() < Duration::from_secs(20), "{mode}");
+        assert!(log.contains("time limit"), "{mode}: {log}");
+        assert!(
+            log.contains("watcher started"),
+            "{mode}: the sleeper's watcher never ran, so nothing checked how the group ended:\n{log}"
+        );
+        if mode == "none" {
+            assert!(
+                log.contains("Build sandbox: none (subreaper only)"),
+                "{mode}: {log}"
+            );
+        }
+        assert!(
+            !log.contains("the step died before the rest of its group"),
+            "{mode}: the time limit killed the step's main process, not its process group:\n{log}"
+        );
+        // All three sleeps, the one that left the group (setsid) too.
+        let left = e2e::slugs::wait_processes_gone(&tag, Duration::from_secs(5));
+        assert!(
+            left.is_empty(),
+            "{mode}: buildpack processes survived: {left:?}"
+        );
+    }
 }
 
 #[test]

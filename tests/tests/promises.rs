@@ -227,16 +227,30 @@ fn slug_text(case: &Case, path: &str) -> String {
 }
 
 /// buildpacks/README.md (python, Django): collectstatic runs unless
-/// DISABLE_COLLECTSTATIC is set to anything but `0`/`false`/`no`. The app
-/// (`python-collectstatic`) is a manage.py with a collectstatic command and
-/// no dependencies to download; its `django` package is the app's own, so
-/// `import django` holds as the buildpack checks it.
+/// DISABLE_COLLECTSTATIC is set to anything but `0`/`false`/`no` (or
+/// empty, as unset). Every value of the buildpack's rule is tried, and a
+/// few that disable it. The app (`python-collectstatic`) is a manage.py
+/// with a collectstatic command and no dependencies to download; its
+/// `django` package is the app's own, so `import django` holds as the
+/// buildpack checks it. One case (one cache) for all: the builds after the
+/// first reuse the virtualenv.
 #[test]
 fn disable_collectstatic_skips_collectstatic() {
     let case = Case::new();
-    for (value, runs) in [("1", false), ("false", true), ("yes", false)] {
-        let var = format!("DISABLE_COLLECTSTATIC={value}");
-        let (code, log) = build_fixture(&case, "python-collectstatic", &["-e", &var]);
+    let values = [
+        (None, true),
+        (Some(""), true),
+        (Some("0"), true),
+        (Some("false"), true),
+        (Some("no"), true),
+        (Some("1"), false),
+        (Some("yes"), false),
+    ];
+    for (value, runs) in values {
+        let set = value.map(|v| format!("DISABLE_COLLECTSTATIC={v}"));
+        let args: Vec<&str> = set.iter().flat_map(|s| ["-e", s.as_str()]).collect();
+        let var = set.as_deref().unwrap_or("DISABLE_COLLECTSTATIC unset");
+        let (code, log) = build_fixture(&case, "python-collectstatic", &args);
         assert_eq!(code, Some(0), "{var}:\n{log}");
         assert_eq!(
             log.contains("-----> Running Django collectstatic"),
@@ -306,15 +320,15 @@ fn rust_toolchain_toml_is_a_warning_not_a_download() {
 
 /// buildpacks/README.md: config vars are exported into the compile
 /// environment of every bundled buildpack except PATH, GIT_DIR, CPATH,
-/// CPPATH, LD_PRELOAD, LIBRARY_PATH and LD_LIBRARY_PATH. The node app's
-/// heroku-prebuild hook records the environment it runs in. (The python
-/// buildpack's extra PYTHONHOME/PYTHONPATH are not checked here: that
-/// buildpack is being reworked.)
+/// CPPATH, LD_PRELOAD, LIBRARY_PATH and LD_LIBRARY_PATH (and, for python,
+/// PYTHONHOME and PYTHONPATH). Each buildpack that compiles anything is
+/// checked with an app that records the environment its code is built in:
+/// the node app's heroku-prebuild hook, the Django app's collectstatic and
+/// the Rust app's build script. (procfile runs no code of the app's and
+/// exports nothing.)
 #[test]
 fn env_dir_names_that_break_builds_are_kept_out_of_compile() {
-    let case = Case::new();
-    let mut args = vec!["-e".to_string(), "KEPT_VAR=kept".to_string()];
-    for name in [
+    const EVERY_BUILDPACK: &[&str] = &[
         "PATH",
         "GIT_DIR",
         "CPATH",
@@ -322,19 +336,47 @@ fn env_dir_names_that_break_builds_are_kept_out_of_compile() {
         "LD_PRELOAD",
         "LIBRARY_PATH",
         "LD_LIBRARY_PATH",
-    ] {
-        args.push("-e".into());
-        args.push(format!("{name}=/from-config-var"));
+    ];
+    // (buildpack as its log names it, fixture app, where the app records
+    // its environment, names kept out besides EVERY_BUILDPACK)
+    let cases: &[(&str, &str, &str, &[&str])] = &[
+        ("Node.js", "node-hooks", "prebuild-env.txt", &[]),
+        (
+            "Python",
+            "python-collectstatic",
+            "staticfiles/env.txt",
+            &["PYTHONHOME", "PYTHONPATH"],
+        ),
+        ("Rust", "rust-build-env", "build-env.txt", &[]),
+    ];
+    for (buildpack, app, record, own) in cases {
+        let case = Case::new();
+        let mut args = vec!["-e".to_string(), "KEPT_VAR=kept".to_string()];
+        for name in EVERY_BUILDPACK.iter().chain(own.iter()) {
+            args.push("-e".into());
+            args.push(format!("{name}=/from-config-var"));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, log) = build_fixture(&case, app, &args);
+        assert_eq!(code, Some(0), "{buildpack}: {log}");
+        assert!(
+            log.contains(&format!("-----> {buildpack} app detected")),
+            "{buildpack}: the app was built by another buildpack:\n{log}"
+        );
+        let seen = slug_text(&case, record);
+        assert!(
+            seen.contains("KEPT_VAR=kept\n"),
+            "{buildpack}: config vars never reached compile, so nothing was checked:\n{seen}"
+        );
+        let leaked: Vec<&str> = seen
+            .lines()
+            .filter(|l| l.contains("/from-config-var"))
+            .collect();
+        assert!(
+            leaked.is_empty(),
+            "{buildpack}: a config var of the excluded names reached compile: {leaked:?}"
+        );
     }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (code, log) = build_fixture(&case, "node-hooks", &args);
-    assert_eq!(code, Some(0), "{log}");
-    let seen = slug_text(&case, "prebuild-env.txt");
-    assert!(seen.contains("KEPT_VAR=kept\n"), "{seen}");
-    assert!(
-        !seen.contains("/from-config-var"),
-        "a config var of the excluded names reached compile:\n{seen}"
-    );
 }
 
 /// README (slugrunner 5): "With a terminal on stdin the app's group gets

@@ -187,6 +187,10 @@ fn swaps_during_packing_never_pull_in_a_file_from_outside() {
             })
             .expect("a workspace")
             .join("build");
+        assert!(
+            build.join("a").is_dir() && build.join("p").exists(),
+            "round {round}: the buildpack's tree is not at {build:?}: the swapper would swap nothing\n{log}"
+        );
         let stop = Arc::new(AtomicBool::new(false));
         let (a, b) = if round % 2 == 0 {
             ("a", "b")
@@ -223,6 +227,12 @@ fn swaps_during_packing_never_pull_in_a_file_from_outside() {
             );
             assert!(!slug.exists(), "a failed build left a slug");
         }
+        // Without a swap the round tested nothing (a swapper that cannot
+        // reach the build dir spins harmlessly).
+        assert!(
+            swaps > 0,
+            "round {round}: no swap happened while the slug was packed, so the round tested nothing\n{log}"
+        );
         results.push((status.code(), swaps));
     }
     eprintln!("(exit code, swaps) per round: {results:?}");
@@ -380,6 +390,13 @@ fn a_flood_of_log_without_newlines_keeps_memory_bounded() {
     assert!(peak_mib > 0 && peak_mib < 100, "peak RSS {peak_mib} MiB");
 }
 
+/// How long slugbuilder's signal thread waits for the build to stop
+/// before it cleans up and exits by itself (`STOP_GRACE` in
+/// slugbuilder's main, which also exits 17). A stop measured against a
+/// longer deadline could be that emergency exit; the stop under test is
+/// the stdin reader giving up at the signal.
+const EMERGENCY_GRACE: Duration = Duration::from_millis(1500);
+
 #[test]
 fn sigterm_while_reading_stdin_stops_at_once_with_exit_17() {
     for signal in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
@@ -400,14 +417,31 @@ fn sigterm_while_reading_stdin_stops_at_once_with_exit_17() {
         let mut stdin = stdin;
         std::io::Write::write_all(&mut stdin, &tar[..700]).unwrap();
         let child = Guarded::new(child);
-        std::thread::sleep(Duration::from_millis(500));
+        // The workspace exists before the source is read: from then on
+        // slugbuilder waits for the rest of the archive.
+        assert!(
+            e2e::slugs::wait_until(Duration::from_secs(10), || std::fs::read_dir(work.path())
+                .unwrap()
+                .next()
+                .is_some()),
+            "{signal}: slugbuilder never made its workspace, so it never read stdin"
+        );
+        std::thread::sleep(Duration::from_millis(300));
         kill(child.pid(), signal).unwrap();
         let start = Instant::now();
         let out = child.output(Duration::from_secs(10));
+        let took = start.elapsed();
         assert!(
-            start.elapsed() < Duration::from_secs(2),
-            "{signal}: took {:?}",
-            start.elapsed()
+            !out.stderr.contains("exiting now"),
+            "{signal}: the build did not stop by itself; slugbuilder's emergency exit ended it after {took:?}:\n{}",
+            out.stderr
+        );
+        // The emergency exit comes EMERGENCY_GRACE after the signal at the
+        // earliest: a stop before it is the build's own.
+        assert!(
+            took < EMERGENCY_GRACE,
+            "{signal}: took {took:?}, as long as the emergency exit's {EMERGENCY_GRACE:?}:\n{}",
+            out.stderr
         );
         assert_eq!(out.code(), Some(17), "{signal}: {}", out.stderr);
         assert!(out.stdout.is_empty());
