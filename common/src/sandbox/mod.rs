@@ -507,15 +507,15 @@ impl Sandbox {
                 _ => {}
             }
         }
-        for extra in &cfg.read_only {
-            if !bound.iter().any(|b| extra.starts_with(b)) {
-                ops.push(MountOp::ReadOnly {
-                    src: extra.clone(),
-                    dst: extra.clone(),
-                });
-                bound.push(extra.clone());
-            }
-        }
+        // The operator's extra paths come after the build's own mounts
+        // (below): one under /tmp would otherwise be hidden by the private
+        // /tmp mounted over it.
+        let extras: Vec<PathBuf> = cfg
+            .read_only
+            .iter()
+            .filter(|extra| !bound.iter().any(|b| extra.starts_with(b)))
+            .cloned()
+            .collect();
         // DNS: resolv.conf is often a link into /run (systemd-resolved).
         // In the build's own network the host's resolvers may be out of
         // reach (on its loopback): slirp4netns's forwarder stands in.
@@ -560,6 +560,12 @@ impl Sandbox {
             rw(&self.host.home, &self.inner.home),
             rw(&self.host.buildpacks, &self.inner.buildpacks),
             rw(&self.host.app, &self.inner.app),
+        ]);
+        ops.extend(extras.into_iter().map(|extra| MountOp::ReadOnly {
+            src: extra.clone(),
+            dst: extra,
+        }));
+        ops.extend([
             MountOp::Proc {
                 dst: "/proc".into(),
             },
