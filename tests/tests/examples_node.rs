@@ -737,3 +737,49 @@ fn slug_file(slug: &Path, name: &str) -> String {
     }
     panic!("{name} is not in the slug");
 }
+
+/// Build the fixture `dir` (under tests/fixtures/apps) in `case`: exit 0.
+fn build_fixture(case: &Case, dir: &str) -> String {
+    build_ok(
+        case,
+        tar_of(&fixtures().join("apps").join(dir), &[]),
+        &[],
+        None,
+    )
+}
+
+/// pnpm 7 and 8 (before 8.15.6) reject `pnpm prune --ignore-scripts`; the
+/// prune must still not run the app's postinstall again, which needs the
+/// devDependency it removes.
+#[test]
+fn pnpm_7_and_8_prune_devdependencies_without_running_scripts_again() {
+    for (dir, version) in [("node-pnpm7", "7.32.3"), ("node-pnpm8", "8.4.0")] {
+        let case = Case::new();
+        // packageManager names the exact pnpm: the stack's is not used.
+        let log = build_fixture(&case, dir);
+        assert!(
+            log.contains(&format!("Installing dependencies with pnpm {version}")),
+            "{log}"
+        );
+        assert!(log.contains("-----> Pruning devDependencies"), "{log}");
+        assert!(log.contains("Running: pnpm prune --prod\n"), "{log}");
+        assert!(!log.contains("Unknown option"), "{log}");
+        assert_eq!(
+            log.lines()
+                .filter(|l| l.trim() == "postinstall-ran")
+                .count(),
+            1,
+            "postinstall runs once, at the install:\n{log}"
+        );
+        let entries = slug_entries(&case.slug());
+        assert!(
+            !entries
+                .iter()
+                .any(|e| e.contains("node_modules/semver/package.json")),
+            "the devDependency is pruned: {entries:?}"
+        );
+        let mut web = case.start_web();
+        assert_eq!(web.get_ok("/"), "one minute is 60000 ms\n");
+        web.stop();
+    }
+}
