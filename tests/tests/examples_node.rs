@@ -783,3 +783,89 @@ fn pnpm_7_and_8_prune_devdependencies_without_running_scripts_again() {
         web.stop();
     }
 }
+
+/// @yarnpkg/cli-dist@VERSION's bundle (the file `yarn set version` checks
+/// in as .yarn/releases/yarn-VERSION.cjs), checked against the registry's
+/// sha512, written to `dest`.
+fn fetch_yarn_release(version: &str, dest: &Path) {
+    let script = r#"
+import base64, hashlib, io, json, sys, tarfile, urllib.request
+man = json.load(urllib.request.urlopen("https://registry.npmjs.org/@yarnpkg/cli-dist/" + sys.argv[1], timeout=60))
+data = urllib.request.urlopen(man["dist"]["tarball"], timeout=120).read()
+want = [i for i in man["dist"]["integrity"].split() if i.startswith("sha512-")][0][7:]
+assert base64.b64decode(want) == hashlib.sha512(data).digest(), "integrity"
+with tarfile.open(fileobj=io.BytesIO(data)) as t:
+    open(sys.argv[2], "wb").write(t.extractfile("package/bin/yarn.js").read())
+"#;
+    std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+    let out = Command::new("python3")
+        .args(["-c", script, version])
+        .arg(dest)
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Apps that check their yarn release in (`.yarnrc.yml` `yarnPath`): yarn 2 with Plug'n'Play, yarn 3 and 4 with the
+/// node_modules linker. The release runs with node; a PnP app starts with
+/// `yarn start`, that release being `yarn` at run time too.
+#[test]
+fn a_checked_in_yarn_release_builds_without_yarn_on_the_stack() {
+    for (dir, version, pnp) in [
+        ("node-yarn2", "2.4.2", Some(".pnp.js")),
+        ("node-yarn3", "3.8.6", None),
+        ("node-yarn4", "4.5.3", None),
+    ] {
+        let case = Case::new();
+        let app = case.path("src");
+        copy_tree(&fixtures().join("apps").join(dir), &app);
+        let release = format!(".yarn/releases/yarn-{version}.cjs");
+        fetch_yarn_release(version, &app.join(&release));
+        // The checked-in release is used whether or not the stack has a
+        // yarn (this one has none).
+        let log = build_ok(&case, tar_of(&app, &[]), &[], None);
+        assert!(
+            log.contains(&format!(
+                "Using the yarn release checked in with the app: {release} (.yarnrc.yml yarnPath), run with node"
+            )),
+            "{log}"
+        );
+        assert!(
+            log.contains(&format!("Installing dependencies with yarn {version}")),
+            "{log}"
+        );
+        assert!(!log.contains("started by yarn 1"), "{log}");
+        if let Some(pnp) = pnp {
+            assert!(
+                log.contains(
+                    "-----> Default web process: yarn start (from scripts.start in package.json, run by yarn for Plug'n'Play)"
+                ),
+                "{log}"
+            );
+            assert_in_slug(&case, pnp);
+            assert_in_slug(&case, ".heroku/yarn/bin/yarn");
+        } else {
+            assert_in_slug(&case, "node_modules/ms/package.json");
+        }
+        let mut web = case.start_web();
+        assert_eq!(web.get_ok("/"), "one minute is 60000 ms\n", "{dir}");
+        web.stop();
+    }
+}
+
+/// A copy of the tree `from` at `to` (regular files and directories).
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}

@@ -657,6 +657,35 @@ def check_stack_version(label, req, version, what):
 # --- yarn and pnpm ---------------------------------------------------------------------
 
 
+def printable(text):
+    """text from the app, safe to print in the log: control characters and
+    non-ASCII escaped."""
+    return text.encode("unicode_escape").decode("ascii") if not re.fullmatch(r"[ -~]*", text) else text
+
+
+def checked_in_yarn(build_dir):
+    """The path (relative, normalised) of the yarn release that .yarnrc.yml's
+    yarnPath names, which must be a regular file inside the app."""
+    path = None
+    try:
+        with open(os.path.join(build_dir, ".yarnrc.yml"), encoding="utf-8", errors="replace") as f:
+            for line in f:
+                m = re.match(r"""^yarnPath:\s*(?:"([^"]*)"|'([^']*)'|([^#\s][^#]*?))\s*(?:#.*)?$""", line.rstrip("\r\n"))
+                if m:
+                    path = next(g for g in m.groups() if g is not None)
+    except OSError:
+        pass
+    if not path:
+        raise BuildError(".yarnrc.yml has a yarnPath that could not be read", "Write it as yarnPath: .yarn/releases/yarn-4.5.3.cjs")
+    rel = inside(build_dir, path)
+    if rel is None:
+        raise BuildError(
+            "yarnPath in .yarnrc.yml names %s, which is not a file in the app" % printable(path),
+            "Commit the yarn release (yarn set version ...) or remove yarnPath.",
+        )
+    return rel
+
+
 def cmd_package_manager(pm, build_dir, cache_dir, bin_dir, berry, yarn_path, default_major):
     ctx = Context(build_dir, cache_dir)
     field = package_manager_field(ctx.pkg)
@@ -680,8 +709,19 @@ def cmd_package_manager(pm, build_dir, cache_dir, bin_dir, berry, yarn_path, def
             except semver.RangeError:
                 pass
     if pm == "yarn" and berry and yarn_path:
-        info("Using the yarn release checked in with the app (.yarnrc.yml yarnPath), started by yarn 1")
-        req, label, tarball_hash = "1", None, None
+        # What any yarn would do (yarn 1 and yarn 2+ defer to yarnPath):
+        # run that release with node, whether or not the stack has a yarn.
+        release = checked_in_yarn(build_dir)
+        info("Using the yarn release checked in with the app: %s (.yarnrc.yml yarnPath), run with node" % printable(release))
+        os.makedirs(bin_dir, exist_ok=True)
+        for cmd in ("yarn", "yarnpkg"):
+            link = os.path.join(bin_dir, cmd)
+            with open(link, "w") as f:
+                f.write('#!/bin/sh\nexec node %s "$@"\n' % shlex.quote(os.path.join(build_dir, release)))
+            os.chmod(link, 0o755)
+        with open(os.path.join(bin_dir, ".yarn-release"), "w") as f:
+            f.write(release)
+        return
 
     stack = None if (req is not None and ctx.allowed) else stack_tool(pm)
     if stack is not None:
@@ -752,6 +792,10 @@ def web_process(build_dir):
         pkg = {}
     scripts = pkg.get("scripts") if isinstance(pkg.get("scripts"), dict) else {}
     if isinstance(scripts.get("start"), str):
+        if os.path.isfile(os.path.join(build_dir, ".heroku/yarn/bin/yarn")) and any(
+            os.path.isfile(os.path.join(build_dir, f)) for f in (".pnp.cjs", ".pnp.js")
+        ):
+            return "yarn start", "scripts.start in package.json, run by yarn for Plug'n'Play"
         return "npm start", "scripts.start in package.json"
     main = pkg.get("main")
     if isinstance(main, str) and main.strip():
