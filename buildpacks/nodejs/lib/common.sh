@@ -73,3 +73,10 @@ find_python() {
   done
   return 1
 }
+
+# version_at_least VERSION MINIMUM: whether a dotted VERSION (1.2.3, from
+# a tool's --version) is MINIMUM or newer; an empty VERSION is not.
+version_at_least() {
+  [ -n "$1" ] || return 1
+  [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n1)" = "$2" ]
+}

@@ -397,7 +397,7 @@ def bins_of(name, manifest):
     return out
 
 
-def fetch(ctx, name, version, manifest, what, label, keep=None, tarball_hash=None):
+def fetch(ctx, name, version, manifest, what, label, keep=None, tarball_hash=None, unwrap=None):
     """The verified cache entry of name@version (downloaded if needed)."""
     getter = (lambda: manifest) if manifest is not None else manifest_or_fail(ctx, name, version, what, label)
     return ctx.cache.get(
@@ -407,6 +407,7 @@ def fetch(ctx, name, version, manifest, what, label, keep=None, tarball_hash=Non
         manifest=manifest,
         manifest_fn=getter,
         keep=keep,
+        unwrap=unwrap,
         tarball_hash=tarball_hash,
         bins=lambda man: bins_of(name, man).values(),
     )
@@ -449,14 +450,52 @@ def install_node(ctx, home, name, version, manifest, label):
     # Only the binary and its licence: the headers (include/, 67 MB) would
     # only serve node-gyp, which npm no longer lets us point at them.
     keep = lambda p: p in ("bin/node", "LICENSE")  # noqa: E731
-    entry = fetch(ctx, name, version, manifest, "Node.js", label, keep=keep)
+    # Old releases (0.8.6 to 4.0.0) hold the release tarball itself, with
+    # the npm of that release, the only one such a Node.js can run.
+    with_npm = lambda p: keep(p) or p.startswith(BUNDLED_NPM)  # noqa: E731
+    wrapped = lambda p: with_npm if re.fullmatch(r"node-v[0-9][0-9.]*-linux-[a-z0-9]+\.tar\.gz", p) else None  # noqa: E731
+    entry = fetch(ctx, name, version, manifest, "Node.js", label, keep=keep, unwrap=wrapped)
     if "bin/node" not in entry.files:
-        raise BuildError("%s@%s has no bin/node" % (name, version))
+        raise BuildError(
+            "%s@%s has no bin/node" % (name, version),
+            "It holds: %s" % (", ".join(sorted(entry.files)) or "nothing the buildpack uses"),
+        )
     pkgcache.install_files(entry.package, home, [r for r in ("bin/node", "LICENSE") if r in entry.files])
     return entry
 
 
 NPM_DOCS = ("docs/", "man/")
+BUNDLED_NPM = "lib/node_modules/npm/"
+
+
+def bundled_npm(entry):
+    """The version of the npm a Node.js package holds (old releases only),
+    or None."""
+    if BUNDLED_NPM + "package.json" not in entry.files:
+        return None
+    try:
+        with open(os.path.join(entry.package, BUNDLED_NPM, "package.json"), encoding="utf-8") as f:
+            v = json.load(f).get("version")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return v if isinstance(v, str) and semver.parse_version(v) is not None else None
+
+
+def install_bundled_npm(entry, home):
+    """The npm of an old Node.js release into home, as install_npm does."""
+    with open(os.path.join(entry.package, BUNDLED_NPM, "package.json"), encoding="utf-8") as f:
+        manifest = json.load(f)
+    n = len(BUNDLED_NPM)
+    files = [f[n:] for f in entry.files if f.startswith(BUNDLED_NPM)]
+    install_tree(
+        {
+            "package": os.path.join(entry.package, BUNDLED_NPM),
+            "dest": os.path.join(home, "lib", "node_modules", "npm"),
+            "files": sorted(f for f in files if not f.startswith(NPM_DOCS)),
+            "bin": os.path.join(home, "bin"),
+            "links": {cmd: os.path.join("..", "lib", "node_modules", "npm", rel) for cmd, rel in sorted(bins_of("npm", manifest).items())},
+        }
+    )
 
 
 def install_npm(ctx, home, version, manifest, label, defer_dir=None):
@@ -550,6 +589,7 @@ def cmd_runtime(build_dir, cache_dir, out_path, defer_dir=None):
     result = {"NODE_BIN_DIR": "", "NODE_FROM": "stack", "NPM_FROM": "stack", "NODE_VERSION": "", "NPM_VERSION": ""}
 
     stack_node = stack_tool("node") if (node_req is None or not ctx.allowed) else None
+    node_entry = None
     node_from_registry = False
     if not ctx.allowed:
         if stack_node is None:
@@ -585,7 +625,7 @@ def cmd_runtime(build_dir, cache_dir, out_path, defer_dir=None):
                 "engines.node is not set and the stack has no node: Node.js %s, the newest LTS release (%d.x, %s) on %s"
                 % (version, best.major, codename, ctx.registry.display)
             )
-        install_node(ctx, home, name, version, manifest, "engines.node")
+        node_entry = install_node(ctx, home, name, version, manifest, "engines.node")
         node_from_registry = True
         node_version = semver.parse_version(version)
         result["NODE_BIN_DIR"] = os.path.join(home, "bin")
@@ -608,18 +648,28 @@ def cmd_runtime(build_dir, cache_dir, out_path, defer_dir=None):
         info("Using the stack's npm %s (%s)" % (stack_npm[1], stack_npm[0]))
         result["NPM_VERSION"] = stack_npm[1]
     else:
+        bundled = bundled_npm(node_entry) if (npm_req is None and node_entry is not None) else None
         if npm_req is not None:
             version, manifest = resolve(ctx, "npm", npm_req, npm_label, "npm")
             how = "an exact version" if manifest is None else "the newest match"
             info("%s '%s' (package.json): npm %s, %s" % (npm_label, npm_req, version, how))
+        elif bundled:
+            # The registry's npm releases without engines.node would be
+            # taken as compatible, and fail on it (npm 6 on Node.js 4).
+            version = bundled
+            info("engines.npm is not set: npm %s, the npm that Node.js %s comes with" % (version, node_version))
         else:
             if node_version is None:
                 raise BuildError("Cannot tell which npm suits Node.js %s" % result["NODE_VERSION"], "Set engines.npm in package.json.")
             version, manifest, why = default_npm(ctx, node_version, npm_latest)
             info("engines.npm is not set: npm %s, %s" % (version, why))
-        entry = install_npm(ctx, home, version, manifest, npm_label, defer_dir)
-        result["NPM_DEFERRED"] = defer_dir or ""
-        if node_version is not None and not supports_node(entry.manifest, node_version):
+        if bundled:
+            install_bundled_npm(node_entry, home)
+            entry = None
+        else:
+            entry = install_npm(ctx, home, version, manifest, npm_label, defer_dir)
+        result["NPM_DEFERRED"] = (defer_dir or "") if entry is not None else ""
+        if entry is not None and node_version is not None and not supports_node(entry.manifest, node_version):
             warn(
                 "npm %s does not support Node.js %s (its engines.node is '%s')" % (version, node_version, entry.manifest["engines"]["node"]),
                 "Choose another engines.npm or engines.node if the install fails.",
@@ -657,6 +707,35 @@ def check_stack_version(label, req, version, what):
 # --- yarn and pnpm ---------------------------------------------------------------------
 
 
+def printable(text):
+    """text from the app, safe to print in the log: control characters and
+    non-ASCII escaped."""
+    return text.encode("unicode_escape").decode("ascii") if not re.fullmatch(r"[ -~]*", text) else text
+
+
+def checked_in_yarn(build_dir):
+    """The path (relative, normalised) of the yarn release that .yarnrc.yml's
+    yarnPath names, which must be a regular file inside the app."""
+    path = None
+    try:
+        with open(os.path.join(build_dir, ".yarnrc.yml"), encoding="utf-8", errors="replace") as f:
+            for line in f:
+                m = re.match(r"""^yarnPath:\s*(?:"([^"]*)"|'([^']*)'|([^#\s][^#]*?))\s*(?:#.*)?$""", line.rstrip("\r\n"))
+                if m:
+                    path = next(g for g in m.groups() if g is not None)
+    except OSError:
+        pass
+    if not path:
+        raise BuildError(".yarnrc.yml has a yarnPath that could not be read", "Write it as yarnPath: .yarn/releases/yarn-4.5.3.cjs")
+    rel = inside(build_dir, path)
+    if rel is None:
+        raise BuildError(
+            "yarnPath in .yarnrc.yml names %s, which is not a file in the app" % printable(path),
+            "Commit the yarn release (yarn set version ...) or remove yarnPath.",
+        )
+    return rel
+
+
 def cmd_package_manager(pm, build_dir, cache_dir, bin_dir, berry, yarn_path, default_major):
     ctx = Context(build_dir, cache_dir)
     field = package_manager_field(ctx.pkg)
@@ -680,8 +759,19 @@ def cmd_package_manager(pm, build_dir, cache_dir, bin_dir, berry, yarn_path, def
             except semver.RangeError:
                 pass
     if pm == "yarn" and berry and yarn_path:
-        info("Using the yarn release checked in with the app (.yarnrc.yml yarnPath), started by yarn 1")
-        req, label, tarball_hash = "1", None, None
+        # What any yarn would do (yarn 1 and yarn 2+ defer to yarnPath):
+        # run that release with node, whether or not the stack has a yarn.
+        release = checked_in_yarn(build_dir)
+        info("Using the yarn release checked in with the app: %s (.yarnrc.yml yarnPath), run with node" % printable(release))
+        os.makedirs(bin_dir, exist_ok=True)
+        for cmd in ("yarn", "yarnpkg"):
+            link = os.path.join(bin_dir, cmd)
+            with open(link, "w") as f:
+                f.write('#!/bin/sh\nexec node %s "$@"\n' % shlex.quote(os.path.join(build_dir, release)))
+            os.chmod(link, 0o755)
+        with open(os.path.join(bin_dir, ".yarn-release"), "w") as f:
+            f.write(release)
+        return
 
     stack = None if (req is not None and ctx.allowed) else stack_tool(pm)
     if stack is not None:
@@ -752,6 +842,10 @@ def web_process(build_dir):
         pkg = {}
     scripts = pkg.get("scripts") if isinstance(pkg.get("scripts"), dict) else {}
     if isinstance(scripts.get("start"), str):
+        if os.path.isfile(os.path.join(build_dir, ".heroku/yarn/bin/yarn")) and any(
+            os.path.isfile(os.path.join(build_dir, f)) for f in (".pnp.cjs", ".pnp.js")
+        ):
+            return "yarn start", "scripts.start in package.json, run by yarn for Plug'n'Play"
         return "npm start", "scripts.start in package.json"
     main = pkg.get("main")
     if isinstance(main, str) and main.strip():

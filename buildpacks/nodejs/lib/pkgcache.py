@@ -248,7 +248,7 @@ class Cache:
         except (OSError, ValueError):
             return None
 
-    def get(self, registry, name, version, manifest=None, manifest_fn=None, keep=None, tarball_hash=None, bins=None):
+    def get(self, registry, name, version, manifest=None, manifest_fn=None, keep=None, tarball_hash=None, bins=None, unwrap=None):
         """The cached, verified package name@version, downloaded when it is
         missing or damaged. With manifest None (an exact version) the cached
         copy is trusted as it was verified when it was stored, and manifest_fn
@@ -300,11 +300,11 @@ class Cache:
                 "tarball": {a: d.hex() for a, d in digests.items()},
                 "manifest": {k: manifest.get(k) for k in ("engines", "bin", "deprecated") if k in manifest},
             }
-            path = self._store(name, version, tmp, stamp, keep, bins(manifest) if bins else ())
+            path = self._store(name, version, tmp, stamp, keep, bins(manifest) if bins else (), unwrap)
         self._mark_used(name, version)
         return Entry(name, version, path, stamp, False)
 
-    def _store(self, name, version, fileobj, stamp, keep, bins):
+    def _store(self, name, version, fileobj, stamp, keep, bins, unwrap=None):
         final = self._dir(name, version)
         parent = os.path.dirname(final)
         os.makedirs(parent, exist_ok=True)
@@ -313,7 +313,7 @@ class Cache:
         work = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
         try:
             os.chmod(work, 0o755)
-            stamp["files"] = extract(fileobj, os.path.join(work, "package"), keep, bins)
+            stamp["files"] = extract(fileobj, os.path.join(work, "package"), keep, bins, unwrap, "%s@%s" % (name, version))
             with open(os.path.join(work, STAMP), "w") as f:
                 json.dump(stamp, f, sort_keys=True)
             if os.path.lexists(final):
@@ -352,12 +352,17 @@ def _clean_member_path(name):
     return "/".join(parts[1:])
 
 
-def extract(fileobj, dest, keep=None, bins=()):
+def extract(fileobj, dest, keep=None, bins=(), unwrap=None, what="The package"):
     """Extract the regular files of a package tarball (gzip tar) into dest,
     top directory stripped; returns {path: [size, sha256 hex]}. Links, devices
-    and paths that leave the tree are skipped; modes become 0755/0644."""
+    and paths that leave the tree are skipped; modes become 0755/0644.
+    A member for which unwrap(path) gives a function (instead of None) is
+    itself a gzip tar (old Node.js packages hold the release tarball,
+    node-v4.0.0-linux-x64.tar.gz, and untar it in a preinstall script): its
+    files that function keeps are extracted in its place, its own top
+    directory stripped too. It is covered by the outer tarball's checksum."""
     files = {}
-    import hashlib
+    seen = []
     import tarfile
     import zlib
 
@@ -373,30 +378,53 @@ def extract(fileobj, dest, keep=None, bins=()):
                 if not member.isfile():
                     continue
                 rel = _clean_member_path(member.name)
+                if rel is not None and len(seen) < 12:
+                    seen.append(rel)
+                inner_keep = unwrap(rel) if (rel is not None and unwrap is not None) else None
+                if inner_keep is not None:
+                    try:
+                        inner = tarfile.open(fileobj=archive.extractfile(member), mode="r|gz")
+                    except (tarfile.TarError, OSError) as e:
+                        raise RegistryError("%s holds %s, which is not a gzip tar: %s" % (what, rel, e))
+                    with inner:
+                        for m in inner:
+                            r = _clean_member_path(m.name) if m.isfile() else None
+                            if r is not None and inner_keep(r):
+                                files[r] = _extract_member(inner, m, os.path.join(dest, r), r in bins)
+                    continue
                 if rel is None or (keep is not None and not keep(rel)):
                     continue
-                target = os.path.join(dest, rel)
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                if os.path.lexists(target):
-                    os.unlink(target)
-                src = archive.extractfile(member)
-                h = hashlib.sha256()
-                size = 0
-                with open(target, "wb") as out:
-                    while True:
-                        chunk = src.read(1 << 20)
-                        if not chunk:
-                            break
-                        h.update(chunk)
-                        out.write(chunk)
-                        size += len(chunk)
-                os.chmod(target, 0o755 if (member.mode & 0o111 or rel in bins) else 0o644)
-                files[rel] = [size, h.hexdigest()]
+                files[rel] = _extract_member(archive, member, os.path.join(dest, rel), rel in bins)
         except (tarfile.TarError, EOFError, zlib.error) as e:
             raise RegistryError("The package tarball is damaged: %s" % e)
     if not files:
-        raise RegistryError("The package tarball holds no files")
+        raise RegistryError(
+            "%s holds none of the files the buildpack uses" % what,
+            "It holds: %s" % (", ".join(seen) or "no regular files"),
+        )
     return files
+
+
+def _extract_member(archive, member, target, executable):
+    """One regular file of archive to target: [size, sha256 hex]."""
+    import hashlib
+
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    if os.path.lexists(target):
+        os.unlink(target)
+    src = archive.extractfile(member)
+    h = hashlib.sha256()
+    size = 0
+    with open(target, "wb") as out:
+        while True:
+            chunk = src.read(1 << 20)
+            if not chunk:
+                break
+            h.update(chunk)
+            out.write(chunk)
+            size += len(chunk)
+    os.chmod(target, 0o755 if (member.mode & 0o111 or executable) else 0o644)
+    return [size, h.hexdigest()]
 
 
 def install_files(package, dest, rels):
