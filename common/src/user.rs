@@ -293,6 +293,12 @@ pub fn exec_app(user: &RunUser, fresh: bool, app: &AppExec<'_>) -> AppExecError 
             return AppExecError::Context(e);
         }
     }
+    // slugrunner blocks its stop signals from the start (they go to its
+    // guard until the app runs); a blocked mask survives execve, and the
+    // app must get them.
+    if let Err(e) = nix::sys::signal::SigSet::empty().thread_set_mask() {
+        return ctx_err("unblocking signals", &e);
+    }
     let source = std::process::Command::new(app.program)
         .arg0(app.argv0)
         .args(app.args)

@@ -32,7 +32,8 @@ fn main() -> ExitCode {
     }
     // Blocked before any thread exists, so that every thread inherits the
     // mask: the stop signals go to the guard until the app runs, then to
-    // the supervisor's signalfd (or to the app, whose exec unblocks them).
+    // the supervisor's signalfd (or to the app: the plain path unblocks
+    // them just before its execve, which would keep the mask).
     // As PID 1 a signal without a handler would be dropped instead.
     if let Err(e) = supervise::blocked_signals().thread_block() {
         common::log::line(format_args!("slugrunner: cannot block signals: {e}"));

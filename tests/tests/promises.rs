@@ -380,41 +380,55 @@ fn env_dir_names_that_break_builds_are_kept_out_of_compile() {
 }
 
 /// README (slugrunner 5): "With a terminal on stdin the app's group gets
-/// the terminal." Under `script` (a pseudo-terminal), the supervised app
-/// (`cat`, exec'd as the app) reads its own process group and the
-/// terminal's foreground group from /proc: they must be the same.
+/// the terminal" when asked for with `--tty` (or as slugrunner's own
+/// user); an app run as another user without it gets none (issue 22).
+/// Under `script` (a pseudo-terminal), the supervised app (`cat`, exec'd
+/// as the app) reads its own process group and the terminal's foreground
+/// group from /proc.
 #[test]
 fn with_a_terminal_the_apps_group_gets_it() {
     let case = Case::new();
     let slug = Slug::with_procfile("web: true\n");
     let path = slug.write_to(case.dir.path());
-    let runner = format!(
-        "{} --slug {} --app-dir {} --init exec cat /proc/self/stat",
-        e2e::bin("slugrunner").display(),
-        path.display(),
-        case.app_dir().display()
-    );
-    let mut cmd = Command::new("script");
-    cmd.args(["-q", "-e", "-c", &runner, "/dev/null"]);
-    let out = e2e::slugs::run_with_timeout(&mut cmd, Duration::from_secs(60));
-    assert_eq!(
-        out.code(),
-        Some(0),
-        "(needs script(1) from util-linux)\n{}{}",
-        out.stdout,
-        out.stderr
-    );
-    // `pid (comm) state ppid pgrp session tty_nr tpgid ...`
-    let stat = out.stdout.trim();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    assert!(fields.len() > 5, "{stat:?}");
-    let (pgrp, tty, tpgid) = (fields[2], fields[4], fields[5]);
-    assert_ne!(tty, "0", "no terminal: {stat:?}");
-    assert_eq!(
-        pgrp, tpgid,
-        "the app's group {pgrp} is not the terminal's foreground group {tpgid}"
-    );
+    let root = nix::unistd::geteuid().is_root();
+    for tty in [true, false] {
+        let runner = format!(
+            "{} --slug {} --app-dir {} --init {} exec cat /proc/self/stat",
+            e2e::bin("slugrunner").display(),
+            path.display(),
+            case.app_dir().display(),
+            if tty { "--tty" } else { "" }
+        );
+        let mut cmd = Command::new("script");
+        cmd.args(["-q", "-e", "-c", &runner, "/dev/null"]);
+        let out = e2e::slugs::run_with_timeout(&mut cmd, Duration::from_secs(60));
+        assert_eq!(
+            out.code(),
+            Some(0),
+            "(needs script(1) from util-linux)\n{}{}",
+            out.stdout,
+            out.stderr
+        );
+        // `pid (comm) state ppid pgrp session tty_nr tpgid ...`
+        let stat = out.stdout.trim();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        assert!(fields.len() > 5, "{stat:?}");
+        let (pgrp, tty_nr, tpgid) = (fields[2], fields[4], fields[5]);
+        if tty || !root {
+            assert_ne!(tty_nr, "0", "no terminal: {stat:?}");
+            assert_eq!(
+                pgrp, tpgid,
+                "the app's group {pgrp} is not the terminal's foreground group {tpgid}"
+            );
+        } else {
+            // As root, the app runs as another user: no terminal of ours.
+            assert_eq!(
+                tty_nr, "0",
+                "the app kept the operator's terminal: {stat:?}"
+            );
+        }
+    }
 }

@@ -389,6 +389,48 @@ fn simple_command_replaces_bash_and_slugrunner() {
     assert!(became_sleep, "comm is {:?}", read(Path::new(&comm)));
 }
 
+/// Without `--init`, slugrunner becomes the app: the stop signals it
+/// blocks for itself while it installs must not stay blocked in the app
+/// (a mask survives execve), or `docker stop` waits out its grace period.
+#[test]
+fn sigterm_reaches_an_app_started_without_init() {
+    let case = Case::new();
+    let slug = Slug::with_procfile(
+        "web: trap 'echo got-term > \"$HOME/marker\"; exit 42' TERM; touch \"$HOME/ready\"; while :; do sleep 0.05; done",
+    );
+    let child = Guarded::new(
+        case.with_slug(&slug)
+            .args(["start", "web"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = child.pid();
+    assert!(
+        wait_until(Duration::from_secs(10), || case.path("ready").exists()),
+        "the app never started"
+    );
+    let status = read(Path::new(&format!("/proc/{pid}/status")));
+    let blocked = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigBlk:"))
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        .expect("SigBlk in /proc/PID/status");
+    // SIGHUP, SIGINT, SIGTERM (bash itself blocks SIGCHLD at moments).
+    let stop_signals = (1 << (1 - 1)) | (1 << (2 - 1)) | (1 << (15 - 1));
+    assert_eq!(
+        blocked & stop_signals,
+        0,
+        "the app starts with stop signals blocked: {blocked:#x}"
+    );
+    kill(pid, Signal::SIGTERM).unwrap();
+    let out = child.output(TIMEOUT);
+    assert_eq!(out.code(), Some(42), "{}", out.stderr);
+    assert_eq!(read(&case.path("marker")), "got-term\n");
+}
+
 fn spawn_init(case: &Case, slug: &Slug, extra: &[&str]) -> Guarded {
     Guarded::new(
         case.with_slug(slug)
