@@ -667,41 +667,41 @@ fn unavailable_python_version_fails_with_a_clear_message_and_no_slug() {
         }
         assert!(!out.stderr.contains("Installing"), "{}", out.stderr);
     };
-    // Another major version: never replaced.
+    // End of life (as on Heroku since January 2026): never replaced.
     fails(
         &[(".python-version", "2.7\n")],
         &[],
         &[
-            "Python 2.7 (requested in .python-version) is not available on this stack",
+            "Python 2.7 (requested in .python-version) has reached its upstream end-of-life",
             "Available on this stack: 3.",
         ],
     );
     // The operator (or the app) asks for the exact version or nothing.
     fails(
-        &[(".python-version", "3.99\n")],
+        &[(".python-version", "3.14\n")],
         &["-e", "PYTHON_VERSION_STRICT=1"],
-        &["Python 3.99 (requested in .python-version) is not available on this stack"],
+        &["Python 3.14 (requested in .python-version) is not available on this stack"],
     );
     // requires-python rules out every interpreter the stack has.
     fails(
         &[
-            (".python-version", "3.99\n"),
+            (".python-version", "3.14\n"),
             (
                 "pyproject.toml",
-                "[project]\nname = \"x\"\nversion = \"1\"\nrequires-python = \">=3.99\"\n",
+                "[project]\nname = \"x\"\nversion = \"1\"\nrequires-python = \">=3.14\"\n",
             ),
         ],
         &[],
         &[
             "the app's requires-python",
-            "'>=3.99' (pyproject.toml) allows none of them",
+            "'>=3.14' (pyproject.toml) allows none of them",
         ],
     );
 }
 
 /// A `.python-version` that names a release the stack lacks (uv init and
 /// pyenv write the developer's own; Heroku's getting-started app asks for
-/// 3.14) builds with the nearest interpreter its requires-python allows,
+/// 3.14, which the Debian 12 stack lacks) builds with the nearest interpreter its requires-python allows,
 /// with a warning, and serves.
 #[test]
 fn an_unavailable_minor_version_builds_with_the_stack_python_and_a_warning() {
@@ -709,7 +709,7 @@ fn an_unavailable_minor_version_builds_with_the_stack_python_and_a_warning() {
     let source = tar_of(
         &repo_root().join("examples/flask"),
         &[
-            (".python-version", "3.99\n"),
+            (".python-version", "3.14\n"),
             (
                 "pyproject.toml",
                 "[project]\nname = \"x\"\nversion = \"1\"\nrequires-python = \">=3.8\"\n",
@@ -718,7 +718,7 @@ fn an_unavailable_minor_version_builds_with_the_stack_python_and_a_warning() {
     );
     let log = case.build(source);
     assert!(
-        log.contains("Python 3.99 (requested in .python-version) is not available on this stack: building with Python 3."),
+        log.contains("Python 3.14 (requested in .python-version) is not available on this stack: building with Python 3."),
         "{log}"
     );
     assert!(
@@ -726,10 +726,119 @@ fn an_unavailable_minor_version_builds_with_the_stack_python_and_a_warning() {
         "{log}"
     );
     assert!(
-        log.contains("instead of 3.99 from .python-version"),
+        log.contains("instead of 3.14 from .python-version"),
         "{log}"
     );
     let mut web = case.start_web();
     assert_eq!(web.get_ok("/"), "Hello from Flask on slugrunner!\n");
     web.stop();
+}
+
+/// A minimal Python app: `files` in an otherwise empty tree.
+fn small_app(files: &[(&str, &str)]) -> Vec<u8> {
+    let empty = tempfile::tempdir().expect("tempdir");
+    tar_of(empty.path(), files)
+}
+
+/// Version requests as Heroku's buildpack and uv read them (issue 23):
+/// versions never released, end of life or without a version line fail
+/// before anything is installed; `.python-version` specifiers pick the
+/// newest interpreter that satisfies them; requires-python (wildcards
+/// included) is always read and a conflict fails; what the app wrote is
+/// printed escaped. The stack is Debian 12's: Python 3.11 only.
+#[test]
+fn python_version_requests_follow_heroku_and_uv_rules() {
+    let case = Case::new();
+    let app = |version: Option<&str>, requires: Option<&str>| {
+        let pyproject = requires.map(|r| {
+            format!("[project]\nname = \"x\"\nversion = \"1\"\nrequires-python = \"{r}\"\n")
+        });
+        let mut files = vec![("requirements.txt", ""), ("app.py", "print('hi')\n")];
+        if let Some(v) = version {
+            files.push((".python-version", v));
+        }
+        if let Some(p) = &pyproject {
+            files.push(("pyproject.toml", p.as_str()));
+        }
+        small_app(&files)
+    };
+    let fails = |source: Vec<u8>, expected: &[&str]| {
+        let mut cmd = case.slugbuilder();
+        let out = run_with_stdin(&mut cmd, source, BUILD_TIMEOUT);
+        assert_ne!(out.code(), Some(0), "stderr: {}", out.stderr);
+        assert!(out.stdout.is_empty(), "a slug was written to stdout");
+        for text in expected {
+            assert!(out.stderr.contains(text), "{text:?} in {}", out.stderr);
+        }
+        assert!(!out.stderr.contains("Installing"), "{}", out.stderr);
+        assert!(
+            !out.stderr.contains('\u{1b}'),
+            "a raw escape in {:?}",
+            out.stderr
+        );
+        out.stderr
+    };
+    fails(
+        app(Some("3.99\n"), None),
+        &[
+            "Python 3.99 (requested in .python-version) has never been released",
+            "Available on this stack: 3.11.",
+        ],
+    );
+    fails(
+        app(Some("3.12.999\n"), None),
+        &[
+            "Python 3.12.999 (requested in .python-version) has never been released",
+            "the newest 3.12 release is 3.12.",
+        ],
+    );
+    fails(
+        app(Some("3.9\n"), None),
+        &["Python 3.9 (requested in .python-version) has reached its upstream end-of-life"],
+    );
+    fails(
+        app(Some("# the version is set elsewhere\n\n"), None),
+        &[
+            "Invalid Python version in .python-version",
+            "No Python version was found",
+        ],
+    );
+    fails(
+        app(Some("3.11\n3.12\n"), None),
+        &["It names more than one Python version: '3.11', '3.12'."],
+    );
+    fails(
+        app(Some("3.1\u{1b}[31m1\n"), None),
+        &["Invalid Python version '3.1\\x1b[31m1' in .python-version"],
+    );
+    fails(
+        app(Some("3.12.*\n"), None),
+        &["No Python on this stack satisfies '3.12.*' (from .python-version)"],
+    );
+    fails(
+        app(None, Some("3.12.*")),
+        &["None of the Pythons on this stack satisfies the app's requires-python '3.12.*' (pyproject.toml)"],
+    );
+    fails(
+        app(Some(">=3.10\n"), Some("<3.11")),
+        &[
+            "Python 3.11.",
+            "does not satisfy the app's requires-python '<3.11' (pyproject.toml)",
+        ],
+    );
+    fails(
+        app(Some("3.11\n"), Some(">=3.8,\\u0007<4")),
+        &["Invalid requires-python in pyproject.toml: '>=3.8,\\x07<4'"],
+    );
+    // Specifiers as uv reads them: the newest interpreter that satisfies them.
+    for spec in [">=3.10", "~=3.11", "3.11.*", ">=3.10,<3.13"] {
+        let log = case.build(app(Some(&format!("{spec}\n")), Some(">=3.8")));
+        assert!(
+            log.contains(&format!(
+                "the newest available that '{spec}' from .python-version allows)"
+            )),
+            "{log}"
+        );
+        assert!(log.contains("-----> Using Python 3.11."), "{log}");
+    }
 }
