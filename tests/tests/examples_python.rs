@@ -842,3 +842,46 @@ fn python_version_requests_follow_heroku_and_uv_rules() {
         assert!(log.contains("-----> Using Python 3.11."), "{log}");
     }
 }
+
+/// An app with Python sources and a Procfile that runs `python`, and no
+/// package-manager file, gets Python (with a warning that it declares no
+/// dependencies) and serves, where it used to be built as a Procfile-only
+/// app that failed at run time with `python: command not found`. A web
+/// program that is neither in the slug nor on the stack is named in a
+/// warning.
+#[test]
+fn a_python_app_without_a_package_manager_gets_python_and_unknown_web_programs_warn() {
+    let case = Case::new();
+    let server = "import http.server, os\n\
+        class H(http.server.BaseHTTPRequestHandler):\n\
+        \x20   def do_GET(self):\n\
+        \x20       self.send_response(200)\n\
+        \x20       self.end_headers()\n\
+        \x20       self.wfile.write(b'plain python\\n')\n\
+        http.server.HTTPServer(('0.0.0.0', int(os.environ['PORT'])), H).serve_forever()\n";
+    let log = case.build(small_app(&[
+        ("app.py", server),
+        ("Procfile", "web: python app.py\n"),
+    ]));
+    assert!(log.contains("-----> Python app detected"), "{log}");
+    assert!(
+        log.contains("No dependencies declared: the app gets Python and its standard library only"),
+        "{log}"
+    );
+    assert!(!log.contains("neither in the slug"), "{log}");
+    let mut web = case.start_web();
+    assert_eq!(web.get_ok("/"), "plain python\n");
+    web.stop();
+
+    // Not Python: a Procfile-only app whose web program exists nowhere.
+    let other = Case::new();
+    let log = other.build(small_app(&[
+        ("Procfile", "web: FOO=1 my-server --port $PORT\n"),
+        ("README", "prebuilt elsewhere\n"),
+    ]));
+    assert!(log.contains("-----> Procfile app detected"), "{log}");
+    assert!(
+        log.contains("Process type web: my-server is neither in the slug nor on the stack"),
+        "{log}"
+    );
+}
