@@ -932,3 +932,48 @@ except pkgcache.RegistryError as e:
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A file planted in the npm cache (a shared or leaked CACHE_DIR) is
+/// noticed by the digest recorded when the cache was written: the cache is
+/// dropped and made again, and the slug is the cold build's.
+#[test]
+fn a_file_planted_in_the_npm_cache_is_noticed_and_the_slug_is_the_cold_builds() {
+    let case = Case::new();
+    let source = || {
+        tar_of(
+            &fixtures().join("apps/node-versions"),
+            &[
+                (
+                    "package.json",
+                    r#"{"name": "node-versions", "version": "1.0.0", "private": true,
+  "scripts": {"start": "node server.js"}, "dependencies": {"ms": "2.1.3"}}"#,
+                ),
+                (
+                    "package-lock.json",
+                    r#"{"name": "node-versions", "version": "1.0.0", "lockfileVersion": 3, "requires": true,
+  "packages": {"": {"name": "node-versions", "version": "1.0.0", "dependencies": {"ms": "2.1.3"}},
+    "node_modules/ms": {"version": "2.1.3", "resolved": "https://registry.npmjs.org/ms/-/ms-2.1.3.tgz",
+      "integrity": "sha512-6FlzubTLZG3J2a/NVCAleEhjzq5oxgHyaCU9yYXvcLsvoVaHJq/s5xXI6/XXP6tz7R9xAOtHnSO/tXtF3WRTlA=="}}}"#,
+                ),
+            ],
+        )
+    };
+    let args = ["-e", "NODE_RUNTIME_DOWNLOAD=false"];
+    build_ok(&case, source(), &args, None);
+    let cold = std::fs::read(case.slug()).expect("slug");
+    let npm_cache = case.cache_dir().join("npm");
+    assert!(npm_cache.is_dir(), "no npm cache");
+    std::fs::write(npm_cache.join("planted"), "x").expect("plant");
+    let log = build_ok(&case, source(), &args, None);
+    assert!(
+        log.contains("Cache npm does not match the digest recorded when it was made: discarded"),
+        "{log}"
+    );
+    assert!(!npm_cache.join("planted").exists());
+    assert!(
+        std::fs::read(case.slug()).expect("slug") == cold,
+        "the slug differs from the cold build's\n{log}"
+    );
+    let log = build_ok(&case, source(), &args, None);
+    assert!(!log.contains("discarded"), "{log}");
+}

@@ -885,3 +885,61 @@ fn a_python_app_without_a_package_manager_gets_python_and_unknown_web_programs_w
         "{log}"
     );
 }
+
+/// What a shared or leaked cache holds never reaches the slug: a `.pth`
+/// planted in the cached virtualenv base (it would run at every Python
+/// start), a wheel planted in the wheel cache and a file in pip's cache are
+/// noticed by the digests recorded when the trees were made, the trees are
+/// made again, and the slug is the cold build's, byte for byte.
+#[test]
+fn files_planted_in_the_python_cache_never_reach_the_slug() {
+    let case = Case::new();
+    let source = || {
+        small_app(&[
+            ("requirements.txt", "six==1.17.0\n"),
+            ("app.py", "import six\n"),
+        ])
+    };
+    case.build(source());
+    let cold = sha256_of(&case.slug());
+    let cache = case.cache_dir();
+    let site = std::fs::read_dir(cache.join("python/base-venv/lib"))
+        .expect("base venv lib")
+        .next()
+        .expect("a python3.X dir")
+        .expect("dir entry")
+        .path()
+        .join("site-packages");
+    std::fs::write(site.join("zz_planted.pth"), "import os\n").expect("plant .pth");
+    std::fs::write(
+        cache.join("python/wheels/six-99.0-py2.py3-none-any.whl"),
+        "not a wheel",
+    )
+    .expect("plant wheel");
+    let mut planted = vec!["python/base-venv", "python/wheels"];
+    if cache.join("pip").is_dir() {
+        std::fs::write(cache.join("pip/planted"), "x").expect("plant pip cache file");
+        planted.push("pip");
+    }
+    let log = case.build(source());
+    for tree in planted {
+        assert!(
+            log.contains(&format!(
+                "Cache {tree} does not match the digest recorded when it was made: discarded"
+            )),
+            "{tree} in {log}"
+        );
+    }
+    assert!(
+        !slug_entries(&case.slug())
+            .iter()
+            .any(|p| p.ends_with("zz_planted.pth")),
+        "the planted .pth is in the slug"
+    );
+    assert_eq!(sha256_of(&case.slug()), cold, "{log}");
+    // Untouched, the trees are reused.
+    let log = case.build(source());
+    assert!(!log.contains("discarded"), "{log}");
+    assert!(log.contains("Reusing the cached virtualenv base"), "{log}");
+    assert_eq!(sha256_of(&case.slug()), cold, "{log}");
+}
