@@ -977,3 +977,36 @@ fn a_file_planted_in_the_npm_cache_is_noticed_and_the_slug_is_the_cold_builds() 
     let log = build_ok(&case, source(), &args, None);
     assert!(!log.contains("discarded"), "{log}");
 }
+
+/// pnpm 12 and later are launchers: the `pnpm` package's command only links
+/// (or downloads, at its first run) the binary of `@pnpm/exe.<platform>`.
+/// That package is fetched through the registry like every other, its
+/// integrity checked and cached, and the log names the version pnpm
+/// reports (never `Installing dependencies with pnpm ` and nothing).
+/// `engines.pnpm ">=12"` picks the newest pnpm, a launcher.
+#[test]
+fn a_launcher_pnpm_gets_its_platform_binary_from_the_registry() {
+    let case = Case::new();
+    let package = r#"{"name": "node-pnpm", "version": "1.0.0", "private": true,
+  "engines": {"pnpm": ">=12"}, "scripts": {"start": "node server.js"}}"#;
+    let app = tar_of(
+        &fixtures().join("apps/node-pnpm"),
+        &[("package.json", package)],
+    );
+    let log = build_ok(&case, app, &[], None);
+    assert!(
+        log.contains("pnpm 12.25.1 is a launcher: installing its binary from @pnpm/exe.linux-"),
+        "{log}"
+    );
+    assert!(
+        log.contains("-----> Installing dependencies with pnpm 12.25.1\n"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("Installing dependencies with pnpm \n"),
+        "{log}"
+    );
+    let mut web = case.start_web();
+    assert!(web.get_ok("/").starts_with("node v"));
+    web.stop();
+}
