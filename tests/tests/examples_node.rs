@@ -932,3 +932,81 @@ except pkgcache.RegistryError as e:
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A file planted in the npm cache (a shared or leaked CACHE_DIR) is
+/// noticed by the digest recorded when the cache was written: the cache is
+/// dropped and made again, and the slug is the cold build's.
+#[test]
+fn a_file_planted_in_the_npm_cache_is_noticed_and_the_slug_is_the_cold_builds() {
+    let case = Case::new();
+    let source = || {
+        tar_of(
+            &fixtures().join("apps/node-versions"),
+            &[
+                (
+                    "package.json",
+                    r#"{"name": "node-versions", "version": "1.0.0", "private": true,
+  "scripts": {"start": "node server.js"}, "dependencies": {"ms": "2.1.3"}}"#,
+                ),
+                (
+                    "package-lock.json",
+                    r#"{"name": "node-versions", "version": "1.0.0", "lockfileVersion": 3, "requires": true,
+  "packages": {"": {"name": "node-versions", "version": "1.0.0", "dependencies": {"ms": "2.1.3"}},
+    "node_modules/ms": {"version": "2.1.3", "resolved": "https://registry.npmjs.org/ms/-/ms-2.1.3.tgz",
+      "integrity": "sha512-6FlzubTLZG3J2a/NVCAleEhjzq5oxgHyaCU9yYXvcLsvoVaHJq/s5xXI6/XXP6tz7R9xAOtHnSO/tXtF3WRTlA=="}}}"#,
+                ),
+            ],
+        )
+    };
+    let args = ["-e", "NODE_RUNTIME_DOWNLOAD=false"];
+    build_ok(&case, source(), &args, None);
+    let cold = std::fs::read(case.slug()).expect("slug");
+    let npm_cache = case.cache_dir().join("npm");
+    assert!(npm_cache.is_dir(), "no npm cache");
+    std::fs::write(npm_cache.join("planted"), "x").expect("plant");
+    let log = build_ok(&case, source(), &args, None);
+    assert!(
+        log.contains("Cache npm does not match the digest recorded when it was made: discarded"),
+        "{log}"
+    );
+    assert!(!npm_cache.join("planted").exists());
+    assert!(
+        std::fs::read(case.slug()).expect("slug") == cold,
+        "the slug differs from the cold build's\n{log}"
+    );
+    let log = build_ok(&case, source(), &args, None);
+    assert!(!log.contains("discarded"), "{log}");
+}
+
+/// pnpm 12 and later are launchers: the `pnpm` package's command only links
+/// (or downloads, at its first run) the binary of `@pnpm/exe.<platform>`.
+/// That package is fetched through the registry like every other, its
+/// integrity checked and cached, and the log names the version pnpm
+/// reports (never `Installing dependencies with pnpm ` and nothing).
+/// `engines.pnpm ">=12"` picks the newest pnpm, a launcher.
+#[test]
+fn a_launcher_pnpm_gets_its_platform_binary_from_the_registry() {
+    let case = Case::new();
+    let package = r#"{"name": "node-pnpm", "version": "1.0.0", "private": true,
+  "engines": {"pnpm": ">=12"}, "scripts": {"start": "node server.js"}}"#;
+    let app = tar_of(
+        &fixtures().join("apps/node-pnpm"),
+        &[("package.json", package)],
+    );
+    let log = build_ok(&case, app, &[], None);
+    assert!(
+        log.contains("pnpm 12.25.1 is a launcher: installing its binary from @pnpm/exe.linux-"),
+        "{log}"
+    );
+    assert!(
+        log.contains("-----> Installing dependencies with pnpm 12.25.1\n"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("Installing dependencies with pnpm \n"),
+        "{log}"
+    );
+    let mut web = case.start_web();
+    assert!(web.get_ok("/").starts_with("node v"));
+    web.stop();
+}

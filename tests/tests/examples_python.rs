@@ -667,41 +667,41 @@ fn unavailable_python_version_fails_with_a_clear_message_and_no_slug() {
         }
         assert!(!out.stderr.contains("Installing"), "{}", out.stderr);
     };
-    // Another major version: never replaced.
+    // End of life (as on Heroku since January 2026): never replaced.
     fails(
         &[(".python-version", "2.7\n")],
         &[],
         &[
-            "Python 2.7 (requested in .python-version) is not available on this stack",
+            "Python 2.7 (requested in .python-version) has reached its upstream end-of-life",
             "Available on this stack: 3.",
         ],
     );
     // The operator (or the app) asks for the exact version or nothing.
     fails(
-        &[(".python-version", "3.99\n")],
+        &[(".python-version", "3.14\n")],
         &["-e", "PYTHON_VERSION_STRICT=1"],
-        &["Python 3.99 (requested in .python-version) is not available on this stack"],
+        &["Python 3.14 (requested in .python-version) is not available on this stack"],
     );
     // requires-python rules out every interpreter the stack has.
     fails(
         &[
-            (".python-version", "3.99\n"),
+            (".python-version", "3.14\n"),
             (
                 "pyproject.toml",
-                "[project]\nname = \"x\"\nversion = \"1\"\nrequires-python = \">=3.99\"\n",
+                "[project]\nname = \"x\"\nversion = \"1\"\nrequires-python = \">=3.14\"\n",
             ),
         ],
         &[],
         &[
             "the app's requires-python",
-            "'>=3.99' (pyproject.toml) allows none of them",
+            "'>=3.14' (pyproject.toml) allows none of them",
         ],
     );
 }
 
 /// A `.python-version` that names a release the stack lacks (uv init and
 /// pyenv write the developer's own; Heroku's getting-started app asks for
-/// 3.14) builds with the nearest interpreter its requires-python allows,
+/// 3.14, which the Debian 12 stack lacks) builds with the nearest interpreter its requires-python allows,
 /// with a warning, and serves.
 #[test]
 fn an_unavailable_minor_version_builds_with_the_stack_python_and_a_warning() {
@@ -709,7 +709,7 @@ fn an_unavailable_minor_version_builds_with_the_stack_python_and_a_warning() {
     let source = tar_of(
         &repo_root().join("examples/flask"),
         &[
-            (".python-version", "3.99\n"),
+            (".python-version", "3.14\n"),
             (
                 "pyproject.toml",
                 "[project]\nname = \"x\"\nversion = \"1\"\nrequires-python = \">=3.8\"\n",
@@ -718,7 +718,7 @@ fn an_unavailable_minor_version_builds_with_the_stack_python_and_a_warning() {
     );
     let log = case.build(source);
     assert!(
-        log.contains("Python 3.99 (requested in .python-version) is not available on this stack: building with Python 3."),
+        log.contains("Python 3.14 (requested in .python-version) is not available on this stack: building with Python 3."),
         "{log}"
     );
     assert!(
@@ -726,10 +726,220 @@ fn an_unavailable_minor_version_builds_with_the_stack_python_and_a_warning() {
         "{log}"
     );
     assert!(
-        log.contains("instead of 3.99 from .python-version"),
+        log.contains("instead of 3.14 from .python-version"),
         "{log}"
     );
     let mut web = case.start_web();
     assert_eq!(web.get_ok("/"), "Hello from Flask on slugrunner!\n");
     web.stop();
+}
+
+/// A minimal Python app: `files` in an otherwise empty tree.
+fn small_app(files: &[(&str, &str)]) -> Vec<u8> {
+    let empty = tempfile::tempdir().expect("tempdir");
+    tar_of(empty.path(), files)
+}
+
+/// Version requests as Heroku's buildpack and uv read them (issue 23):
+/// versions never released, end of life or without a version line fail
+/// before anything is installed; `.python-version` specifiers pick the
+/// newest interpreter that satisfies them; requires-python (wildcards
+/// included) is always read and a conflict fails; what the app wrote is
+/// printed escaped. The stack is Debian 12's: Python 3.11 only.
+#[test]
+fn python_version_requests_follow_heroku_and_uv_rules() {
+    let case = Case::new();
+    let app = |version: Option<&str>, requires: Option<&str>| {
+        let pyproject = requires.map(|r| {
+            format!("[project]\nname = \"x\"\nversion = \"1\"\nrequires-python = \"{r}\"\n")
+        });
+        let mut files = vec![("requirements.txt", ""), ("app.py", "print('hi')\n")];
+        if let Some(v) = version {
+            files.push((".python-version", v));
+        }
+        if let Some(p) = &pyproject {
+            files.push(("pyproject.toml", p.as_str()));
+        }
+        small_app(&files)
+    };
+    let fails = |source: Vec<u8>, expected: &[&str]| {
+        let mut cmd = case.slugbuilder();
+        let out = run_with_stdin(&mut cmd, source, BUILD_TIMEOUT);
+        assert_ne!(out.code(), Some(0), "stderr: {}", out.stderr);
+        assert!(out.stdout.is_empty(), "a slug was written to stdout");
+        for text in expected {
+            assert!(out.stderr.contains(text), "{text:?} in {}", out.stderr);
+        }
+        assert!(!out.stderr.contains("Installing"), "{}", out.stderr);
+        assert!(
+            !out.stderr.contains('\u{1b}'),
+            "a raw escape in {:?}",
+            out.stderr
+        );
+        out.stderr
+    };
+    fails(
+        app(Some("3.99\n"), None),
+        &[
+            "Python 3.99 (requested in .python-version) has never been released",
+            "Available on this stack: 3.11.",
+        ],
+    );
+    fails(
+        app(Some("3.12.999\n"), None),
+        &[
+            "Python 3.12.999 (requested in .python-version) has never been released",
+            "the newest 3.12 release is 3.12.",
+        ],
+    );
+    fails(
+        app(Some("3.9\n"), None),
+        &["Python 3.9 (requested in .python-version) has reached its upstream end-of-life"],
+    );
+    fails(
+        app(Some("# the version is set elsewhere\n\n"), None),
+        &[
+            "Invalid Python version in .python-version",
+            "No Python version was found",
+        ],
+    );
+    fails(
+        app(Some("3.11\n3.12\n"), None),
+        &["It names more than one Python version: '3.11', '3.12'."],
+    );
+    fails(
+        app(Some("3.1\u{1b}[31m1\n"), None),
+        &["Invalid Python version '3.1\\x1b[31m1' in .python-version"],
+    );
+    fails(
+        app(Some("3.12.*\n"), None),
+        &["No Python on this stack satisfies '3.12.*' (from .python-version)"],
+    );
+    fails(
+        app(None, Some("3.12.*")),
+        &["None of the Pythons on this stack satisfies the app's requires-python '3.12.*' (pyproject.toml)"],
+    );
+    fails(
+        app(Some(">=3.10\n"), Some("<3.11")),
+        &[
+            "Python 3.11.",
+            "does not satisfy the app's requires-python '<3.11' (pyproject.toml)",
+        ],
+    );
+    fails(
+        app(Some("3.11\n"), Some(">=3.8,\\u0007<4")),
+        &["Invalid requires-python in pyproject.toml: '>=3.8,\\x07<4'"],
+    );
+    // Specifiers as uv reads them: the newest interpreter that satisfies them.
+    for spec in [">=3.10", "~=3.11", "3.11.*", ">=3.10,<3.13"] {
+        let log = case.build(app(Some(&format!("{spec}\n")), Some(">=3.8")));
+        assert!(
+            log.contains(&format!(
+                "the newest available that '{spec}' from .python-version allows)"
+            )),
+            "{log}"
+        );
+        assert!(log.contains("-----> Using Python 3.11."), "{log}");
+    }
+}
+
+/// An app with Python sources and a Procfile that runs `python`, and no
+/// package-manager file, gets Python (with a warning that it declares no
+/// dependencies) and serves, where it used to be built as a Procfile-only
+/// app that failed at run time with `python: command not found`. A web
+/// program that is neither in the slug nor on the stack is named in a
+/// warning.
+#[test]
+fn a_python_app_without_a_package_manager_gets_python_and_unknown_web_programs_warn() {
+    let case = Case::new();
+    let server = "import http.server, os\n\
+        class H(http.server.BaseHTTPRequestHandler):\n\
+        \x20   def do_GET(self):\n\
+        \x20       self.send_response(200)\n\
+        \x20       self.end_headers()\n\
+        \x20       self.wfile.write(b'plain python\\n')\n\
+        http.server.HTTPServer(('0.0.0.0', int(os.environ['PORT'])), H).serve_forever()\n";
+    let log = case.build(small_app(&[
+        ("app.py", server),
+        ("Procfile", "web: python app.py\n"),
+    ]));
+    assert!(log.contains("-----> Python app detected"), "{log}");
+    assert!(
+        log.contains("No dependencies declared: the app gets Python and its standard library only"),
+        "{log}"
+    );
+    assert!(!log.contains("neither in the slug"), "{log}");
+    let mut web = case.start_web();
+    assert_eq!(web.get_ok("/"), "plain python\n");
+    web.stop();
+
+    // Not Python: a Procfile-only app whose web program exists nowhere.
+    let other = Case::new();
+    let log = other.build(small_app(&[
+        ("Procfile", "web: FOO=1 my-server --port $PORT\n"),
+        ("README", "prebuilt elsewhere\n"),
+    ]));
+    assert!(log.contains("-----> Procfile app detected"), "{log}");
+    assert!(
+        log.contains("Process type web: my-server is neither in the slug nor on the stack"),
+        "{log}"
+    );
+}
+
+/// What a shared or leaked cache holds never reaches the slug: a `.pth`
+/// planted in the cached virtualenv base (it would run at every Python
+/// start), a wheel planted in the wheel cache and a file in pip's cache are
+/// noticed by the digests recorded when the trees were made, the trees are
+/// made again, and the slug is the cold build's, byte for byte.
+#[test]
+fn files_planted_in_the_python_cache_never_reach_the_slug() {
+    let case = Case::new();
+    let source = || {
+        small_app(&[
+            ("requirements.txt", "six==1.17.0\n"),
+            ("app.py", "import six\n"),
+        ])
+    };
+    case.build(source());
+    let cold = sha256_of(&case.slug());
+    let cache = case.cache_dir();
+    let site = std::fs::read_dir(cache.join("python/base-venv/lib"))
+        .expect("base venv lib")
+        .next()
+        .expect("a python3.X dir")
+        .expect("dir entry")
+        .path()
+        .join("site-packages");
+    std::fs::write(site.join("zz_planted.pth"), "import os\n").expect("plant .pth");
+    std::fs::write(
+        cache.join("python/wheels/six-99.0-py2.py3-none-any.whl"),
+        "not a wheel",
+    )
+    .expect("plant wheel");
+    let mut planted = vec!["python/base-venv", "python/wheels"];
+    if cache.join("pip").is_dir() {
+        std::fs::write(cache.join("pip/planted"), "x").expect("plant pip cache file");
+        planted.push("pip");
+    }
+    let log = case.build(source());
+    for tree in planted {
+        assert!(
+            log.contains(&format!(
+                "Cache {tree} does not match the digest recorded when it was made: discarded"
+            )),
+            "{tree} in {log}"
+        );
+    }
+    assert!(
+        !slug_entries(&case.slug())
+            .iter()
+            .any(|p| p.ends_with("zz_planted.pth")),
+        "the planted .pth is in the slug"
+    );
+    assert_eq!(sha256_of(&case.slug()), cold, "{log}");
+    // Untouched, the trees are reused.
+    let log = case.build(source());
+    assert!(!log.contains("discarded"), "{log}");
+    assert!(log.contains("Reusing the cached virtualenv base"), "{log}");
+    assert_eq!(sha256_of(&case.slug()), cold, "{log}");
 }

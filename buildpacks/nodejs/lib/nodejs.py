@@ -804,6 +804,16 @@ def cmd_package_manager(pm, build_dir, cache_dir, bin_dir, berry, yarn_path, def
     if tarball_hash is not None:
         info("The tarball matches the %s hash in packageManager" % tarball_hash[0])
     os.makedirs(bin_dir, exist_ok=True)
+    if pm == "pnpm":
+        known = manifest if isinstance(manifest, dict) else entry.manifest
+        if "optionalDependencies" not in known and "install.js" in entry.files:
+            # Cached by an older buildpack, whose stamp kept no
+            # optionalDependencies: ask the registry.
+            known = manifest_or_fail(ctx, package, version, pm, label or pm)()
+        exe = pnpm_platform_package(known)
+        if exe is not None:
+            install_pnpm_exe(ctx, version, exe, bin_dir)
+            return
     bins = bins_of(package, entry.manifest)
     if not bins:
         raise BuildError("%s@%s declares no commands" % (package, version))
@@ -812,6 +822,54 @@ def cmd_package_manager(pm, build_dir, cache_dir, bin_dir, berry, yarn_path, def
         if rel not in entry.files:
             raise BuildError("%s@%s has no %s" % (package, version, rel))
         os.chmod(target, 0o755)
+        link = os.path.join(bin_dir, cmd)
+        if os.path.lexists(link):
+            os.unlink(link)
+        os.symlink(target, link)
+
+
+def pnpm_platform_package(manifest):
+    """(name, version) of the @pnpm/exe.<platform> package that a launcher
+    pnpm (12 and later: its `pnpm` only links or downloads that package's
+    binary when its install script runs) names for this machine, or None
+    for a pnpm that runs with node."""
+    optional = (manifest or {}).get("optionalDependencies") or {}
+    if not any(isinstance(k, str) and k.startswith("@pnpm/exe.") for k in optional):
+        return None
+    _, platform = node_package()
+    musl = not _glibc()
+    name = "@pnpm/exe.%s%s" % (platform, "-musl" if musl else "")
+    version = optional.get(name)
+    if not isinstance(version, str) or semver.parse_version(version) is None:
+        raise BuildError(
+            "pnpm %s is a launcher for a platform package, and names none for %s" % (manifest.get("version"), printable(name)),
+            "Use a pnpm version that runs with node (11.x or older) in packageManager or engines.pnpm.",
+        )
+    return name, version
+
+
+def _glibc():
+    try:
+        return bool(os.confstr("CS_GNU_LIBC_VERSION"))
+    except (ValueError, OSError):
+        return False
+
+
+def install_pnpm_exe(ctx, pnpm_version, exe, bin_dir):
+    """The pnpm binary from its platform package, fetched from the registry
+    like every other package (its integrity checked, cached), rather than by
+    the launcher at its first run."""
+    name, version = exe
+    info("pnpm %s is a launcher: installing its binary from %s@%s" % (pnpm_version, name, version))
+    entry = fetch(ctx, name, version, None, "pnpm", "pnpm %s" % pnpm_version)
+    if "pnpm" not in entry.files:
+        raise BuildError(
+            "%s@%s holds no pnpm binary" % (name, version),
+            "It holds: %s" % ", ".join(sorted(entry.files)[:10]),
+        )
+    target = os.path.join(entry.package, "pnpm")
+    os.chmod(target, 0o755)
+    for cmd in ("pnpm", "pn"):
         link = os.path.join(bin_dir, cmd)
         if os.path.lexists(link):
             os.unlink(link)

@@ -298,7 +298,7 @@ class Cache:
                 "version": version,
                 "integrity": integrity_id(manifest),
                 "tarball": {a: d.hex() for a, d in digests.items()},
-                "manifest": {k: manifest.get(k) for k in ("engines", "bin", "deprecated") if k in manifest},
+                "manifest": {k: manifest.get(k) for k in ("engines", "bin", "deprecated", "optionalDependencies") if k in manifest},
             }
             path = self._store(name, version, tmp, stamp, keep, bins(manifest) if bins else (), unwrap)
         self._mark_used(name, version)

@@ -346,6 +346,12 @@ pub fn write_release(build: &Path, release: &Release) -> Result<Vec<String>, Bui
             log::warn(format!(
                 "Process type {name}: {path} is not in the slug (the command is `{command}`)"
             ));
+        } else if name == "web" {
+            if let Some(program) = unknown_program(&mut root, command, STACK_PATH) {
+                log::warn(format!(
+                    "Process type web: {program} is neither in the slug nor on the stack, so it will fail with `{program}: command not found` (the command is `{command}`)"
+                ));
+            }
         }
     }
     if !types.iter().any(|(n, _)| n == "web") {
@@ -392,6 +398,108 @@ fn missing_program(root: &mut RootDir, command: &str) -> Option<String> {
     })
 }
 
+/// Where a program that a process runs by name is found on the stack.
+const STACK_PATH: &[&str] = &[
+    "/usr/local/sbin",
+    "/usr/local/bin",
+    "/usr/sbin",
+    "/usr/bin",
+    "/sbin",
+    "/bin",
+];
+
+/// Directories of the slug that the bundled buildpacks put on `PATH`; those
+/// any buildpack adds in `.profile.d` (`$HOME/...`) are read from there.
+const SLUG_PATH: &[&str] = &[
+    "bin",
+    ".heroku/python/bin",
+    ".heroku/node/bin",
+    ".heroku/yarn/bin",
+    "node_modules/.bin",
+];
+
+/// Shell keywords and builtins that a command may start with.
+const SHELL_WORDS: &[&str] = &[
+    "exec", "cd", "echo", "printf", "export", "source", ".", "eval", "set", "test", "[", "[[",
+    "if", "for", "while", "until", "case", "true", "false", ":", "command", "builtin", "trap",
+    "ulimit", "umask", "wait", "read", "unset", "declare", "local", "type", "time", "{", "(", "!",
+    "shift", "let",
+];
+
+/// If `command` starts with a program named without a path (`gunicorn
+/// app:app`) that is in none of the slug's `PATH` directories (the usual
+/// ones and those `.profile.d` adds) nor in `stack_path`, its name.
+fn unknown_program(root: &mut RootDir, command: &str, stack_path: &[&str]) -> Option<String> {
+    let mut words = command.split_whitespace();
+    let mut first = words.next()?;
+    while first == "exec" || (first.contains('=') && !first.contains('/')) {
+        first = words.next()?;
+    }
+    if first.contains('/')
+        || SHELL_WORDS.contains(&first)
+        || !first
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._+-".contains(c))
+    {
+        return None;
+    }
+    let name = OsStr::new(first);
+    let mut dirs: Vec<String> = SLUG_PATH.iter().map(|d| d.to_string()).collect();
+    dirs.extend(profile_path_dirs(root));
+    for dir in &dirs {
+        let Ok(comps) = components(dir.as_bytes()) else {
+            continue;
+        };
+        let found = root.open_subdir(&comps).ok().and_then(|fd| {
+            nix::sys::stat::fstatat(&fd, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW).ok()
+        });
+        if found.is_some() {
+            return None;
+        }
+    }
+    if stack_path
+        .iter()
+        .any(|d| Path::new(d).join(name).symlink_metadata().is_ok())
+    {
+        return None;
+    }
+    Some(first.to_string())
+}
+
+/// The slug directories that `.profile.d/*.sh` names as `$HOME/DIR` or
+/// `${HOME}/DIR` (e.g. `export PATH="$HOME/.heroku/php/bin:$PATH"`).
+fn profile_path_dirs(root: &mut RootDir) -> Vec<String> {
+    let profile = OsStr::new(".profile.d");
+    let Ok(fd) = root.open_subdir(&[profile]) else {
+        return Vec::new();
+    };
+    let Ok(mut names) = crate::rootdir::list_dir(std::os::fd::AsFd::as_fd(&fd)) else {
+        return Vec::new();
+    };
+    names.sort();
+    let mut dirs = Vec::new();
+    for file in names.iter().take(100) {
+        let Ok(Some(text)) = root.read_file(&[profile, file], 64 * 1024) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&text);
+        for prefix in ["$HOME/", "${HOME}/"] {
+            for (at, _) in text.match_indices(prefix) {
+                let dir: String = text[at + prefix.len()..]
+                    .chars()
+                    .take_while(|c| {
+                        !matches!(c, ':' | '"' | '\'' | '}' | '$' | ';') && !c.is_whitespace()
+                    })
+                    .collect();
+                if !dir.is_empty() {
+                    dirs.push(dir.trim_end_matches('/').to_string());
+                }
+            }
+        }
+    }
+    dirs
+}
+
 fn list_or_none<'a>(names: impl Iterator<Item = &'a str>) -> String {
     let names: Vec<&str> = names.collect();
     if names.is_empty() {
@@ -425,6 +533,40 @@ mod tests {
         assert_eq!(missing("/usr/bin/env python"), None);
         assert_eq!(missing("$HOME/bin/x"), None);
         assert_eq!(missing("../outside/x"), None);
+    }
+
+    #[test]
+    fn a_web_program_on_neither_the_slug_path_nor_the_stack_is_found() {
+        let tmp = tempfile::tempdir().unwrap();
+        let stack = tmp.path().join("stack");
+        let build = tmp.path().join("build");
+        for dir in [
+            &stack,
+            &build.join(".heroku/python/bin"),
+            &build.join(".profile.d"),
+            &build.join("vendor/php/bin"),
+        ] {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        std::fs::write(stack.join("node"), "").unwrap();
+        std::fs::write(build.join(".heroku/python/bin/gunicorn"), "").unwrap();
+        std::fs::write(build.join("vendor/php/bin/php"), "").unwrap();
+        std::fs::write(
+            build.join(".profile.d/php.sh"),
+            "export PATH=\"${HOME}/vendor/php/bin:$PATH\"\n",
+        )
+        .unwrap();
+        let stack_path = [stack.to_str().unwrap()];
+        let mut root = RootDir::open_existing(&build).unwrap();
+        let mut unknown = |c: &str| unknown_program(&mut root, c, &stack_path);
+        assert_eq!(unknown("gunicorn app:app"), None);
+        assert_eq!(unknown("exec node server.js"), None);
+        assert_eq!(unknown("FOO=1 php -S 0.0.0.0:$PORT"), None);
+        assert_eq!(unknown("python app.py"), Some("python".into()));
+        assert_eq!(unknown("PORT=1 uvicorn main:app"), Some("uvicorn".into()));
+        assert_eq!(unknown("cd src && ./run"), None);
+        assert_eq!(unknown("./bin/web"), None);
+        assert_eq!(unknown("$CMD"), None);
     }
 
     #[test]
