@@ -734,6 +734,11 @@ struct Deployed {
 
 impl Deployed {
     fn install(grace: u32) -> Self {
+        Self::install_with(grace, &[], &[])
+    }
+
+    /// `install` with more options, and more slugbuilder arguments.
+    fn install_with(grace: u32, options: &[&str], build_args: &[&std::ffi::OsStr]) -> Self {
         let dir = shared_tempdir();
         let port = free_port();
         let out = Command::new(repo_root().join("deploy/git-push/install"))
@@ -743,12 +748,14 @@ impl Deployed {
             .arg(dir.path().join("state"))
             .args(["--port", &port.to_string(), "--keep", "2"])
             .args(["--grace-period", &grace.to_string()])
+            .args(options)
             .arg("--slugbuilder")
             .arg(bin("slugbuilder"))
             .arg("--slugrunner")
             .arg(bin("slugrunner"))
             .args(["--", "--buildpacks-dir"])
             .arg(repo_root().join("buildpacks"))
+            .args(build_args)
             .output()
             .unwrap();
         assert!(
@@ -770,6 +777,23 @@ impl Deployed {
             .args(args)
             .output()
             .unwrap()
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// Where a ref of the app's repository points (None: nowhere).
+    fn rev(&self, name: &str) -> Option<String> {
+        let out = Command::new("git")
+            .arg("--git-dir")
+            .arg(self.repo())
+            .args(["rev-parse", "-q", "--verify", name])
+            .output()
+            .unwrap();
+        out.status
+            .success()
+            .then(|| String::from_utf8(out.stdout).unwrap().trim().to_string())
     }
 
     fn pid(&self) -> i32 {
@@ -953,6 +977,316 @@ fn git_push_over_ssh() {
     );
     let remote = format!("ssh://root@127.0.0.1:{port}{}", deployed.repo().display());
     git_push_flow(&deployed, &remote, &[("GIT_SSH_COMMAND", &ssh)]);
+}
+
+/// A buildpack whose build the pushed app steers: `build-sleep N` makes
+/// the compile print a line a second for N seconds, `build-fail` fails it.
+/// The web process serves the app dir.
+fn steered_buildpack(dir: &Path) -> PathBuf {
+    let bp = dir.join("steered");
+    std::fs::create_dir_all(bp.join("bin")).unwrap();
+    let files = [
+        ("detect", "#!/usr/bin/env bash\necho Steered\n"),
+        (
+            "compile",
+            r#"#!/usr/bin/env bash
+set -euo pipefail
+build=$1
+if [[ -f $build/build-sleep ]]; then
+    n=$(<"$build/build-sleep")
+    for ((i = 1; i <= n; i++)); do echo "compiling $i"; sleep 1; done
+fi
+if [[ -f $build/build-fail ]]; then echo "this build fails"; exit 1; fi
+echo "compiled"
+"#,
+        ),
+        (
+            "release",
+            "#!/usr/bin/env bash\nprintf -- '---\\ndefault_process_types:\\n  web: python3 -m http.server $PORT\\n'\n",
+        ),
+    ];
+    for (name, text) in files {
+        let path = bp.join("bin").join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    bp
+}
+
+/// A host with the steered buildpack (and `install` options).
+fn steered_host(options: &[&str]) -> (Deployed, tempfile::TempDir) {
+    let bps = shared_tempdir();
+    let bp = steered_buildpack(bps.path());
+    let deployed = Deployed::install_with(5, options, &["--buildpack".as_ref(), bp.as_os_str()]);
+    (deployed, bps)
+}
+
+/// A work tree with one commit answering `greeting`, pushed to main.
+fn first_push(deployed: &Deployed) -> (tempfile::TempDir, String) {
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    assert!(git_in(w, &["init", "-q", "-b", "main"], &[])
+        .status
+        .success());
+    write_app(w, "version one");
+    commit(w, "one");
+    let remote = format!("file://{}", deployed.repo().display());
+    let (ok, log) = push(w, &remote, &[]);
+    assert!(ok, "first push refused:\n{log}");
+    wait_for_body(deployed.port, "version one\n");
+    (work, remote)
+}
+
+fn head(dir: &Path) -> String {
+    let out = git_in(dir, &["rev-parse", "HEAD"], &[]);
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// Only the deploy branch deploys, and only when git accepts every ref of
+/// the push: a ref git refuses after the hook (its lock is taken) undoes
+/// the deploy, and the running release stays the commit `main` names.
+#[test]
+fn git_push_is_atomic() {
+    if !require_root("the git push hook") {
+        return;
+    }
+    let (deployed, _bps) = steered_host(&[]);
+    let (work, remote) = first_push(&deployed);
+    let w = work.path();
+    let v1 = head(w);
+
+    // main builds; `other` cannot be updated (git finds its lock taken).
+    write_app(w, "version two");
+    commit(w, "two");
+    let lock = deployed.repo().join("refs/heads/other.lock");
+    std::fs::write(&lock, "").unwrap();
+    let out = git_in(
+        w,
+        &["push", remote.as_str(), "HEAD:main", "HEAD:other"],
+        &[],
+    );
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "the push was accepted whole:\n{log}");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        http_get(deployed.port, "/").unwrap().1,
+        "version one\n",
+        "a push git did not accept whole went live:\n{log}"
+    );
+    assert_eq!(
+        deployed.rev("refs/heads/main").as_deref(),
+        Some(v1.as_str()),
+        "main does not name the running release:\n{log}"
+    );
+    assert!(log.contains("is not deployed"), "{log}");
+    std::fs::remove_file(&lock).unwrap();
+
+    // A broken commit on another branch is stored, main deploys.
+    std::fs::write(w.join("build-fail"), "").unwrap();
+    commit(w, "broken");
+    let out = git_in(
+        w,
+        &["push", remote.as_str(), "HEAD~1:main", "HEAD:master"],
+        &[],
+    );
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "only main deploys:\n{log}");
+    assert!(log.contains("not the deploy branch"), "{log}");
+    wait_for_body(deployed.port, "version two\n");
+    assert_eq!(deployed.rev("refs/heads/master"), Some(head(w)));
+}
+
+/// Spawn `git push` with its stderr in a file (read while it runs).
+fn spawn_push(dir: &Path, remote: &str, log: &Path) -> Guarded {
+    let child = Command::new("git")
+        .current_dir(dir)
+        .args(["push", remote, "HEAD:main"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    Guarded::new(child)
+}
+
+fn wait_for_log(log: &Path, want: &str) {
+    assert!(
+        wait_until(Duration::from_secs(120), || std::fs::read_to_string(log)
+            .is_ok_and(|l| l.contains(want))),
+        "never saw {want:?} in:\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+/// Two pushes to one app at once: the second one waits, saying for whom,
+/// and what runs in the end is the commit main points to.
+#[test]
+fn concurrent_pushes_are_serialized() {
+    if !require_root("the git push hook") {
+        return;
+    }
+    let (deployed, _bps) = steered_host(&[]);
+    let (work, remote) = first_push(&deployed);
+    let clone = |name: &str, greeting: &str, sleep: Option<&str>| {
+        let dir = work.path().join(name);
+        let out = Command::new("git")
+            .args(["clone", "-q", work.path().to_str().unwrap()])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        write_app(&dir, greeting);
+        if let Some(n) = sleep {
+            std::fs::write(dir.join("build-sleep"), n).unwrap();
+        }
+        commit(&dir, greeting);
+        dir
+    };
+    let a = clone("a", "version a", Some("6"));
+    let b = clone("b", "version b", None);
+    let logs = tempfile::tempdir().unwrap();
+    let (log_a, log_b) = (logs.path().join("a"), logs.path().join("b"));
+    let push_a = spawn_push(&a, &remote, &log_a);
+    wait_for_log(&log_a, "compiling 1");
+    let push_b = spawn_push(&b, &remote, &log_b);
+    let a_ok = push_a.wait(Duration::from_secs(180)).success();
+    let b_ok = push_b.wait(Duration::from_secs(180)).success();
+    let (log_a, log_b) = (
+        std::fs::read_to_string(&log_a).unwrap(),
+        std::fs::read_to_string(&log_b).unwrap(),
+    );
+    let main = deployed.rev("refs/heads/main").unwrap();
+    let want = if main == head(&a) {
+        "version a\n"
+    } else if main == head(&b) {
+        "version b\n"
+    } else {
+        panic!("main is at neither push:\nA:\n{log_a}\nB:\n{log_b}")
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        http_get(deployed.port, "/").unwrap().1,
+        want,
+        "the app does not run the commit main points to:\nA:\n{log_a}\nB:\n{log_b}"
+    );
+    assert!(a_ok, "{log_a}");
+    assert!(!b_ok, "B was based on the old main:\n{log_b}");
+    assert!(
+        log_b.contains(&format!(
+            "waiting for the deploy of {} to finish",
+            &head(&a)[..12]
+        )),
+        "{log_b}"
+    );
+    assert!(log_b.contains("main moved to"), "{log_b}");
+}
+
+/// slugbuilder processes of this app (its cache dir on their command line).
+fn builds_of(deployed: &Deployed) -> Vec<String> {
+    let cache = deployed.state().join("cache");
+    let cache = cache.to_str().unwrap();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(cache) && cmdline.contains("slugbuilder") {
+                found.push(cmdline);
+            }
+        }
+    }
+    found
+}
+
+/// A pusher that disconnects mid-build: the build is stopped at once, the
+/// lock is free for the next push; a build that overruns its deadline is
+/// stopped and refused.
+#[test]
+fn an_abandoned_build_is_stopped() {
+    if !require_root("the git push hook") {
+        return;
+    }
+    let (deployed, _bps) = steered_host(&["--build-timeout", "20"]);
+    let (work, remote) = first_push(&deployed);
+    let w = work.path();
+    std::fs::write(w.join("build-sleep"), "300").unwrap();
+    write_app(w, "version two");
+    commit(w, "slow");
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("push");
+    let pusher = spawn_push(w, &remote, &log);
+    wait_for_log(&log, "compiling 2");
+    nix::sys::signal::kill(pusher.pid(), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let _ = pusher.wait(Duration::from_secs(10));
+    assert!(
+        wait_until(Duration::from_secs(15), || builds_of(&deployed).is_empty()),
+        "the build runs on after its pusher left: {:?}",
+        builds_of(&deployed)
+    );
+    // The next push is not held up by the abandoned one, and a build over
+    // its deadline (20 s) is stopped.
+    let started = Instant::now();
+    let (ok, log) = push(w, &remote, &[]);
+    assert!(!ok, "a build over its deadline was accepted:\n{log}");
+    assert!(
+        started.elapsed() < Duration::from_secs(90),
+        "took {:?}:\n{log}",
+        started.elapsed()
+    );
+    assert!(log.contains("Build failed: push rejected"), "{log}");
+    assert!(log.contains("time limit"), "{log}");
+    assert!(builds_of(&deployed).is_empty());
+    assert_eq!(http_get(deployed.port, "/").unwrap().1, "version one\n");
+    let out = deployed.slugapp(&["status"]);
+    assert!(out.status.success());
+}
+
+/// The release phase: a `release:` process runs once from the new slug
+/// before it serves; when it fails the push is refused and the old release
+/// keeps serving.
+#[test]
+fn the_release_phase_runs_before_the_switch() {
+    if !require_root("the git push hook") {
+        return;
+    }
+    let (deployed, _bps) = steered_host(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    assert!(git_in(w, &["init", "-q", "-b", "main"], &[])
+        .status
+        .success());
+    let remote = format!("file://{}", deployed.repo().display());
+    let procfile = |release: &str| {
+        std::fs::write(
+            w.join("Procfile"),
+            format!("web: python3 -m http.server $PORT\nrelease: {release}\n"),
+        )
+        .unwrap();
+    };
+    std::fs::write(w.join("index.html"), "version one\n").unwrap();
+    procfile("echo migrating from $PWD");
+    commit(w, "one");
+    let (ok, log) = push(w, &remote, &[]);
+    assert!(ok, "{log}");
+    assert!(
+        log.contains("remote: migrating from"),
+        "no release phase:\n{log}"
+    );
+    wait_for_body(deployed.port, "version one\n");
+    let running = deployed.pid();
+
+    std::fs::write(w.join("index.html"), "version two\n").unwrap();
+    procfile("echo migration failed; exit 3");
+    commit(w, "two");
+    let (ok, log) = push(w, &remote, &[]);
+    assert!(!ok, "a failed release command was deployed:\n{log}");
+    assert!(log.contains("remote: migration failed"), "{log}");
+    assert!(
+        log.contains("Release command failed: push rejected"),
+        "{log}"
+    );
+    assert!(log.contains("v1 is still running"), "{log}");
+    assert_eq!(deployed.pid(), running, "the app was restarted");
+    assert_eq!(http_get(deployed.port, "/").unwrap().1, "version one\n");
 }
 
 // ---------------------------------------------------------------------------
