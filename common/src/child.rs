@@ -214,15 +214,20 @@ impl StepRunner {
         let disk_limit = self.sandbox.limits().disk;
         let watch = (launch.env_as_data && disk_limit > 0 && pgid > 0).then(|| {
             let host = self.sandbox.host();
-            let dirs = vec![
-                host.build.clone(),
-                host.cache.clone(),
-                host.home.clone(),
-                host.tmp.clone(),
-                host.app.clone(),
-                host.buildpacks.clone(),
-            ];
-            crate::sandbox::limits::DiskWatch::start(dirs, disk_limit, move || {
+            // In memory, the workspace's use is the tmpfs's: only the cache
+            // (on disk) is walked.
+            let tmpfs = self.sandbox.workspace_tmpfs().map(Path::to_path_buf);
+            let mut dirs = vec![host.cache.clone()];
+            if tmpfs.is_none() {
+                dirs.extend([
+                    host.build.clone(),
+                    host.home.clone(),
+                    host.tmp.clone(),
+                    host.app.clone(),
+                    host.buildpacks.clone(),
+                ]);
+            }
+            crate::sandbox::limits::DiskWatch::start(dirs, tmpfs, disk_limit, move || {
                 let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
             })
         });

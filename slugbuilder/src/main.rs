@@ -231,6 +231,19 @@ struct Args {
     )]
     network: Network,
 
+    /// Where the build's workspace (source, build dir, tmp, buildpack
+    /// copies) lives: `memory` (a tmpfs sized to --disk-limit, in a mount
+    /// namespace of slugbuilder's own; root only), `disk` (under --work-dir),
+    /// or `auto`: memory when the disk limit is at most half of the host's
+    /// memory and slugbuilder is root, else disk. The cache stays on disk.
+    #[arg(
+        long,
+        env = "SLUGBUILDER_WORKSPACE",
+        value_name = "MODE",
+        default_value = "auto"
+    )]
+    workspace: common::build::WorkspaceMode,
+
     /// Memory of the whole build (every step and what it starts, tmpfs
     /// included), in bytes or with K/M/G; 0 for none. Enforced with a cgroup
     /// (v1 or v2) when slugbuilder is root.
@@ -295,6 +308,11 @@ fn main() -> ExitCode {
     // reaches a child of ours.
     common::isolate::cloexec_inherited_fds();
     let args = Args::parse();
+    // An in-memory workspace is a tmpfs in a mount namespace of our own,
+    // which must be entered while this process has one thread.
+    if args.workspace != common::build::WorkspaceMode::Disk && nix::unistd::geteuid().is_root() {
+        common::build::enter_private_mount_namespace();
+    }
     init_logging(
         args.command
             .as_ref()
@@ -454,6 +472,7 @@ fn run(args: Args, recorder: &Recorder) -> anyhow::Result<()> {
         source_date_epoch: args.source_date_epoch,
         compression_level: args.compression_level,
         tmp_dir: args.work_dir,
+        workspace: args.workspace,
         sandbox: SandboxConfig {
             policy: args.sandbox,
             helper: Some(PathBuf::from("/proc/self/exe")),

@@ -625,3 +625,70 @@ fn an_unprivileged_build_gets_its_own_network_or_fails_saying_why() {
         );
     }
 }
+
+/// The workspace in memory (issue 24): the log says where it is, the host
+/// never sees it (it is a tmpfs in slugbuilder's own mount namespace), it
+/// is gone after the build, and the slug is the same bytes as on disk.
+#[test]
+fn the_workspace_in_memory_is_private_and_gives_the_same_slug() {
+    if !require_root() {
+        return;
+    }
+    let mut slugs = Vec::new();
+    for (mode, line) in [
+        ("memory", "Workspace: memory (tmpfs, at most 8 GiB"),
+        ("disk", "Workspace: disk ("),
+    ] {
+        let work = shared_tempdir();
+        let out = attack("disk", &[("WRITE_MB", "1")])
+            .args(["--workspace", mode])
+            .arg("--work-dir")
+            .arg(work.path())
+            .arg("--source-date-epoch")
+            .arg("1700000000")
+            .run();
+        let log = stderr(&out);
+        assert_ok(&out);
+        assert!(log.contains(line), "{mode}: {log}");
+        let left: Vec<_> = std::fs::read_dir(work.path()).unwrap().collect();
+        assert!(left.is_empty(), "{mode}: left behind {left:?}");
+        slugs.push(out.stdout);
+    }
+    assert!(!slugs[0].is_empty());
+    assert_eq!(slugs[0], slugs[1], "the slugs of the two workspaces differ");
+    // Nothing of a build's tmpfs is mounted on the host.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains("/slugbuilder-"), "{mounts}");
+}
+
+/// Asked for explicitly, a workspace in memory that cannot be had is an
+/// error (exit 18), never a quiet move to disk.
+#[test]
+fn a_memory_workspace_that_cannot_be_had_fails_saying_why() {
+    if !require_root() {
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let out_dir = shared_tempdir();
+    std::fs::set_permissions(out_dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let src = shared_tempdir();
+    std::fs::write(src.path().join("Procfile"), "web: ./run\n").unwrap();
+    let mut cmd = Build::new(Vec::new())
+        .buildpack("recorder")
+        .args(["--workspace", "memory", "--network", "none"])
+        .arg("--source")
+        .arg(src.path())
+        .arg("--work-dir")
+        .arg(out_dir.path())
+        .arg("-o")
+        .arg(out_dir.path().join("slug.tgz"))
+        .command();
+    cmd.uid(65534).gid(65534);
+    let out = slugs::run_with_input(&mut cmd, Vec::new(), Duration::from_secs(60));
+    let log = stderr(&out);
+    assert_fails_with(&out, 18);
+    assert!(
+        log.contains("--workspace memory: slugbuilder is not root"),
+        "{log}"
+    );
+}

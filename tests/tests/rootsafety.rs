@@ -154,6 +154,10 @@ fn swaps_during_packing_never_pull_in_a_file_from_outside() {
             .args(["--pass-env", "SECRET_DIR"])
             .args([std::ffi::OsStr::new("--source"), app.path().as_os_str()])
             .args([std::ffi::OsStr::new("--work-dir"), work.path().as_os_str()])
+            // On disk, where this test's swapper (on the host) reaches the
+            // tree as a buildpack's leftover process would reach it in the
+            // in-memory workspace: packing reads by descriptors either way.
+            .args(["--workspace", "disk"])
             .args([std::ffi::OsStr::new("-o"), slug.as_os_str()])
             .command()
             .stdin(Stdio::null())

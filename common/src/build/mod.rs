@@ -26,6 +26,7 @@ mod slug;
 mod source;
 mod steps;
 mod workspace;
+pub use workspace::{enter_private_mount_namespace, WorkspaceMode};
 
 use std::ffi::OsString;
 use std::io;
@@ -114,6 +115,8 @@ pub struct BuildConfig {
     pub compression_level: u32,
     /// Parent directory for the build's private work directory.
     pub tmp_dir: Option<PathBuf>,
+    /// Whether the workspace lives in memory (`--workspace`).
+    pub workspace: workspace::WorkspaceMode,
     pub sandbox: SandboxConfig,
     /// Bounds for unpacking the source and for packing the slug.
     pub limits: archive::Limits,
@@ -452,7 +455,12 @@ fn prepare(
         tracing::warn!("cannot become a child subreaper: {e}");
     }
     let mut ws = workspace::Workspace::create(cfg, cancel)?;
-    let sandbox = Sandbox::create(&cfg.sandbox, ws.places(), &cfg.app_dir, &ws.scratch)?;
+    let mut sandbox = Sandbox::create(&cfg.sandbox, ws.places(), &cfg.app_dir, &ws.scratch)?;
+    if ws.in_memory() {
+        sandbox.set_workspace_tmpfs(ws.root.clone(), ws.description.clone());
+    } else {
+        sandbox.set_workspace_tmpfs(PathBuf::new(), ws.description.clone());
+    }
     ws.hand_over(sandbox.user(), cancel)?;
     let bundled_dir = ws.unpack_bundled(cfg.bundled)?;
     tracing::info!(elapsed = ?started.elapsed(), "workspace and sandbox ready");
@@ -492,6 +500,7 @@ fn receive_source(
     // Said once the input is known to be good (a bad archive gets its one
     // error line, nothing more).
     log::header(sandbox.describe());
+    log::info(sandbox.workspace_description());
     for warning in &sandbox.warnings {
         log::warn(warning);
     }

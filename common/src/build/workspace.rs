@@ -19,6 +19,14 @@
 //! Everything is removed when the build ends, however it ends: on return
 //! (success or failure), on a panic (unwinding drops the workspace), and on
 //! an abrupt exit (the cleanup is registered with [`Cancel::emergency`]).
+//!
+//! **In memory** (`--workspace memory`, or `auto` when the disk limit fits
+//! the host's memory): as root, slugbuilder first moves into a mount
+//! namespace of its own ([`enter_private_mount_namespace`], before any
+//! thread exists), and the workspace is a tmpfs there, sized to the build's
+//! disk limit: creating the source's and the buildpacks' files costs no
+//! disk inodes, nothing of it is visible on the host, and it is gone when
+//! slugbuilder ends, however it ends. The cache dir stays on disk.
 
 use std::fs::File;
 use std::os::fd::AsFd;
@@ -32,6 +40,97 @@ use super::{io_ctx, BuildConfig, BuildError};
 use crate::cancel::{Cancel, CleanupId, POLL};
 use crate::log;
 use crate::sandbox::{BuildUser, Places};
+
+/// Where the workspace lives (`--workspace`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WorkspaceMode {
+    /// Memory when the disk limit fits the host's memory, else disk.
+    #[default]
+    Auto,
+    Memory,
+    Disk,
+}
+
+impl std::str::FromStr for WorkspaceMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(WorkspaceMode::Auto),
+            "memory" => Ok(WorkspaceMode::Memory),
+            "disk" => Ok(WorkspaceMode::Disk),
+            other => Err(format!("{other:?}: expected auto, memory or disk")),
+        }
+    }
+}
+
+/// Whether slugbuilder has a mount namespace of its own, and why not.
+static PRIVATE_MOUNTS: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+
+/// Move this process into a mount namespace of its own whose mounts do not
+/// propagate to the host, so that an in-memory workspace is ours alone and
+/// ends with us. Call it before any thread exists (unshare refuses a
+/// multi-threaded process); as root only.
+pub fn enter_private_mount_namespace() {
+    let result = (|| {
+        let threads = std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count());
+        if threads > 1 {
+            return Err(format!("{threads} threads already run"));
+        }
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+            .map_err(|e| format!("unshare(CLONE_NEWNS): {e}"))?;
+        nix::mount::mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .map_err(|e| format!("making / private: {e}"))
+    })();
+    let _ = PRIVATE_MOUNTS.set(result);
+}
+
+/// Bytes of memory of this host.
+fn mem_total() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines().find_map(|l| {
+                l.strip_prefix("MemTotal:")
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// Whether the workspace goes into memory, or why not.
+fn memory_workspace(cfg: &BuildConfig) -> Result<bool, String> {
+    let limit = cfg.sandbox.limits.disk;
+    let mounts = || match PRIVATE_MOUNTS.get() {
+        Some(Ok(())) => Ok(()),
+        Some(Err(why)) => Err(format!("no mount namespace of its own ({why})")),
+        None if nix::unistd::geteuid().is_root() => {
+            Err("no mount namespace of its own".to_string())
+        }
+        None => Err("slugbuilder is not root".to_string()),
+    };
+    match cfg.workspace {
+        WorkspaceMode::Disk => Ok(false),
+        WorkspaceMode::Memory => mounts().map(|()| true),
+        WorkspaceMode::Auto => {
+            if limit == 0 {
+                return Err("no --disk-limit to size it by".into());
+            }
+            if limit > mem_total() / 2 {
+                return Err(format!(
+                    "the disk limit ({}) is more than half of this host's memory",
+                    crate::sandbox::limits::human(limit)
+                ));
+            }
+            mounts().map(|()| true)
+        }
+    }
+}
 
 #[derive(Debug)]
 pub struct Workspace {
@@ -48,6 +147,10 @@ pub struct Workspace {
     _cache_lock: Option<Flock<File>>,
     /// Close the cache again at the end (it was handed to a leased uid).
     close_cache: bool,
+    /// The root is a tmpfs (in our own mount namespace).
+    in_memory: bool,
+    /// For the log: where the workspace is, and why.
+    pub description: String,
     cancel: Arc<Cancel>,
     cleanup: CleanupId,
 }
@@ -62,7 +165,40 @@ impl Workspace {
         }
         .map_err(io_ctx("creating the build workspace"))?;
         let root = dir.keep();
-        let cleanup = cancel.remove_on_emergency(&root);
+        let (in_memory, description) = match memory_workspace(cfg) {
+            Ok(true) => {
+                mount_tmpfs(&root, cfg.sandbox.limits.disk).inspect_err(|_| {
+                    let _ = std::fs::remove_dir(&root);
+                })?;
+                let size = match cfg.sandbox.limits.disk {
+                    0 => "unsized".to_string(),
+                    n => format!("at most {}", crate::sandbox::limits::human(n)),
+                };
+                (
+                    true,
+                    format!("Workspace: memory (tmpfs, {size}; the cache stays on disk)"),
+                )
+            }
+            Ok(false) => (false, format!("Workspace: disk ({})", root.display())),
+            Err(why) if cfg.workspace == WorkspaceMode::Memory => {
+                let _ = std::fs::remove_dir(&root);
+                return Err(BuildError::Sandbox(
+                    crate::sandbox::SandboxError::Misconfigured(format!(
+                        "--workspace memory: {why}"
+                    )),
+                ));
+            }
+            Err(why) => (
+                false,
+                format!("Workspace: disk ({}; not in memory: {why})", root.display()),
+            ),
+        };
+        let cleanup = {
+            let root = root.clone();
+            cancel.on_emergency(move || {
+                let _ = remove_workspace(&root, in_memory);
+            })
+        };
         let mut ws = Workspace {
             build: root.join("build"),
             home: root.join("home"),
@@ -75,6 +211,8 @@ impl Workspace {
             root,
             _cache_lock: None,
             close_cache: false,
+            in_memory,
+            description,
             cancel: Arc::clone(cancel),
             cleanup,
         };
@@ -104,6 +242,11 @@ impl Workspace {
             }
         }
         Ok(ws)
+    }
+
+    /// Whether the workspace is a tmpfs.
+    pub fn in_memory(&self) -> bool {
+        self.in_memory
     }
 
     /// The build's directories, for the sandbox.
@@ -186,7 +329,7 @@ impl Workspace {
 
 impl Drop for Workspace {
     fn drop(&mut self) {
-        if let Err(e) = crate::rootdir::remove_entry(&self.root) {
+        if let Err(e) = remove_workspace(&self.root, self.in_memory) {
             log::warn(format!(
                 "could not remove the build workspace {}: {e}",
                 self.root.display()
@@ -211,6 +354,33 @@ impl Drop for Workspace {
 
 /// Take the cache dir for this build; another build of the same app waits
 /// (within the deadline).
+/// A tmpfs of at most `size` bytes (0: the kernel's default) at `root`,
+/// root-only until it is handed over.
+fn mount_tmpfs(root: &Path, size: u64) -> Result<(), BuildError> {
+    use nix::mount::MsFlags;
+    let options = match size {
+        0 => "mode=0700".to_string(),
+        n => format!("mode=0700,size={n}"),
+    };
+    nix::mount::mount(
+        Some("tmpfs"),
+        root,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(options.as_str()),
+    )
+    .map_err(|e| io_ctx(format!("mounting a tmpfs on {}", root.display()))(e.into()))
+}
+
+/// Remove the workspace: a tmpfs is detached (its files go with it), then
+/// the directory it was mounted on is removed.
+fn remove_workspace(root: &Path, in_memory: bool) -> std::io::Result<()> {
+    if in_memory {
+        nix::mount::umount2(root, nix::mount::MntFlags::MNT_DETACH)?;
+    }
+    crate::rootdir::remove_entry(root)
+}
+
 fn lock_cache(dir: &Path, cancel: &Cancel) -> Result<Flock<File>, BuildError> {
     let open = || {
         File::options()
@@ -309,6 +479,7 @@ mod tests {
             source_date_epoch: None,
             compression_level: 6,
             tmp_dir: Some(tmp.to_path_buf()),
+            workspace: WorkspaceMode::Disk,
             sandbox: Default::default(),
             limits: Default::default(),
             allow_truncated_source: false,

@@ -342,6 +342,9 @@ fn run(plan: &Plan) -> ! {
     if let Err(e) = crate::isolate::new_session() {
         fail("setsid", e);
     }
+    // The mount points we make must be enterable whatever umask the
+    // operator's shell had, and steps start with the usual one (runc's).
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     let mut plan = plan.clone();
     plan.env = match crate::isolate::read_handoff(0) {
         Ok(data) => crate::isolate::decode_env(&data),

@@ -368,11 +368,23 @@ pub struct DiskWatch {
     exceeded: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
     dirs: Vec<PathBuf>,
+    tmpfs: Option<PathBuf>,
     limit: u64,
 }
 
-fn used(dirs: &[PathBuf]) -> u64 {
-    dirs.iter().map(|d| crate::tree::disk_usage(d)).sum()
+/// Whether the build's disk is over `limit`: the trees of `dirs` walked,
+/// plus what the workspace's tmpfs holds (and a full tmpfs, sized to the
+/// limit, is the limit reached).
+fn over(dirs: &[PathBuf], tmpfs: Option<&Path>, limit: u64) -> bool {
+    let (in_memory, full) = tmpfs
+        .and_then(|t| nix::sys::statvfs::statvfs(t).ok())
+        .map(|st| {
+            let block: u64 = st.fragment_size();
+            let used = st.blocks().saturating_sub(st.blocks_free()) * block;
+            (used, st.blocks_available() * block < (1 << 20))
+        })
+        .unwrap_or((0, false));
+    full || in_memory + dirs.iter().map(|d| crate::tree::disk_usage(d)).sum::<u64>() > limit
 }
 
 impl DiskWatch {
@@ -380,17 +392,19 @@ impl DiskWatch {
 
     pub fn start(
         dirs: Vec<PathBuf>,
+        tmpfs: Option<PathBuf>,
         limit: u64,
         on_exceed: impl Fn() + Send + 'static,
     ) -> DiskWatch {
         let stop = Arc::new(AtomicBool::new(false));
         let exceeded = Arc::new(AtomicBool::new(false));
         let thread = {
-            let (stop, exceeded, dirs) = (stop.clone(), exceeded.clone(), dirs.clone());
+            let (stop, exceeded, dirs, tmpfs) =
+                (stop.clone(), exceeded.clone(), dirs.clone(), tmpfs.clone());
             std::thread::spawn(move || {
                 while !stop.load(Ordering::SeqCst) {
                     let started = std::time::Instant::now();
-                    if used(&dirs) > limit {
+                    if over(&dirs, tmpfs.as_deref(), limit) {
                         exceeded.store(true, Ordering::SeqCst);
                         on_exceed();
                         return;
@@ -406,6 +420,7 @@ impl DiskWatch {
             exceeded,
             thread: Some(thread),
             dirs,
+            tmpfs,
             limit,
         }
     }
@@ -415,7 +430,8 @@ impl DiskWatch {
     /// `recheck`: look once more now (only worth it for a failed step).
     pub fn finish(mut self, recheck: bool) -> bool {
         self.end();
-        self.exceeded.load(Ordering::SeqCst) || (recheck && used(&self.dirs) > self.limit)
+        self.exceeded.load(Ordering::SeqCst)
+            || (recheck && over(&self.dirs, self.tmpfs.as_deref(), self.limit))
     }
 
     fn end(&mut self) {

@@ -192,6 +192,10 @@ pub struct Sandbox {
     network: Option<BuildNetwork>,
     cgroup: Option<BuildCgroup>,
     limits: Limits,
+    /// The workspace's tmpfs, when it is in memory (its use is read with
+    /// statvfs instead of walking it), and how the log describes it.
+    workspace_tmpfs: Option<PathBuf>,
+    workspace_description: String,
     /// Warnings for the build log (a fallback, a shared uid).
     pub warnings: Vec<String>,
 }
@@ -230,6 +234,8 @@ impl Sandbox {
             network: None,
             cgroup: None,
             limits: cfg.limits,
+            workspace_tmpfs: None,
+            workspace_description: String::new(),
             warnings,
         };
         // An operator's path that does not exist is a mistake to report,
@@ -344,6 +350,23 @@ impl Sandbox {
                 None
             }
         }
+    }
+
+    /// Say where the workspace is: `tmpfs` is its root when it is in
+    /// memory (an empty path when it is on disk).
+    pub fn set_workspace_tmpfs(&mut self, tmpfs: PathBuf, description: String) {
+        self.workspace_tmpfs = (!tmpfs.as_os_str().is_empty()).then_some(tmpfs);
+        self.workspace_description = description;
+    }
+
+    /// The workspace's tmpfs, when it is in memory.
+    pub fn workspace_tmpfs(&self) -> Option<&Path> {
+        self.workspace_tmpfs.as_deref()
+    }
+
+    /// One line for the log: where the workspace is.
+    pub fn workspace_description(&self) -> &str {
+        &self.workspace_description
     }
 
     /// The build's cgroup, when it has one.
