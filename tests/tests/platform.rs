@@ -579,6 +579,55 @@ fn the_report_has_every_field() {
 }
 
 /// A git buildpack's resolved commit is in the report.
+/// A failed build's report: what it did not reach is `null`, and the
+/// error carries the failed step's last lines (pip's own error here),
+/// never a config var's value.
+#[test]
+fn the_report_of_a_failed_pip_install_names_pips_error() {
+    let tmp = shared_tempdir();
+    let bp = tmp.path().join("pip");
+    std::fs::create_dir_all(bp.join("bin")).unwrap();
+    for (name, text) in [
+        ("detect", "#!/bin/sh\necho Pip\n"),
+        (
+            "compile",
+            "#!/bin/sh\nset -e\ncd \"$1\"\necho \"token is $(cat \"$3/SECRET_TOKEN\")\"\n\
+             /usr/bin/python3 -m pip install --break-system-packages --no-index -r requirements.txt\n",
+        ),
+    ] {
+        let path = bp.join("bin").join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let app = App::new(&[
+        ("requirements.txt", "no-such-package==1.0 !!\n"),
+        ("Procfile", "web: python3 app.py\n"),
+    ]);
+    let report = tmp.path().join("report.json");
+    let out = Build::new(app.tar())
+        .args(["--buildpack"])
+        .arg(&bp)
+        .args(["-e", "SECRET_TOKEN=hunter2-very-secret", "--report"])
+        .arg(&report)
+        .args(["-o"])
+        .arg(tmp.path().join("slug.tgz"))
+        .run();
+    assert!(!out.status.success(), "{}", stderr(&out));
+    let json = read_report(&report);
+    assert_eq!(json["result"], "failed");
+    assert!(json["process_types"].is_null(), "{json}");
+    assert!(json["slug"].is_null(), "{json}");
+    let error = json["error"].as_str().unwrap();
+    assert!(error.contains("compile failed"), "{error}");
+    assert!(
+        error.contains("ERROR: Invalid requirement"),
+        "no pip error: {error}"
+    );
+    assert!(!error.contains("hunter2-very-secret"), "a secret: {error}");
+    assert!(error.contains("token is ***"), "{error}");
+    assert!(error.len() <= 4096 + 200, "{error}");
+}
+
 #[test]
 fn the_report_names_a_git_buildpacks_commit() {
     let tmp = shared_tempdir();
