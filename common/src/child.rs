@@ -117,6 +117,51 @@ pub struct StepOutput {
     pub status: ExitStatus,
     /// Captured stdout (only when capture was asked for).
     pub stdout: Vec<u8>,
+    /// The last non-blank lines of its log (stderr, and stdout when not
+    /// captured), as logged: at most [`TAIL_LINES`] lines and
+    /// [`TAIL_BYTES`] bytes, control characters escaped.
+    pub tail: Vec<String>,
+}
+
+/// How many of a step's last log lines [`StepOutput::tail`] keeps.
+pub const TAIL_LINES: usize = 20;
+/// How many bytes of them at most.
+pub const TAIL_BYTES: usize = 4096;
+
+/// The last non-blank lines of a log, bounded in lines and bytes.
+#[derive(Debug, Default)]
+pub struct Tail {
+    lines: std::collections::VecDeque<String>,
+    bytes: usize,
+}
+
+impl Tail {
+    pub fn push(&mut self, line: &[u8]) {
+        let text = crate::log::terminal_safe(line.strip_suffix(b"\r").unwrap_or(line));
+        let text = text.trim_end();
+        if text.trim().is_empty() {
+            return;
+        }
+        let mut text = text.to_string();
+        if text.len() > TAIL_BYTES {
+            let mut end = TAIL_BYTES;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+        }
+        self.bytes += text.len();
+        self.lines.push_back(text);
+        while self.lines.len() > TAIL_LINES || self.bytes > TAIL_BYTES {
+            if let Some(old) = self.lines.pop_front() {
+                self.bytes -= old.len();
+            }
+        }
+    }
+
+    pub fn into_lines(self) -> Vec<String> {
+        self.lines.into()
+    }
 }
 
 impl StepRunner {
@@ -257,7 +302,7 @@ impl StepRunner {
                 return Err(StepError::Stopped(Stop::TimedOut));
             }
         };
-        finish_log(log_task).await;
+        let tail = finish_log(log_task).await;
         self.cancel.check()?;
         // Over the disk limit fails the build even when the step itself
         // succeeded: the limit is the build's, not the step's.
@@ -293,20 +338,30 @@ impl StepRunner {
             }
             None => Vec::new(),
         };
-        Ok(StepOutput { status, stdout })
+        Ok(StepOutput {
+            status,
+            stdout,
+            tail,
+        })
     }
 }
 
 /// Wait briefly for the log to drain: a process that escaped the group
 /// (only possible without namespaces, until the sweep) could hold the pipe
 /// open.
-async fn finish_log(task: tokio::task::JoinHandle<()>) {
-    let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+/// Returns the log's last lines (none if it did not drain in time).
+async fn finish_log(task: tokio::task::JoinHandle<Vec<String>>) -> Vec<String> {
+    match tokio::time::timeout(Duration::from_secs(2), task).await {
+        Ok(Ok(tail)) => tail,
+        _ => Vec::new(),
+    }
 }
 
-async fn stream_log(fd: OwnedFd) {
+/// Relay a step's log to ours, line by line; returns its last lines.
+async fn stream_log(fd: OwnedFd) -> Vec<String> {
+    let mut tail = Tail::default();
     let Ok(mut pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
-        return;
+        return tail.into_lines();
     };
     let mut lines = LineCutter::new(MAX_LOG_LINE);
     let mut buf = vec![0u8; 64 << 10];
@@ -317,6 +372,7 @@ async fn stream_log(fd: OwnedFd) {
                 let mut err = std::io::stderr().lock();
                 lines.feed(&buf[..n], &mut |line| {
                     let _ = crate::log::write_indented(&mut err, line);
+                    tail.push(line);
                 });
                 let _ = err.flush();
             }
@@ -325,8 +381,10 @@ async fn stream_log(fd: OwnedFd) {
     let mut err = std::io::stderr().lock();
     lines.finish(&mut |line| {
         let _ = crate::log::write_indented(&mut err, line);
+        tail.push(line);
     });
     let _ = err.flush();
+    tail.into_lines()
 }
 
 /// Splits a byte stream into lines of at most `max` bytes: the rest of a

@@ -36,8 +36,9 @@ pub struct Report {
     pub source_version: Option<String>,
     /// Buildpacks in the order they ran (those detected or named).
     pub buildpacks: Vec<BuildpackReport>,
-    /// Process types of the slug, `web` first as printed.
-    pub process_types: Vec<String>,
+    /// Process types of the slug, `web` first as printed; `null` when the
+    /// build did not get to them.
+    pub process_types: Option<Vec<String>>,
     pub slug: Option<SlugReport>,
     /// The OCI image, when one was published (`--image`).
     pub image: Option<ImageReport>,
@@ -155,7 +156,7 @@ impl Report {
             request_id: request_id.to_string(),
             source_version: None,
             buildpacks: Vec::new(),
-            process_types: Vec::new(),
+            process_types: None,
             slug: None,
             image: None,
             warnings: Vec::new(),

@@ -341,7 +341,17 @@ fn main() -> ExitCode {
                 (None, Some(e)) => e.exit(),
                 (None, None) => Exit::Internal,
             };
-            (exit, Some(line))
+            // The report also carries the failed step's last lines (the log
+            // has them above the error line already).
+            let tail = err
+                .chain()
+                .find_map(|e| e.downcast_ref::<BuildError>())
+                .and_then(BuildError::step_output);
+            let error = match tail {
+                Some(lines) => format!("{line}; its last lines:\n{}", lines.join("\n")),
+                None => line,
+            };
+            (exit, Some(error))
         }
     };
     if let Some(path) = report_path {

@@ -579,6 +579,55 @@ fn the_report_has_every_field() {
 }
 
 /// A git buildpack's resolved commit is in the report.
+/// A failed build's report: what it did not reach is `null`, and the
+/// error carries the failed step's last lines (pip's own error here),
+/// never a config var's value.
+#[test]
+fn the_report_of_a_failed_pip_install_names_pips_error() {
+    let tmp = shared_tempdir();
+    let bp = tmp.path().join("pip");
+    std::fs::create_dir_all(bp.join("bin")).unwrap();
+    for (name, text) in [
+        ("detect", "#!/bin/sh\necho Pip\n"),
+        (
+            "compile",
+            "#!/bin/sh\nset -e\ncd \"$1\"\necho \"token is $(cat \"$3/SECRET_TOKEN\")\"\n\
+             /usr/bin/python3 -m pip install --break-system-packages --no-index -r requirements.txt\n",
+        ),
+    ] {
+        let path = bp.join("bin").join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let app = App::new(&[
+        ("requirements.txt", "no-such-package==1.0 !!\n"),
+        ("Procfile", "web: python3 app.py\n"),
+    ]);
+    let report = tmp.path().join("report.json");
+    let out = Build::new(app.tar())
+        .args(["--buildpack"])
+        .arg(&bp)
+        .args(["-e", "SECRET_TOKEN=hunter2-very-secret", "--report"])
+        .arg(&report)
+        .args(["-o"])
+        .arg(tmp.path().join("slug.tgz"))
+        .run();
+    assert!(!out.status.success(), "{}", stderr(&out));
+    let json = read_report(&report);
+    assert_eq!(json["result"], "failed");
+    assert!(json["process_types"].is_null(), "{json}");
+    assert!(json["slug"].is_null(), "{json}");
+    let error = json["error"].as_str().unwrap();
+    assert!(error.contains("compile failed"), "{error}");
+    assert!(
+        error.contains("ERROR: Invalid requirement"),
+        "no pip error: {error}"
+    );
+    assert!(!error.contains("hunter2-very-secret"), "a secret: {error}");
+    assert!(error.contains("token is ***"), "{error}");
+    assert!(error.len() <= 4096 + 200, "{error}");
+}
+
 #[test]
 fn the_report_names_a_git_buildpacks_commit() {
     let tmp = shared_tempdir();
@@ -737,15 +786,32 @@ impl Deployed {
         Self::install_with(grace, &[], &[])
     }
 
-    /// `install` with more options, and more slugbuilder arguments.
+    /// `install` with more options, and more slugbuilder arguments (an app
+    /// of its own host: its own registry of uids and ports).
     fn install_with(grace: u32, options: &[&str], build_args: &[&std::ffi::OsStr]) -> Self {
         let dir = shared_tempdir();
+        let registry = dir.path().join("registry");
+        Self::install_app("myapp", dir, &registry, grace, options, build_args)
+    }
+
+    /// `install APP` into `dir`, recorded in `registry` (apps sharing one
+    /// registry share a host).
+    fn install_app(
+        name: &str,
+        dir: tempfile::TempDir,
+        registry: &Path,
+        grace: u32,
+        options: &[&str],
+        build_args: &[&std::ffi::OsStr],
+    ) -> Self {
         let port = free_port();
         let out = Command::new(repo_root().join("deploy/git-push/install"))
-            .arg("myapp")
+            .arg(name)
             .arg(dir.path().join("myapp.git"))
             .arg("--state-dir")
             .arg(dir.path().join("state"))
+            .arg("--registry")
+            .arg(registry)
             .args(["--port", &port.to_string(), "--keep", "2"])
             .args(["--grace-period", &grace.to_string()])
             .args(options)
@@ -1287,6 +1353,222 @@ fn the_release_phase_runs_before_the_switch() {
     assert!(log.contains("v1 is still running"), "{log}");
     assert_eq!(deployed.pid(), running, "the app was restarted");
     assert_eq!(http_get(deployed.port, "/").unwrap().1, "version one\n");
+}
+
+/// The process slugrunner (pid `init`) started: the app itself.
+fn app_process(init: i32) -> i32 {
+    let mut found = None;
+    let ok = wait_until(Duration::from_secs(10), || {
+        found = std::fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let ppid: i32 = stat.rsplit_once(") ")?.1.split(' ').nth(1)?.parse().ok()?;
+            (ppid == init).then_some(pid)
+        });
+        found.is_some()
+    });
+    assert!(ok, "slugrunner {init} has no child");
+    found.unwrap()
+}
+
+/// The real uid of a process.
+fn uid_of(pid: i32) -> u32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Run `script` with `sh -c` as uid (and gid) `uid`, no other groups:
+/// what that app's processes may do. Returns whether it succeeded.
+fn as_uid(uid: u32, script: &str) -> bool {
+    Command::new("setpriv")
+        .args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={uid}"),
+            "--clear-groups",
+            "sh",
+            "-c",
+            script,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+fn mode_and_owner(path: &Path) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(path).unwrap();
+    (meta.mode() & 0o7777, meta.uid())
+}
+
+/// Apps are tenants (threat model, invariant 11): two apps on one host run
+/// as uids of their own, and neither can read, write or signal the
+/// other's files and processes, nor rewrite its own config or the
+/// receiver's files.
+#[test]
+fn apps_on_one_host_are_isolated() {
+    if !require_root("the git push hook") || !have("setpriv") {
+        return;
+    }
+    let bps = shared_tempdir();
+    let bp = steered_buildpack(bps.path());
+    let host = shared_tempdir();
+    let registry = host.path().join("registry");
+    let install = |name: &str| {
+        Deployed::install_app(
+            name,
+            shared_tempdir(),
+            &registry,
+            5,
+            &[],
+            &["--buildpack".as_ref(), bp.as_os_str()],
+        )
+    };
+    let apps = [install("app-a"), install("app-b")];
+    let mut procs = vec![];
+    for (app, secret) in apps.iter().zip(["secret-of-a", "secret-of-b"]) {
+        std::fs::write(app.state().join("env/SECRET_TOKEN"), secret).unwrap();
+        let _work = first_push(app);
+        let pid = app_process(app.pid());
+        procs.push((pid, uid_of(pid)));
+    }
+    let (ua, ub) = (procs[0].1, procs[1].1);
+    assert_ne!(ua, ub, "both apps run as uid {ua}");
+    for uid in [ua, ub] {
+        assert!(uid != 0 && uid != 65534, "an app runs as {uid}");
+    }
+    for (i, app) in apps.iter().enumerate() {
+        let (pid, uid) = procs[i];
+        let state = app.state();
+        assert_eq!(mode_and_owner(&state.join("app")), (0o700, uid));
+        for file in ["config", "app.log"] {
+            assert_eq!(mode_and_owner(&state.join(file)), (0o600, 0), "{file}");
+        }
+        // What an app may do to itself (the probes work).
+        let own = state.join("app");
+        assert!(as_uid(uid, &format!("touch {}/mine", own.display())));
+        assert!(as_uid(uid, &format!("kill -0 {pid}")));
+        // Its own config, logs and the receiver's files are not its own.
+        for file in [
+            state.join("config"),
+            state.join("app.log"),
+            state.join("bin/slugapp"),
+            app.repo().join("hooks/pre-receive"),
+        ] {
+            assert!(
+                !as_uid(uid, &format!("echo x >>{}", file.display())),
+                "app {i} wrote {file:?}"
+            );
+        }
+        assert!(
+            !as_uid(
+                uid,
+                &format!("cat {}", state.join("env/SECRET_TOKEN").display())
+            ),
+            "app {i} read its config var file"
+        );
+        // Nothing of the other app.
+        let other = &apps[1 - i];
+        let (other_pid, _) = procs[1 - i];
+        let os = other.state();
+        for (what, script) in [
+            (
+                "read the config var",
+                format!("cat {}/env/SECRET_TOKEN", os.display()),
+            ),
+            ("read the config", format!("cat {}/config", os.display())),
+            ("read the log", format!("cat {}/app.log", os.display())),
+            ("listed the app dir", format!("ls {}/app", os.display())),
+            (
+                "read the app",
+                format!("cat {}/app/index.html", os.display()),
+            ),
+            (
+                "wrote the app dir",
+                format!("touch {}/app/pwned", os.display()),
+            ),
+            (
+                "wrote the config",
+                format!("echo x >>{}/config", os.display()),
+            ),
+            (
+                "wrote the log",
+                format!("echo x >>{}/app.log", os.display()),
+            ),
+            (
+                "wrote the hook",
+                format!("echo x >>{}/hooks/pre-receive", other.repo().display()),
+            ),
+            (
+                "read the source",
+                format!("ls {}/objects", other.repo().display()),
+            ),
+            ("signalled the app", format!("kill -0 {other_pid}")),
+            (
+                "read the app's environment",
+                format!("cat /proc/{other_pid}/environ"),
+            ),
+        ] {
+            assert!(
+                !as_uid(uid, &script),
+                "app {i} {what} of the other: {script}"
+            );
+        }
+    }
+    // Both still serve their own.
+    for app in &apps {
+        assert_eq!(http_get(app.port, "/").unwrap().1, "version one\n");
+    }
+}
+
+/// The boot check wants the new release's own process on the port: a
+/// release that never listens is refused while something else holds
+/// $PORT, whether it took the port before the start or during the boot.
+#[test]
+fn a_release_must_answer_on_its_own_port() {
+    if !require_root("the git push hook") {
+        return;
+    }
+    let (deployed, _bps) = steered_host(&["--boot-timeout", "5"]);
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    assert!(git_in(w, &["init", "-q", "-b", "main"], &[])
+        .status
+        .success());
+    std::fs::write(w.join("Procfile"), "web: sleep 600\n").unwrap();
+    commit(w, "never listens");
+    let remote = format!("file://{}", deployed.repo().display());
+
+    // The port taken while the release boots.
+    let log = work.path().join("push.log");
+    let pushing = spawn_push(w, &remote, &log);
+    wait_for_log(&log, "Started v1");
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", deployed.port)).unwrap();
+    let status = pushing.wait(Duration::from_secs(120));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !status.success(),
+        "a release that never listens was deployed:\n{text}"
+    );
+    assert!(text.contains("did not answer on port"), "{text}");
+    assert!(
+        deployed.slugapp(&["status"]).status.code() == Some(3),
+        "it runs"
+    );
+
+    // The port taken before the start.
+    commit_empty(w, "again");
+    let (ok, text) = push(w, &remote, &[]);
+    assert!(!ok, "a release that never listens was deployed:\n{text}");
+    assert!(text.contains("is held by another process"), "{text}");
+    drop(squatter);
+}
+
+fn commit_empty(dir: &Path, message: &str) {
+    let out = git_in(dir, &["commit", "-q", "--allow-empty", "-m", message], &[]);
+    assert!(out.status.success());
 }
 
 // ---------------------------------------------------------------------------

@@ -215,6 +215,9 @@ pub enum BuildError {
         buildpack: String,
         phase: Phase,
         status: String,
+        /// The step's last log lines (see [`crate::child::Tail`]), config
+        /// var values masked: for the report, the log has them already.
+        output: Vec<String>,
     },
     #[error("buildpack {buildpack}: bin/release: {source}")]
     Release {
@@ -365,17 +368,21 @@ pub fn build(
 
     // 2. Buildpacks.
     let env = steps::base_env(cfg, &sandbox, source_version.as_deref());
-    let ran = rec.phase(PhaseName::Buildpacks, || {
-        steps::run_buildpacks(cfg, &runner, &ws, bundled_dir.as_deref(), env, owner, rec)
-    })?;
+    let ran = rec
+        .phase(PhaseName::Buildpacks, || {
+            steps::run_buildpacks(cfg, &runner, &ws, bundled_dir.as_deref(), env, owner, rec)
+        })
+        .map_err(|e| mask_config_values(e, cfg))?;
     cancel.check()?;
 
     // 3. Release metadata and process types.
-    let process_types = rec.phase(PhaseName::Release, || {
-        let release = steps::run_releases(&runner, &ran, rec)?;
-        slug::write_release(&ws.build, &release)
-    })?;
-    rec.update(|r| r.process_types.clone_from(&process_types));
+    let process_types = rec
+        .phase(PhaseName::Release, || {
+            let release = steps::run_releases(&runner, &ran, rec)?;
+            slug::write_release(&ws.build, &release)
+        })
+        .map_err(|e| mask_config_values(e, cfg))?;
+    rec.update(|r| r.process_types = Some(process_types.clone()));
 
     // 4. Slug.
     let epoch = cfg.source_date_epoch.unwrap_or(DEFAULT_EPOCH);
@@ -529,3 +536,75 @@ pub fn new_request_id() -> String {
 
 /// How long a build may take by default (Heroku's 15 minutes).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// Shortest config var value masked in a failed step's output: shorter
+/// ones (`1`, `on`) would mask every other word and hide nothing.
+const MIN_MASKED: usize = 4;
+
+/// `err` with every config var value (of `-e` and of the operator's
+/// ENV_DIR) in a failed step's output replaced by `***`, so that the
+/// report never carries one.
+fn mask_config_values(err: BuildError, cfg: &BuildConfig) -> BuildError {
+    let BuildError::StepFailed {
+        buildpack,
+        phase,
+        status,
+        output,
+    } = err
+    else {
+        return err;
+    };
+    let mut values: Vec<String> = cfg.env_vars.iter().map(|(_, v)| v.clone()).collect();
+    if let Some(dir) = &cfg.env_dir {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            // The operator's files; regular ones only, as they were read.
+            if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file() && m.len() <= 1 << 20) {
+                if let Ok(value) = std::fs::read(&path) {
+                    values.push(String::from_utf8_lossy(&value).into_owned());
+                }
+            }
+        }
+    }
+    // Also each line of a value (a line of the log holds at most one), and
+    // the value as the log escapes it.
+    let mut masks: Vec<String> = Vec::new();
+    for value in &values {
+        for part in std::iter::once(value.as_str()).chain(value.lines()) {
+            let part = part.trim();
+            if part.len() >= MIN_MASKED {
+                masks.push(part.to_string());
+                masks.push(crate::log::terminal_safe(part.as_bytes()));
+            }
+        }
+    }
+    masks.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    let output = output
+        .into_iter()
+        .map(|mut line| {
+            for mask in &masks {
+                if line.contains(mask.as_str()) {
+                    line = line.replace(mask.as_str(), "***");
+                }
+            }
+            line
+        })
+        .collect();
+    BuildError::StepFailed {
+        buildpack,
+        phase,
+        status,
+        output,
+    }
+}
+
+impl BuildError {
+    /// The last lines of a failed step's output (config var values
+    /// masked), if this is a step that failed.
+    pub fn step_output(&self) -> Option<&[String]> {
+        match self {
+            BuildError::StepFailed { output, .. } if !output.is_empty() => Some(output),
+            _ => None,
+        }
+    }
+}

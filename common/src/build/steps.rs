@@ -378,6 +378,7 @@ fn compile(runner: &StepRunner, bp: &Buildpack, env: &Env) -> Result<(), BuildEr
             buildpack: bp.spec.clone(),
             phase: Phase::Compile,
             status: describe_status(out.status),
+            output: out.tail,
         });
     }
     Ok(())
@@ -420,6 +421,7 @@ fn source_export(
             buildpack: bp.spec.clone(),
             phase: Phase::Export,
             status: describe_status(out.status),
+            output: out.tail,
         });
     }
     let mut exported = Env::new();
@@ -454,6 +456,7 @@ fn run_release(
             buildpack: bp.spec.clone(),
             phase: Phase::Release,
             status: describe_status(out.status),
+            output: out.tail,
         });
     }
     Release::parse(&out.stdout)
