@@ -106,11 +106,20 @@ impl BuildNetwork {
                 let _ = e.by_ref().take(4096).read_to_string(&mut why);
             }
             let _ = holder.kill();
-            let _ = holder.wait();
-            return Err(NetError::Refused(format!(
+            let status = holder.wait().ok();
+            let why = format!(
                 "cannot make the build's network namespace: {}",
                 why.trim().trim_start_matches("slugbuilder: sandbox: ")
-            )));
+            );
+            // Only the kernel's refusal (the helper's own exit code for it)
+            // is a reason to fall back; anything else is to be fixed.
+            let refused =
+                status.and_then(|s| s.code()) == Some(i32::from(super::helper::NAMESPACES_REFUSED));
+            return Err(if refused {
+                NetError::Refused(why)
+            } else {
+                NetError::Unusable(why)
+            });
         }
         let ns_path = PathBuf::from(format!("/proc/{}/ns/net", holder.id()));
         let mut net = BuildNetwork {
