@@ -214,7 +214,16 @@ impl BuildCgroup {
             // rule), unless it is the root.
             let control = parent.join("cgroup.subtree_control");
             let enabled = std::fs::read_to_string(&control).unwrap_or_default();
-            if !(enabled.contains("memory") && enabled.contains("pids")) {
+            if !(enabled.contains("memory") && enabled.contains("pids"))
+                && write(&control, "+memory +pids").is_err()
+            {
+                // Usually slugbuilder itself is the process in the way (a
+                // systemd service's cgroup): it moves into a leaf of its
+                // own, removed by a later build once it is gone.
+                let own = parent.join(format!("slugbuilder-{}-self", std::process::id()));
+                std::fs::create_dir_all(&own)
+                    .map_err(|e| format!("creating cgroup {}: {e}", own.display()))?;
+                write(&own.join("cgroup.procs"), &std::process::id().to_string())?;
                 write(&control, "+memory +pids")?;
             }
             remove_stale(&parent);
@@ -276,18 +285,9 @@ impl BuildCgroup {
         };
         match self.version {
             Version::V2 => read_u64_field(&dir.join("memory.events"), "oom_kill"),
-            Version::V1 => {
-                let kills = read_u64_field(&dir.join("memory.oom_control"), "oom_kill");
-                // Kernels before 4.13 have no oom_kill count: a failcnt
-                // that moved at the limit says the same.
-                kills.max(
-                    std::fs::read_to_string(dir.join("memory.failcnt"))
-                        .ok()
-                        .and_then(|t| t.trim().parse().ok())
-                        .unwrap_or(0)
-                        .min(1),
-                )
-            }
+            // Kernels before 4.13 have no count: a limit reached there
+            // shows as the step's own failure.
+            Version::V1 => read_u64_field(&dir.join("memory.oom_control"), "oom_kill"),
         }
     }
 
