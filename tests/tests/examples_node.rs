@@ -978,8 +978,19 @@ fn a_file_planted_in_the_npm_cache_is_noticed_and_the_slug_is_the_cold_builds() 
     let npm_cache = case.cache_dir().join("npm");
     assert!(npm_cache.is_dir(), "no npm cache");
     std::fs::write(npm_cache.join("planted"), "x").expect("plant");
-    let layer = case.cache_dir().join("node-layer/node_modules/ms");
-    std::fs::write(layer.join("planted.js"), "x").expect("plant");
+    // The layer is one tar of `node_modules/`: a file appended to it.
+    let planted_dir = case.path("planted");
+    std::fs::create_dir_all(planted_dir.join("node_modules/ms")).expect("mkdir");
+    std::fs::write(planted_dir.join("node_modules/ms/planted.js"), "x").expect("plant");
+    let appended = Command::new("tar")
+        .arg("-rf")
+        .arg(case.cache_dir().join("node-layer/node_modules.tar"))
+        .arg("-C")
+        .arg(&planted_dir)
+        .arg("node_modules/ms/planted.js")
+        .status()
+        .expect("run tar");
+    assert!(appended.success());
     let log = build_ok(&case, ms_2_1_3(), &args, None);
     for tree in ["node-layer", "npm"] {
         assert!(

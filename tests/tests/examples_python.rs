@@ -935,8 +935,28 @@ fn files_planted_in_the_python_cache_never_reach_the_slug() {
     };
     let base_site = site_packages(cache.join("python/base-venv"));
     std::fs::write(base_site.join("zz_planted.pth"), "import os\n").expect("plant .pth");
-    let layer_site = site_packages(cache.join("python/venv-layer/venv"));
-    std::fs::write(layer_site.join("zz_layer.pth"), "import os\n").expect("plant .pth");
+    // The layer is one tar of `python/`: a .pth appended to it.
+    let planted_dir = case.path("planted");
+    let python_x = base_site
+        .parent()
+        .and_then(Path::file_name)
+        .expect("python3.X");
+    let rel_site = Path::new("python/lib").join(python_x).join("site-packages");
+    std::fs::create_dir_all(planted_dir.join(&rel_site)).expect("mkdir");
+    std::fs::write(
+        planted_dir.join(&rel_site).join("zz_layer.pth"),
+        "import os\n",
+    )
+    .expect("plant .pth");
+    let appended = Command::new("tar")
+        .arg("-rf")
+        .arg(cache.join("python/venv-layer/venv.tar"))
+        .arg("-C")
+        .arg(&planted_dir)
+        .arg(rel_site.join("zz_layer.pth"))
+        .status()
+        .expect("run tar");
+    assert!(appended.success());
     std::fs::write(
         cache.join("python/wheels/six-99.0-py2.py3-none-any.whl"),
         "not a wheel",
