@@ -159,7 +159,12 @@ fn express_example_serves_builds_reproducibly_and_reuses_its_caches() {
     web.stop();
 
     let second = case.build(example_tar("express"));
-    assert!(second.contains("- npm cache ("), "{second}");
+    // Nothing changed: node_modules is reused, npm ci does not run.
+    assert!(
+        second.contains("-----> Reusing the installed dependencies (key "),
+        "{second}"
+    );
+    assert!(!second.contains("(npm ci)"), "{second}");
     assert!(!second.contains("Empty cache"), "{second}");
     assert!(lines_with(&second, "Downloaded").is_empty(), "{second}");
     assert_eq!(
@@ -933,49 +938,98 @@ except pkgcache.RegistryError as e:
     );
 }
 
-/// A file planted in the npm cache (a shared or leaked CACHE_DIR) is
-/// noticed by the digest recorded when the cache was written: the cache is
-/// dropped and made again, and the slug is the cold build's.
+/// A file planted in the layer of installed dependencies (node_modules) and
+/// in the npm cache (a shared or leaked CACHE_DIR) is noticed by the digest
+/// recorded when they were written: both are dropped and made again, and
+/// the slug is the cold build's. Untouched, the layer is reused without
+/// running npm, and a changed lockfile installs again.
 #[test]
 fn a_file_planted_in_the_npm_cache_is_noticed_and_the_slug_is_the_cold_builds() {
     let case = Case::new();
-    let source = || {
+    let source = |version: &str, integrity: &str| {
+        let package_json = format!(
+            r#"{{"name": "node-versions", "version": "1.0.0", "private": true,
+  "scripts": {{"start": "node server.js"}}, "dependencies": {{"ms": "{version}"}}}}"#
+        );
+        let lock = format!(
+            r#"{{"name": "node-versions", "version": "1.0.0", "lockfileVersion": 3, "requires": true,
+  "packages": {{"": {{"name": "node-versions", "version": "1.0.0", "dependencies": {{"ms": "{version}"}}}},
+    "node_modules/ms": {{"version": "{version}", "resolved": "https://registry.npmjs.org/ms/-/ms-{version}.tgz",
+      "integrity": "{integrity}"}}}}}}"#
+        );
         tar_of(
             &fixtures().join("apps/node-versions"),
             &[
-                (
-                    "package.json",
-                    r#"{"name": "node-versions", "version": "1.0.0", "private": true,
-  "scripts": {"start": "node server.js"}, "dependencies": {"ms": "2.1.3"}}"#,
-                ),
-                (
-                    "package-lock.json",
-                    r#"{"name": "node-versions", "version": "1.0.0", "lockfileVersion": 3, "requires": true,
-  "packages": {"": {"name": "node-versions", "version": "1.0.0", "dependencies": {"ms": "2.1.3"}},
-    "node_modules/ms": {"version": "2.1.3", "resolved": "https://registry.npmjs.org/ms/-/ms-2.1.3.tgz",
-      "integrity": "sha512-6FlzubTLZG3J2a/NVCAleEhjzq5oxgHyaCU9yYXvcLsvoVaHJq/s5xXI6/XXP6tz7R9xAOtHnSO/tXtF3WRTlA=="}}}"#,
-                ),
+                ("package.json", &package_json),
+                ("package-lock.json", &lock),
             ],
         )
     };
+    let ms_2_1_3 = || {
+        source("2.1.3", "sha512-6FlzubTLZG3J2a/NVCAleEhjzq5oxgHyaCU9yYXvcLsvoVaHJq/s5xXI6/XXP6tz7R9xAOtHnSO/tXtF3WRTlA==")
+    };
     let args = ["-e", "NODE_RUNTIME_DOWNLOAD=false"];
-    build_ok(&case, source(), &args, None);
+    let log = build_ok(&case, ms_2_1_3(), &args, None);
+    assert!(
+        log.contains("Kept node_modules for the next build (key "),
+        "{log}"
+    );
     let cold = std::fs::read(case.slug()).expect("slug");
     let npm_cache = case.cache_dir().join("npm");
     assert!(npm_cache.is_dir(), "no npm cache");
     std::fs::write(npm_cache.join("planted"), "x").expect("plant");
-    let log = build_ok(&case, source(), &args, None);
-    assert!(
-        log.contains("Cache npm does not match the digest recorded when it was made: discarded"),
-        "{log}"
-    );
+    // The layer is one tar of `node_modules/`: a file appended to it.
+    let planted_dir = case.path("planted");
+    std::fs::create_dir_all(planted_dir.join("node_modules/ms")).expect("mkdir");
+    std::fs::write(planted_dir.join("node_modules/ms/planted.js"), "x").expect("plant");
+    let appended = Command::new("tar")
+        .arg("-rf")
+        .arg(case.cache_dir().join("node-layer/node_modules.tar"))
+        .arg("-C")
+        .arg(&planted_dir)
+        .arg("node_modules/ms/planted.js")
+        .status()
+        .expect("run tar");
+    assert!(appended.success());
+    let log = build_ok(&case, ms_2_1_3(), &args, None);
+    for tree in ["node-layer", "npm"] {
+        assert!(
+            log.contains(&format!(
+                "Cache {tree} does not match the digest recorded when it was made: discarded"
+            )),
+            "{tree} in {log}"
+        );
+    }
+    assert!(log.contains("(npm ci)"), "{log}");
     assert!(!npm_cache.join("planted").exists());
     assert!(
         std::fs::read(case.slug()).expect("slug") == cold,
         "the slug differs from the cold build's\n{log}"
     );
-    let log = build_ok(&case, source(), &args, None);
+    let log = build_ok(&case, ms_2_1_3(), &args, None);
     assert!(!log.contains("discarded"), "{log}");
+    assert!(
+        log.contains("-----> Reusing the installed dependencies (key "),
+        "{log}"
+    );
+    assert!(!log.contains("(npm ci)"), "{log}");
+    assert!(
+        std::fs::read(case.slug()).expect("slug") == cold,
+        "the slug differs from the cold build's\n{log}"
+    );
+    // Another lockfile: npm ci runs and installs what it says.
+    let log = build_ok(
+        &case,
+        source("2.1.2", "sha512-sGkPx+VjMtmA6MX27oA4FBFELFCZZ4S4XqeGOXCv68tT+jb3vk/RyaKWP0PTKyWtmLSM0b+adUTEvbs1PEaH2w=="),
+        &args,
+        None,
+    );
+    assert!(!log.contains("Reusing the installed dependencies"), "{log}");
+    assert!(log.contains("(npm ci)"), "{log}");
+    assert!(
+        slug_file(&case.slug(), "node_modules/ms/package.json").contains("\"version\": \"2.1.2\""),
+        "{log}"
+    );
 }
 
 /// pnpm 12 and later are launchers: the `pnpm` package's command only links

@@ -68,7 +68,17 @@ fn django_example_migrates_collects_static_serves_and_rebuilds_identically() {
         "{log}"
     );
     assert!(log.contains("Default types for buildpack -> web"), "{log}");
-    assert!(warm.contains("wheel cache: 0 new"), "{warm}");
+    // Nothing changed: the installed dependencies are reused, pip does not
+    // run, and collectstatic still does (its output is the app's).
+    assert!(
+        warm.contains("-----> Reusing the installed dependencies (key "),
+        "{warm}"
+    );
+    assert!(!warm.contains("Installing dependencies with pip"), "{warm}");
+    assert!(
+        warm.contains("-----> Running Django collectstatic"),
+        "{warm}"
+    );
 
     let release = case.run("release");
     assert_eq!(
@@ -110,17 +120,21 @@ fn flask_example_serves_and_a_warm_rebuild_downloads_nothing_and_is_identical() 
     // The Procfile declares web: nothing is inferred.
     assert!(!first.contains("Inferred web process"), "{first}");
 
-    // Same app, same cache (moved): nothing is downloaded again.
     assert!(
-        second.contains("Reusing the cached virtualenv base"),
+        first.contains("Kept the installed dependencies for the next build (key "),
+        "{first}"
+    );
+    // Same app, same cache (moved): the installed virtualenv is reused, pip
+    // does not run.
+    assert!(
+        second.contains("-----> Reusing the installed dependencies (key "),
         "{second}"
     );
-    assert!(second.contains("Using the cached wheels"), "{second}");
     assert!(
-        second.contains("File was already downloaded") && !second.contains("Downloading "),
+        !second.contains("Installing dependencies with pip"),
         "{second}"
     );
-    assert!(second.contains("wheel cache: 0 new"), "{second}");
+    assert!(!second.contains("Downloading "), "{second}");
 
     // Old packages (gunicorn 20) import pkg_resources at run time without
     // declaring setuptools: the virtualenv's setuptools still has it.
@@ -887,41 +901,73 @@ fn a_python_app_without_a_package_manager_gets_python_and_unknown_web_programs_w
 }
 
 /// What a shared or leaked cache holds never reaches the slug: a `.pth`
-/// planted in the cached virtualenv base (it would run at every Python
-/// start), a wheel planted in the wheel cache and a file in pip's cache are
-/// noticed by the digests recorded when the trees were made, the trees are
-/// made again, and the slug is the cold build's, byte for byte.
+/// planted in the layer of installed dependencies and in the cached
+/// virtualenv base (it would run at every Python start), a wheel planted in
+/// the wheel cache and a file in pip's cache are noticed by the digests
+/// recorded when the trees were made, the trees are made again, and the
+/// slug is the cold build's, byte for byte. Untouched, the layer is reused
+/// without running pip; a changed requirements.txt installs again, from
+/// the cached wheels plus the one that was added.
 #[test]
 fn files_planted_in_the_python_cache_never_reach_the_slug() {
     let case = Case::new();
-    let source = || {
+    let source = |requirements: &str| {
         small_app(&[
-            ("requirements.txt", "six==1.17.0\n"),
+            ("requirements.txt", requirements),
             ("app.py", "import six\n"),
         ])
     };
-    case.build(source());
+    let first = case.build(source("six==1.17.0\n"));
+    assert!(
+        first.contains("Kept the installed dependencies for the next build (key "),
+        "{first}"
+    );
     let cold = sha256_of(&case.slug());
     let cache = case.cache_dir();
-    let site = std::fs::read_dir(cache.join("python/base-venv/lib"))
-        .expect("base venv lib")
-        .next()
-        .expect("a python3.X dir")
-        .expect("dir entry")
-        .path()
-        .join("site-packages");
-    std::fs::write(site.join("zz_planted.pth"), "import os\n").expect("plant .pth");
+    let site_packages = |venv: PathBuf| {
+        std::fs::read_dir(venv.join("lib"))
+            .expect("venv lib")
+            .next()
+            .expect("a python3.X dir")
+            .expect("dir entry")
+            .path()
+            .join("site-packages")
+    };
+    let base_site = site_packages(cache.join("python/base-venv"));
+    std::fs::write(base_site.join("zz_planted.pth"), "import os\n").expect("plant .pth");
+    // The layer is one tar of `python/`: a .pth appended to it.
+    let planted_dir = case.path("planted");
+    let python_x = base_site
+        .parent()
+        .and_then(Path::file_name)
+        .expect("python3.X");
+    let rel_site = Path::new("python/lib").join(python_x).join("site-packages");
+    std::fs::create_dir_all(planted_dir.join(&rel_site)).expect("mkdir");
+    std::fs::write(
+        planted_dir.join(&rel_site).join("zz_layer.pth"),
+        "import os\n",
+    )
+    .expect("plant .pth");
+    let appended = Command::new("tar")
+        .arg("-rf")
+        .arg(cache.join("python/venv-layer/venv.tar"))
+        .arg("-C")
+        .arg(&planted_dir)
+        .arg(rel_site.join("zz_layer.pth"))
+        .status()
+        .expect("run tar");
+    assert!(appended.success());
     std::fs::write(
         cache.join("python/wheels/six-99.0-py2.py3-none-any.whl"),
         "not a wheel",
     )
     .expect("plant wheel");
-    let mut planted = vec!["python/base-venv", "python/wheels"];
+    let mut planted = vec!["python/venv-layer", "python/base-venv", "python/wheels"];
     if cache.join("pip").is_dir() {
         std::fs::write(cache.join("pip/planted"), "x").expect("plant pip cache file");
         planted.push("pip");
     }
-    let log = case.build(source());
+    let log = case.build(source("six==1.17.0\n"));
     for tree in planted {
         assert!(
             log.contains(&format!(
@@ -930,16 +976,32 @@ fn files_planted_in_the_python_cache_never_reach_the_slug() {
             "{tree} in {log}"
         );
     }
+    assert!(!log.contains("Reusing the installed dependencies"), "{log}");
     assert!(
         !slug_entries(&case.slug())
             .iter()
-            .any(|p| p.ends_with("zz_planted.pth")),
-        "the planted .pth is in the slug"
+            .any(|p| p.ends_with("zz_planted.pth") || p.ends_with("zz_layer.pth")),
+        "a planted .pth is in the slug"
     );
     assert_eq!(sha256_of(&case.slug()), cold, "{log}");
-    // Untouched, the trees are reused.
-    let log = case.build(source());
+    // Untouched, the layer made again is reused: pip does not run.
+    let log = case.build(source("six==1.17.0\n"));
     assert!(!log.contains("discarded"), "{log}");
-    assert!(log.contains("Reusing the cached virtualenv base"), "{log}");
+    assert!(
+        log.contains("-----> Reusing the installed dependencies (key "),
+        "{log}"
+    );
+    assert!(!log.contains("Installing dependencies with pip"), "{log}");
     assert_eq!(sha256_of(&case.slug()), cold, "{log}");
+    // One dependency added: pip installs again, downloading only that one.
+    let log = case.build(source("six==1.17.0\ntoml==0.10.2\n"));
+    assert!(!log.contains("Reusing the installed dependencies"), "{log}");
+    assert!(log.contains("Reusing the cached virtualenv base"), "{log}");
+    assert!(log.contains("wheel cache: 1 new, 1 reused"), "{log}");
+    let dists = installed_dists(&case.slug());
+    assert!(
+        dists.iter().any(|d| d.starts_with("toml-0.10.2"))
+            && dists.iter().any(|d| d.starts_with("six-1.17.0")),
+        "{dists:?}"
+    );
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Digests of the trees a buildpack keeps in CACHE_DIR.
 
-  cachedigest.py check CACHE_DIR NAME...
+  cachedigest.py check [--keep] CACHE_DIR NAME...
   cachedigest.py record CACHE_DIR NAME...
 
 CACHE_DIR may be shared (a CACHE_URL object) or written by someone else, and
@@ -9,7 +9,10 @@ what is copied from it into a build could reach the slug. `record` (at the
 end of a build) writes a digest of every tree NAME (a path beneath
 CACHE_DIR) to CACHE_DIR/.digests/; `check` (before a build uses them)
 deletes every tree whose digest is missing or differs, so that the build
-makes it again as a cold build would, and says which. The digest covers
+makes it again as a cold build would, and says which. `check --keep`
+leaves the digest of a tree that matches in place, for a tree the build
+only reads (a layer of installed dependencies it copies), so that it need
+not be recorded again. The digest covers
 every entry's path, type, permission bits, size and content (sha256), or a
 link's target; not mtimes. Standard library only.
 """
@@ -54,6 +57,9 @@ def digest_path(cache_dir, name):
 
 
 def main(argv):
+    keep = argv[1:2] == ["--keep"] and argv[0] == "check"
+    if keep:
+        argv = argv[:1] + argv[2:]
     if len(argv) < 2 or argv[0] not in ("check", "record"):
         raise SystemExit(__doc__)
     action, cache_dir, names = argv[0], argv[1], argv[2:]
@@ -86,7 +92,7 @@ def main(argv):
             why = None
         # Until this build records it again: a build that stops half-way
         # leaves a tree that the next one does not trust.
-        if os.path.lexists(record):
+        if (why or not keep) and os.path.lexists(record):
             os.unlink(record)
         if why:
             print("       Cache %s %s: discarded, it is made again" % (name, why))

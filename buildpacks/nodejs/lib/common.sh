@@ -80,3 +80,41 @@ version_at_least() {
   [ -n "$1" ] || return 1
   [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n1)" = "$2" ]
 }
+
+# --- Dependency layers -----------------------------------------------------------
+# What the app installed (python: the relocated virtualenv; nodejs:
+# node_modules) is kept in CACHE_DIR with a key: a digest of everything that
+# decides it. A build whose key matches copies it instead of running the
+# installer, once its content matches the digest recorded when it was made.
+
+# layer_key: the sha256 of what is on stdin (the caller's inputs: lock files,
+# runtime version, relevant variables) plus this buildpack's own files, the
+# stack (OS release, architecture, C library) and every config var in ENV_DIR
+# (name and value: any of them may change what an install script builds).
+layer_key() {
+  {
+    cat
+    echo "buildpack"
+    (cd "$BP_DIR" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
+    echo "stack"
+    cat /etc/os-release 2>/dev/null || true
+    uname -m
+    getconf GNU_LIBC_VERSION 2>/dev/null || true
+    echo "config vars"
+    if [ -n "${ENV_DIR:-}" ] && [ -d "$ENV_DIR" ]; then
+      (cd "$ENV_DIR" && find . -maxdepth 1 -type f -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum)
+    fi
+  } | sha256sum | cut -c1-64
+}
+
+# file_digests FILE...: "NAME SHA256" for each FILE that exists, "NAME -" else.
+file_digests() {
+  local f
+  for f in "$@"; do
+    if [ -f "$f" ]; then
+      echo "$f $(sha256sum <"$f" | cut -c1-64)"
+    else
+      echo "$f -"
+    fi
+  done
+}
