@@ -174,8 +174,26 @@ fn fastapi_uv_example_installs_the_lock_with_uv_and_infers_uvicorn() {
         ),
         "{log}"
     );
-    assert!(warm.contains("Using the cached uv 0.13.9"), "{warm}");
+    // Nothing changed: the installed environment is reused, uv not run.
+    assert!(
+        warm.contains("-----> Reusing the installed dependencies (key "),
+        "{warm}"
+    );
+    assert!(!warm.contains("Installing dependencies with uv"), "{warm}");
     assert!(!warm.contains("Downloading "), "{warm}");
+    // A config var is part of the layer's key: with one set, uv installs
+    // again, from the cached uv and its cache, downloading nothing.
+    let mut cmd = case.slugbuilder();
+    cmd.args(["-e", "LAYER_KEY_TEST=1", "-o"]).arg(case.slug());
+    let out = run_with_stdin(&mut cmd, example_tar("fastapi-uv"), BUILD_TIMEOUT);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    let rekeyed = out.stderr;
+    assert!(
+        rekeyed.contains("-----> Installing dependencies with uv (uv.lock)"),
+        "{rekeyed}"
+    );
+    assert!(rekeyed.contains("Using the cached uv 0.13.9"), "{rekeyed}");
+    assert!(!rekeyed.contains("Downloading "), "{rekeyed}");
     // Exactly the lock's versions; the dev group (pytest) is not installed.
     let dists = installed_dists(&case.slug());
     for pinned in [
