@@ -113,14 +113,7 @@ pub fn close_inherited_fds() {
         return;
     }
     // Kernels before 5.9: close what /proc lists.
-    let fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
-        .map(|dir| {
-            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                .filter(|&fd| fd > 2)
-                .collect()
-        })
-        .unwrap_or_default();
-    for fd in fds {
+    for fd in listed_fds() {
         // SAFETY: as above; a number that was the directory listing's own
         // descriptor is already closed and fails harmlessly.
         unsafe { libc::close(fd) };
@@ -138,17 +131,22 @@ pub fn cloexec_inherited_fds() {
     if r == 0 {
         return;
     }
-    let fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
+    for fd in listed_fds() {
+        // SAFETY: F_SETFD on a number; an already closed one fails harmlessly.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+}
+
+/// The descriptors above 2 that /proc lists for this process (where
+/// close_range(2) is missing: kernels before 5.9 / 5.11).
+fn listed_fds() -> Vec<RawFd> {
+    std::fs::read_dir("/proc/self/fd")
         .map(|dir| {
             dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
                 .filter(|&fd| fd > 2)
                 .collect()
         })
-        .unwrap_or_default();
-    for fd in fds {
-        // SAFETY: F_SETFD on a number; an already closed one fails harmlessly.
-        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
-    }
+        .unwrap_or_default()
 }
 
 /// Start a new session (and process group) with no controlling terminal.

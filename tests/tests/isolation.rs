@@ -565,6 +565,27 @@ fn an_isolated_build_reaches_the_registries() {
     assert!(log.contains("registry answered 200"), "{log}");
 }
 
+/// `build` run as uid 65534 (as the builder image's `slug` user, or a
+/// rootless operator, would run it), on a source directory and a work dir
+/// that user can use.
+fn as_nobody(build: Build) -> Output {
+    use std::os::unix::process::CommandExt;
+    let out_dir = shared_tempdir();
+    std::fs::set_permissions(out_dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let src = shared_tempdir();
+    std::fs::write(src.path().join("Procfile"), "web: ./run\n").unwrap();
+    let mut cmd = build
+        .arg("--source")
+        .arg(src.path())
+        .arg("--work-dir")
+        .arg(out_dir.path())
+        .arg("-o")
+        .arg(out_dir.path().join("slug.tgz"))
+        .command();
+    cmd.uid(65534).gid(65534);
+    slugs::run_with_input(&mut cmd, Vec::new(), Duration::from_secs(60))
+}
+
 /// Unprivileged (the builder image's `slug` user, a rootless operator), the
 /// default network is the build's own when the host lets the user open
 /// /dev/net/tun, and otherwise the build fails with exit 18 saying so: it
@@ -574,28 +595,15 @@ fn an_unprivileged_build_gets_its_own_network_or_fails_saying_why() {
     if !require_root() {
         return;
     }
-    use std::os::unix::process::CommandExt;
-    let out_dir = shared_tempdir();
-    std::fs::set_permissions(out_dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    let src = shared_tempdir();
-    std::fs::write(src.path().join("Procfile"), "web: ./run\n").unwrap();
     let secret = format!("host-only-{}", unique_tag());
     let service = HostService::start(&secret);
     let port = service.port.to_string();
-    let mut cmd = attack(
+    let out = as_nobody(attack(
         "network",
         &[("HOST_PORT", &port), ("ABSTRACT", &service.name)],
-    )
-    .arg("--source")
-    .arg(src.path())
-    .arg("-o")
-    .arg(out_dir.path().join("slug.tgz"))
-    .arg("--work-dir")
-    .arg(out_dir.path())
-    .command();
-    cmd.uid(65534).gid(65534);
-    let out = slugs::run_with_input(&mut cmd, Vec::new(), Duration::from_secs(60));
+    ));
     let log = stderr(&out);
+    use std::os::unix::process::CommandExt;
     let tun_usable = Command::new("sh")
         .args(["-c", "exec 3<>/dev/net/tun"])
         .uid(65534)
@@ -668,23 +676,12 @@ fn a_memory_workspace_that_cannot_be_had_fails_saying_why() {
     if !require_root() {
         return;
     }
-    use std::os::unix::process::CommandExt;
-    let out_dir = shared_tempdir();
-    std::fs::set_permissions(out_dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    let src = shared_tempdir();
-    std::fs::write(src.path().join("Procfile"), "web: ./run\n").unwrap();
-    let mut cmd = Build::new(Vec::new())
-        .buildpack("recorder")
-        .args(["--workspace", "memory", "--network", "none"])
-        .arg("--source")
-        .arg(src.path())
-        .arg("--work-dir")
-        .arg(out_dir.path())
-        .arg("-o")
-        .arg(out_dir.path().join("slug.tgz"))
-        .command();
-    cmd.uid(65534).gid(65534);
-    let out = slugs::run_with_input(&mut cmd, Vec::new(), Duration::from_secs(60));
+    let out = as_nobody(Build::new(Vec::new()).buildpack("recorder").args([
+        "--workspace",
+        "memory",
+        "--network",
+        "none",
+    ]));
     let log = stderr(&out);
     assert_fails_with(&out, 18);
     assert!(
