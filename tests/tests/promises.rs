@@ -432,3 +432,23 @@ fn with_a_terminal_the_apps_group_gets_it() {
         }
     }
 }
+
+/// Each bundled buildpack is self-contained (it is copied alone into a
+/// build, and works when named by URL), so the cache-digest helper exists
+/// once per buildpack that uses it: the copies must not drift apart.
+#[test]
+fn the_buildpacks_copies_of_the_cache_digest_helper_are_the_same() {
+    let root = e2e::repo_root().join("buildpacks");
+    let copies: Vec<(String, Vec<u8>)> = ["nodejs", "python"]
+        .iter()
+        .map(|bp| {
+            let path = root.join(bp).join("lib/cachedigest.py");
+            let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            (bp.to_string(), bytes)
+        })
+        .collect();
+    assert!(
+        copies.windows(2).all(|w| w[0].1 == w[1].1),
+        "buildpacks/*/lib/cachedigest.py differ: change them together"
+    );
+}
