@@ -463,11 +463,10 @@ fn prepare(
     }
     let mut ws = workspace::Workspace::create(cfg, cancel)?;
     let mut sandbox = Sandbox::create(&cfg.sandbox, ws.places(), &cfg.app_dir, &ws.scratch)?;
-    if ws.in_memory() {
-        sandbox.set_workspace_tmpfs(ws.root.clone(), ws.description.clone());
-    } else {
-        sandbox.set_workspace_tmpfs(PathBuf::new(), ws.description.clone());
-    }
+    sandbox.set_workspace(
+        ws.in_memory().then(|| ws.root.clone()),
+        ws.description.clone(),
+    );
     ws.hand_over(sandbox.user(), cancel)?;
     let bundled_dir = ws.unpack_bundled(cfg.bundled)?;
     tracing::info!(elapsed = ?started.elapsed(), "workspace and sandbox ready");

@@ -353,9 +353,9 @@ impl Sandbox {
     }
 
     /// Say where the workspace is: `tmpfs` is its root when it is in
-    /// memory (an empty path when it is on disk).
-    pub fn set_workspace_tmpfs(&mut self, tmpfs: PathBuf, description: String) {
-        self.workspace_tmpfs = (!tmpfs.as_os_str().is_empty()).then_some(tmpfs);
+    /// memory, `None` when it is on disk.
+    pub fn set_workspace(&mut self, tmpfs: Option<PathBuf>, description: String) {
+        self.workspace_tmpfs = tmpfs;
         self.workspace_description = description;
     }
 
