@@ -18,7 +18,7 @@ use anyhow::Context;
 use clap::{ArgAction, Parser};
 use common::build::{self, BuildConfig, BuildError, Bundled, SlugOutput, SourceInput};
 use common::cancel::{Cancel, Stop};
-use common::exit::Exit;
+use common::exit::{Binary, Exit};
 use common::http::SecretUrl;
 use common::report::Recorder;
 use common::sandbox::{Network, Policy, SandboxConfig, UidRange};
@@ -45,16 +45,14 @@ static BUNDLED_BUILDPACKS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/bui
 /// `slugbuilder image` publishes an existing slug, `slugbuilder rebase`
 /// moves an app image to a newer run image.
 ///
-/// Exit codes: 0 ok, 1 internal error, 2 usage, 10 bad input, 11 no buildpack
-/// applies, 12 buildpack fetch failed, 13 compile failed, 14 release output
-/// invalid, 15 packing failed or the slug upload (PUT_URL) failed, 16 build
-/// timed out, 17 interrupted, 18 the sandbox cannot be set up as asked
-/// (required and refused by the kernel, or a bad sandbox setting), 19 a
-/// memory, process or disk limit stopped a step, 20 the source download (SOURCE_URL) failed, 30 registry
-/// refused the credentials, 31 registry unreachable, 32 run image (or image
-/// to rebase) not found, 33 the image could not be made or published.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about, args_conflicts_with_subcommands = true)]
+#[command(
+    version,
+    about,
+    long_about,
+    args_conflicts_with_subcommands = true,
+    after_help = common::exit::help(Binary::Slugbuilder)
+)]
 struct Args {
     #[command(subcommand)]
     command: Option<image::Command>,
@@ -333,14 +331,7 @@ fn main() -> ExitCode {
         Err(err) => {
             let line = common::log::error_line(err.chain());
             common::log::line(format_args!("slugbuilder: {line}"));
-            let exit = match (
-                err.downcast_ref::<BuildError>(),
-                err.downcast_ref::<common::oci::OciError>(),
-            ) {
-                (Some(e), _) => e.exit(),
-                (None, Some(e)) => e.exit(),
-                (None, None) => Exit::Internal,
-            };
+            let exit = exit_for(err);
             // The report also carries the failed step's last lines (the log
             // has them above the error line already).
             let tail = err
@@ -366,6 +357,20 @@ fn main() -> ExitCode {
         }
     }
     exit.into()
+}
+
+/// The documented exit code for a failure (the table is `common::exit`):
+/// the build's and the image's errors know theirs, anything else is
+/// internal.
+fn exit_for(err: &anyhow::Error) -> Exit {
+    match (
+        err.downcast_ref::<BuildError>(),
+        err.downcast_ref::<common::oci::OciError>(),
+    ) {
+        (Some(e), _) => e.exit(),
+        (None, Some(e)) => e.exit(),
+        (None, None) => Exit::Internal,
+    }
 }
 
 fn init_logging(verbose: u8) {
@@ -596,6 +601,12 @@ fn guard(cancel: Arc<Cancel>) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The check of docs/cli.md against these definitions, shared with the
+/// other binary.
+#[cfg(test)]
+#[path = "../../tests/src/cli_docs.rs"]
+mod cli_docs;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -604,5 +615,56 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Args::command().debug_assert();
+    }
+
+    /// Registry credentials: the auth files `common::oci::auth` looks for.
+    const AUTH: [&str; 5] = [
+        "REGISTRY_AUTH_FILE",
+        "XDG_RUNTIME_DIR",
+        "XDG_CONFIG_HOME",
+        "DOCKER_CONFIG",
+        "HOME",
+    ];
+
+    #[test]
+    fn docs_cli_md_lists_every_flag_and_variable_and_no_other() {
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/cli.md"))
+            .expect("docs/cli.md");
+        // Read by slugbuilder itself, not through clap: BUILDPACKS, TAR_URL,
+        // TRACE and DEBUG in this file, SLUG_LOG by common::logging, TMPDIR
+        // by std::env::temp_dir (the default --work-dir).
+        let builder: Vec<&str> = [
+            "BUILDPACKS",
+            "TAR_URL",
+            "TRACE",
+            "DEBUG",
+            "SLUG_LOG",
+            "TMPDIR",
+        ]
+        .into_iter()
+        .chain(AUTH)
+        .collect();
+        let subcommand: Vec<&str> = ["SLUG_LOG", "TMPDIR"].into_iter().chain(AUTH).collect();
+        let problems = super::cli_docs::check(
+            &doc,
+            &Args::command(),
+            &[
+                ("slugbuilder", &builder),
+                ("slugbuilder image", &subcommand),
+                ("slugbuilder rebase", &subcommand),
+            ],
+        );
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+    }
+
+    #[test]
+    fn help_ends_with_the_exit_code_table() {
+        // Words only: clap wraps long lines to the terminal.
+        let words = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+        let help = words(&Args::command().render_long_help().to_string());
+        for (exit, meaning) in Exit::of(Binary::Slugbuilder) {
+            let line = words(&format!("{} {meaning}", exit.code()));
+            assert!(help.contains(&line), "no {line:?} in:\n{help}");
+        }
     }
 }

@@ -26,13 +26,13 @@ use clap::{ArgAction, Parser, Subcommand};
 /// exits with the app's status. Otherwise it replaces itself with the
 /// process.
 ///
-/// Exit codes of slugrunner itself: 2 usage, 10 bad input (slug, Procfile,
-/// .release, env file), 20 slug download failed (or not done within
-/// --download-timeout), 21 unknown process type,
-/// 22 the process could not be started, 1 internal error. Otherwise the
-/// process's own status (128+N when killed by signal N).
 #[derive(Debug, Parser)]
-#[command(name = "slugrunner", version, max_term_width = 100)]
+#[command(
+    name = "slugrunner",
+    version,
+    max_term_width = 100,
+    after_help = common::exit::help(common::exit::Binary::Slugrunner)
+)]
 pub struct Args {
     /// Slug to unpack into the app dir: a .tgz or .tar file, or `-` for
     /// standard input. Rooted at `./` or at `./app/`.
@@ -152,6 +152,12 @@ fn parse_seconds(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?} is not a valid duration"))
 }
 
+/// The check of docs/cli.md against these definitions, shared with the
+/// other binary.
+#[cfg(test)]
+#[path = "../../tests/src/cli_docs.rs"]
+mod cli_docs;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,6 +166,32 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Args::command().debug_assert();
+    }
+
+    #[test]
+    fn docs_cli_md_lists_every_flag_and_variable_and_no_other() {
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/cli.md"))
+            .expect("docs/cli.md");
+        // Read by slugrunner itself, not through clap: SLUG_LOG by
+        // common::logging, PORT and DYNO by common::runtime::dyno_env.
+        let problems = super::cli_docs::check(
+            &doc,
+            &Args::command(),
+            &[("slugrunner", &["SLUG_LOG", "PORT", "DYNO"])],
+        );
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+    }
+
+    #[test]
+    fn help_ends_with_the_exit_code_table() {
+        use common::exit::{Binary, Exit};
+        // Words only: clap wraps long lines to the terminal.
+        let words = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+        let help = words(&Args::command().render_long_help().to_string());
+        for (exit, meaning) in Exit::of(Binary::Slugrunner) {
+            let line = words(&format!("{} {meaning}", exit.code()));
+            assert!(help.contains(&line), "no {line:?} in:\n{help}");
+        }
     }
 
     #[test]

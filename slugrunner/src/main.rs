@@ -71,7 +71,7 @@ fn stopped(stop: Stop) -> ! {
     let phase = *PHASE.lock().unwrap_or_else(|e| e.into_inner());
     let (code, why) = match stop {
         Stop::Interrupted(sig) => (128 + sig as i32, format!("stopped by {sig}")),
-        Stop::TimedOut => (Exit::SlugFetch.code().into(), stop.to_string()),
+        Stop::TimedOut => (Exit::Download.code().into(), stop.to_string()),
     };
     common::log::line(format_args!("slugrunner: {why} while {phase}"));
     std::process::exit(code)
@@ -253,7 +253,7 @@ fn exit_for(err: &anyhow::Error) -> Exit {
             return match e {
                 RuntimeError::UnknownProcessType { .. }
                 | RuntimeError::InvalidProcessType { .. } => Exit::UnknownProcessType,
-                RuntimeError::Fetch(_) => Exit::SlugFetch,
+                RuntimeError::Fetch(_) => Exit::Download,
                 RuntimeError::AppDir { .. } => Exit::Internal,
                 _ => Exit::BadInput,
             };

@@ -309,7 +309,7 @@ impl BuildError {
             | BuildError::Output { .. }
             | BuildError::SlugTooLarge { .. }
             | BuildError::Upload(_) => Exit::PackFailed,
-            BuildError::Download(_) => Exit::SlugFetch,
+            BuildError::Download(_) => Exit::Download,
             BuildError::Io { .. } => Exit::Internal,
         }
     }
