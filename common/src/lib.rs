@@ -1,7 +1,7 @@
 //! The domain of slugbuilder and slugrunner.
 //!
 //! One module per concept of the Heroku slug world (see
-//! `../shared/reference/buildpack-contract.md`): the slug archive, the
+//! `docs/buildpack-contract.md`): the slug archive, the
 //! buildpack API, the Procfile, the release YAML, the dyno environment and
 //! process supervision. The two binaries are thin wrappers around this crate.
 

@@ -26,7 +26,7 @@ pub struct Report {
     pub schema_version: u32,
     /// `succeeded` or `failed`.
     pub result: Outcome,
-    /// slugbuilder's exit code (see the README's table).
+    /// slugbuilder's exit code (`crate::exit`, docs/cli.md).
     pub exit_code: u8,
     /// The error line, `null` on success.
     pub error: Option<String>,

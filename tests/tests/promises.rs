@@ -1,4 +1,4 @@
-//! Promises of README.md, SECURITY.md and buildpacks/README.md that no
+//! Promises of README.md, docs/, SECURITY.md and buildpacks/README.md that no
 //! other test checks (issue 16): each test names the claim it keeps.
 //!
 //! The buildpack tests build small fixture apps (`tests/fixtures/apps/`)
@@ -31,7 +31,7 @@ fn noise(len: usize, mut seed: u64) -> Vec<u8> {
     out
 }
 
-/// README "Bounded resources" (SECURITY.md 3): the compressed slug gets a
+/// docs/sandbox.md "Bounded resources" (SECURITY.md 3): the compressed slug gets a
 /// warning above `--slug-size-warning` and fails the build (exit 15,
 /// nothing written) above `--max-slug-size`.
 #[test]
@@ -141,7 +141,7 @@ fn slugrunner_unpack_memory_is_bounded() {
     );
 }
 
-/// README (slugrunner 5): SIGQUIT and SIGWINCH are forwarded to the app.
+/// docs/slugrunner.md (5): SIGQUIT and SIGWINCH are forwarded to the app.
 #[test]
 fn sigquit_and_sigwinch_are_forwarded() {
     let case = Case::new();
@@ -183,7 +183,7 @@ fn sigquit_and_sigwinch_are_forwarded() {
     assert_eq!(read(), "winch\nquit\n");
 }
 
-/// README (slugbuilder 4) and the builds_are_reproducible test's other
+/// docs/slugbuilder.md (4) and the builds_are_reproducible test's other
 /// half: `--source DIR` gives the same slug bytes as the tar of that
 /// directory, and reports the unpacker's own error for a bad tree.
 #[test]
@@ -379,7 +379,7 @@ fn env_dir_names_that_break_builds_are_kept_out_of_compile() {
     }
 }
 
-/// README (slugrunner 5): "With a terminal on stdin the app's group gets
+/// docs/slugrunner.md (5): "With a terminal on stdin the app's group gets
 /// the terminal" when asked for with `--tty` (or as slugrunner's own
 /// user); an app run as another user without it gets none (issue 22).
 /// Under `script` (a pseudo-terminal), the supervised app (`cat`, exec'd
