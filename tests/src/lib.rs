@@ -10,6 +10,8 @@ pub mod builds;
 pub mod hostile;
 pub mod platform;
 pub mod slugs;
+// cli_docs.rs is not a module of this crate: slugbuilder's and slugrunner's
+// unit tests include it, since only they reach their clap definitions.
 
 /// Root of the repository.
 pub fn repo_root() -> PathBuf {
