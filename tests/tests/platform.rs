@@ -805,6 +805,15 @@ impl Deployed {
         build_args: &[&std::ffi::OsStr],
     ) -> Self {
         let port = free_port();
+        // The app's processes get internal ports of their own block (one
+        // apart from other tests' hosts, below the ephemeral ports, which
+        // connections take); nginx listens on `port`, on 127.0.0.1 alone.
+        // No deploy user unless the test asks for one.
+        let internal = 20000 + (free_port() % 1000) * 10;
+        let mut options = options.to_vec();
+        if !options.contains(&"--deploy-user") {
+            options.extend(["--deploy-user", "none"]);
+        }
         let out = Command::new(repo_root().join("deploy/git-push/install"))
             .arg(name)
             .arg(dir.path().join("myapp.git"))
@@ -814,7 +823,13 @@ impl Deployed {
             .arg(registry)
             .args(["--port", &port.to_string(), "--keep", "2"])
             .args(["--grace-period", &grace.to_string()])
-            .args(options)
+            .args([
+                "--internal-range",
+                &format!("{internal}-{}", internal + 9),
+                "--listen",
+                "127.0.0.1",
+            ])
+            .args(&options)
             .arg("--slugbuilder")
             .arg(bin("slugbuilder"))
             .arg("--slugrunner")
@@ -868,6 +883,20 @@ impl Deployed {
             .trim()
             .parse()
             .unwrap()
+    }
+
+    /// The internal port the running release listens on (nginx's upstream).
+    fn internal_port(&self) -> u16 {
+        std::fs::read_to_string(self.dir.path().join("state/app.port"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// The running release's app dir (the one its uid owns).
+    fn app_dir(&self) -> PathBuf {
+        self.state().join(format!("app-{}", self.internal_port()))
     }
 }
 
@@ -1043,6 +1072,159 @@ fn git_push_over_ssh() {
     );
     let remote = format!("ssh://root@127.0.0.1:{port}{}", deployed.repo().display());
     git_push_flow(&deployed, &remote, &[("GIT_SSH_COMMAND", &ssh)]);
+}
+
+/// A host user made by `install --deploy-user`, removed with its sudoers
+/// rule when dropped.
+struct DeployUser(String);
+
+impl Drop for DeployUser {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").arg(&self.0).status();
+        let _ = std::fs::remove_file(format!("/etc/sudoers.d/slugapps-{}", self.0));
+    }
+}
+
+/// ssh end to end as `install` sets it up: a deploy user of its own (not
+/// root), created by install with the key given, pushes over ssh to an
+/// sshd of the test's own (strict modes: install's owners and modes must
+/// please it); the hooks deploy through the one sudo rule, and the key
+/// runs nothing else.
+#[test]
+fn git_push_over_ssh_as_the_deploy_user() {
+    if !require_root("the git push hook")
+        || !have("/usr/sbin/sshd")
+        || !have("ssh-keygen")
+        || !have("sudo")
+    {
+        return;
+    }
+    let dir = shared_tempdir();
+    let d = dir.path();
+    for key in ["host_key", "client_key"] {
+        let out = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(d.join(key))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    }
+    let user = format!("slugt{}", std::process::id() % 100_000);
+    let _user = DeployUser(user.clone());
+    let home = d.join("home");
+    let key = d.join("client_key.pub");
+    let bps = shared_tempdir();
+    let bp = steered_buildpack(bps.path());
+    let deployed = Deployed::install_with(
+        5,
+        &[
+            "--deploy-user",
+            user.as_str(),
+            "--deploy-home",
+            home.to_str().unwrap(),
+            "--ssh-key",
+            key.to_str().unwrap(),
+        ],
+        &["--buildpack".as_ref(), bp.as_os_str()],
+    );
+    // What install made: the user (not root), its keys root's.
+    let out = Command::new("id").args(["-u", &user]).output().unwrap();
+    assert!(out.status.success(), "install made no user {user}");
+    assert_ne!(String::from_utf8_lossy(&out.stdout).trim(), "0");
+    let keys = home.join(".ssh/authorized_keys");
+    assert_eq!(mode_and_owner(&keys), (0o644, 0));
+    assert_eq!(mode_and_owner(&home.join(".ssh")), (0o755, 0));
+    assert_eq!(mode_and_owner(&deployed.repo()), (0o700, 0));
+
+    let port = free_port();
+    std::fs::write(
+        d.join("sshd_config"),
+        format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nAuthorizedKeysFile .ssh/authorized_keys\n\
+             AllowUsers {user}\nPermitRootLogin no\nPasswordAuthentication no\n\
+             KbdInteractiveAuthentication no\nUsePAM no\nStrictModes yes\nPidFile {d}/sshd.pid\n",
+            hk = d.join("host_key").display(),
+            d = d.display(),
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all("/run/sshd").unwrap();
+    let sshd = Command::new("/usr/sbin/sshd")
+        .args(["-D", "-e", "-f"])
+        .arg(d.join("sshd_config"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _sshd = Guarded::new(sshd);
+    assert!(
+        wait_until(Duration::from_secs(10), || std::net::TcpStream::connect((
+            "127.0.0.1",
+            port
+        ))
+        .is_ok()),
+        "sshd did not listen"
+    );
+    let ssh = format!(
+        "ssh -i {} -o IdentitiesOnly=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -p {port}",
+        d.join("client_key").display()
+    );
+    let env = [("GIT_SSH_COMMAND", ssh.as_str())];
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    assert!(git_in(w, &["init", "-q", "-b", "main"], &[])
+        .status
+        .success());
+    write_app(w, "pushed by the deploy user");
+    commit(w, "one");
+    let remote = format!("ssh://{user}@127.0.0.1:{port}{}", deployed.repo().display());
+    let (ok, log) = push(w, &remote, &env);
+    assert!(ok, "the push over ssh was refused:\n{log}");
+    assert!(log.contains("remote: -----> Deployed v1"), "{log}");
+    wait_for_body(deployed.port, "pushed by the deploy user\n");
+    // The app's name is a remote too (git@host:myapp).
+    write_app(w, "pushed again");
+    commit(w, "two");
+    let (ok, log) = push(w, &format!("ssh://{user}@127.0.0.1:{port}/myapp"), &env);
+    assert!(ok, "{log}");
+    wait_for_body(deployed.port, "pushed again\n");
+
+    // The key runs git-serve and nothing else: no shell, no other command,
+    // no other repository.
+    for command in [
+        "id",
+        "sh -c id",
+        "git-receive-pack '/etc'",
+        "git-receive-pack '/x'; id",
+    ] {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!("{ssh} {user}@127.0.0.1 \"$0\"",))
+            .arg(command)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "{command:?} ran: {text}");
+        assert!(!text.contains("uid="), "{command:?} ran: {text}");
+        assert!(text.contains("git-serve:"), "{command:?}: {text}");
+    }
+    // As the deploy user, sudo grants that one command only.
+    let out = Command::new("setpriv")
+        .args([
+            &format!("--reuid={user}"),
+            &format!("--regid={user}"),
+            "--init-groups",
+            "sudo",
+            "-n",
+            "true",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "sudo true ran as root for {user}");
 }
 
 /// A buildpack whose build the pushed app steers: `build-sleep N` makes
@@ -1442,12 +1624,12 @@ fn apps_on_one_host_are_isolated() {
     for (i, app) in apps.iter().enumerate() {
         let (pid, uid) = procs[i];
         let state = app.state();
-        assert_eq!(mode_and_owner(&state.join("app")), (0o700, uid));
+        assert_eq!(mode_and_owner(&app.app_dir()), (0o700, uid));
         for file in ["config", "app.log"] {
             assert_eq!(mode_and_owner(&state.join(file)), (0o600, 0), "{file}");
         }
         // What an app may do to itself (the probes work).
-        let own = state.join("app");
+        let own = app.app_dir();
         assert!(as_uid(uid, &format!("touch {}/mine", own.display())));
         assert!(as_uid(uid, &format!("kill -0 {pid}")));
         // Its own config, logs and the receiver's files are not its own.
@@ -1456,6 +1638,9 @@ fn apps_on_one_host_are_isolated() {
             state.join("app.log"),
             state.join("bin/slugapp"),
             app.repo().join("hooks/pre-receive"),
+            // The front proxy's config and this app's route.
+            registry.join("proxy/nginx.conf"),
+            registry.join("proxy/apps/app-a.conf"),
         ] {
             assert!(
                 !as_uid(uid, &format!("echo x >>{}", file.display())),
@@ -1473,6 +1658,7 @@ fn apps_on_one_host_are_isolated() {
         let other = &apps[1 - i];
         let (other_pid, _) = procs[1 - i];
         let os = other.state();
+        let other_app = other.app_dir();
         for (what, script) in [
             (
                 "read the config var",
@@ -1480,14 +1666,14 @@ fn apps_on_one_host_are_isolated() {
             ),
             ("read the config", format!("cat {}/config", os.display())),
             ("read the log", format!("cat {}/app.log", os.display())),
-            ("listed the app dir", format!("ls {}/app", os.display())),
+            ("listed the app dir", format!("ls {}", other_app.display())),
             (
                 "read the app",
-                format!("cat {}/app/index.html", os.display()),
+                format!("cat {}/index.html", other_app.display()),
             ),
             (
                 "wrote the app dir",
-                format!("touch {}/app/pwned", os.display()),
+                format!("touch {}/pwned", other_app.display()),
             ),
             (
                 "wrote the config",
@@ -1523,29 +1709,83 @@ fn apps_on_one_host_are_isolated() {
     }
 }
 
-/// The boot check wants the new release's own process on the port: a
-/// release that never listens is refused while something else holds
-/// $PORT, whether it took the port before the start or during the boot.
+/// Something that answers any HTTP request with 200 on 127.0.0.1:`port`
+/// (a squatter that would pass a check by HTTP alone), until dropped.
+struct Squatter {
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Squatter {
+    fn bind(port: u16) -> std::io::Result<Self> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            for mut conn in listener.incoming().flatten() {
+                if stopped.load(Ordering::SeqCst) {
+                    break;
+                }
+                let mut buf = [0u8; 1024];
+                let _ = conn.read(&mut buf);
+                let _ = conn.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 9\r\n\r\nsquatted\n");
+            }
+        });
+        Ok(Self {
+            port,
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Squatter {
+    fn drop(&mut self) {
+        // Wake the accept up: the thread ends, and the port is free.
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The port of the `Started vN as pid P on port X` line of a push log.
+fn started_on(log: &str, release: &str) -> Option<u16> {
+    let line = log
+        .lines()
+        .find(|l| l.contains(&format!("Started {release} as pid ")))?;
+    line.rsplit_once("on port ")?.1.trim().parse().ok()
+}
+
+/// The boot check wants the new release's own process on its fresh port,
+/// answering HTTP: a release that never listens (`web: sleep 600`) is
+/// refused even while something else answers HTTP on that port, and the
+/// old release keeps serving; a block whose every port is held refuses
+/// the deploy before it starts anything.
 #[test]
 fn a_release_must_answer_on_its_own_port() {
     if !require_root("the git push hook") {
         return;
     }
     let (deployed, _bps) = steered_host(&["--boot-timeout", "5"]);
-    let work = tempfile::tempdir().unwrap();
+    let (work, remote) = first_push(&deployed);
     let w = work.path();
-    assert!(git_in(w, &["init", "-q", "-b", "main"], &[])
-        .status
-        .success());
+    let serving = deployed.pid();
     std::fs::write(w.join("Procfile"), "web: sleep 600\n").unwrap();
     commit(w, "never listens");
-    let remote = format!("file://{}", deployed.repo().display());
 
-    // The port taken while the release boots.
+    // The port taken (by something answering HTTP) while the release boots.
     let log = work.path().join("push.log");
     let pushing = spawn_push(w, &remote, &log);
-    wait_for_log(&log, "Started v1");
-    let squatter = std::net::TcpListener::bind(("127.0.0.1", deployed.port)).unwrap();
+    wait_for_log(&log, "Started v2");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let port = started_on(&text, "v2").unwrap_or_else(|| panic!("{text}"));
+    assert_ne!(port, deployed.port, "the release got the public port");
+    let squatter = Squatter::bind(port).unwrap();
     let status = pushing.wait(Duration::from_secs(120));
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(
@@ -1553,17 +1793,148 @@ fn a_release_must_answer_on_its_own_port() {
         "a release that never listens was deployed:\n{text}"
     );
     assert!(text.contains("did not answer on port"), "{text}");
-    assert!(
-        deployed.slugapp(&["status"]).status.code() == Some(3),
-        "it runs"
-    );
+    assert!(text.contains("v1 is still running"), "{text}");
+    assert_eq!(deployed.pid(), serving, "the old release was replaced");
+    assert_eq!(http_get(deployed.port, "/").unwrap().1, "version one\n");
+    drop(squatter);
 
-    // The port taken before the start.
+    // Every internal port of the app held (but the running release's).
+    let config = std::fs::read_to_string(deployed.state().join("config")).unwrap();
+    let range = config
+        .lines()
+        .find_map(|l| l.strip_prefix("INTERNAL="))
+        .unwrap();
+    let (a, b) = range.split_once('-').unwrap();
+    let (a, b): (u16, u16) = (a.parse().unwrap(), b.parse().unwrap());
+    let _held: Vec<_> = (a..=b)
+        .filter(|&p| p != deployed.internal_port())
+        .map(|p| Squatter::bind(p).map_err(|e| format!("{p}: {e}")))
+        .collect::<Result<_, _>>()
+        .unwrap_or_else(|e| panic!("a port of {range} is in use: {e}"));
     commit_empty(w, "again");
     let (ok, text) = push(w, &remote, &[]);
-    assert!(!ok, "a release that never listens was deployed:\n{text}");
+    assert!(!ok, "a release with no port was deployed:\n{text}");
     assert!(text.contains("is held by another process"), "{text}");
-    drop(squatter);
+    assert_eq!(http_get(deployed.port, "/").unwrap().1, "version one\n");
+    assert_eq!(deployed.pid(), serving);
+}
+
+/// What a client saw on the public port while a deploy ran.
+#[derive(Debug, Default)]
+struct Traffic {
+    requests: usize,
+    failed: Vec<String>,
+    server_errors: usize,
+    /// Each change of the body, with when its request was sent.
+    bodies: Vec<(Instant, String)>,
+}
+
+impl Traffic {
+    fn bodies(&self) -> Vec<&str> {
+        self.bodies.iter().map(|(_, b)| b.as_str()).collect()
+    }
+
+    /// Whether every request sent after `done` got `want` (nginx's old
+    /// workers, finishing, may answer from the old release until the
+    /// switch is done; not after).
+    fn only_after(&self, done: Instant, want: &str) -> bool {
+        let before = self.bodies.iter().rev().find(|(t, _)| *t <= done);
+        before.is_some_and(|(_, b)| b == want)
+            && self.bodies.iter().all(|(t, b)| *t <= done || b == want)
+    }
+}
+
+/// GET / on `port` in a loop until `stop` (one connection per request).
+fn watch(port: u16, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Traffic {
+    let mut seen = Traffic::default();
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        seen.requests += 1;
+        let sent = Instant::now();
+        match http_get(port, "/") {
+            Ok((status, body)) => {
+                if status >= 500 {
+                    seen.server_errors += 1;
+                }
+                if seen.bodies.last().map(|(_, b)| b) != Some(&body) {
+                    seen.bodies.push((sent, body));
+                }
+            }
+            Err(e) => seen.failed.push(e.to_string()),
+        }
+    }
+    seen
+}
+
+/// Run `deploy` while a client loops on the public port; returns what the
+/// client saw, how long the deploy took and when it was done.
+fn under_traffic<T>(port: u16, deploy: impl FnOnce() -> T) -> (T, Traffic, Duration, Instant) {
+    use std::sync::{atomic::AtomicBool, Arc};
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = {
+        let stop = stop.clone();
+        std::thread::spawn(move || watch(port, stop))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let result = deploy();
+    let took = started.elapsed();
+    let done = Instant::now();
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    (result, client.join().unwrap(), took, done)
+}
+
+/// A redeploy (and a rollback, the same path) under a client's loop: the
+/// new release starts beside the old one, nginx switches to it, and the
+/// client sees no refused connection and no 5xx, then the new body.
+#[test]
+fn redeploys_drop_no_request() {
+    if !require_root("the git push hook") {
+        return;
+    }
+    let (deployed, _bps) = steered_host(&[]);
+    let (work, remote) = first_push(&deployed);
+    let w = work.path();
+    let first = deployed.internal_port();
+    write_app(w, "version two");
+    commit(w, "two");
+    let ((ok, log), seen, took, done) = under_traffic(deployed.port, || push(w, &remote, &[]));
+    assert!(ok, "{log}");
+    eprintln!(
+        "redeploy (push to deployed): {took:?}, {} requests, {} failed, {} 5xx, bodies {:?}",
+        seen.requests,
+        seen.failed.len(),
+        seen.server_errors,
+        seen.bodies()
+    );
+    assert!(seen.failed.is_empty(), "refused: {:?}\n{log}", seen.failed);
+    assert_eq!(seen.server_errors, 0, "5xx during the deploy:\n{log}");
+    assert_eq!(seen.bodies()[0], "version one\n", "{log}");
+    assert!(
+        seen.only_after(done, "version two\n"),
+        "the old release answered after the deploy: {:?}\n{log}",
+        seen.bodies()
+    );
+    assert!(seen.requests > 20, "too few requests to tell: {seen:?}");
+    assert_ne!(deployed.internal_port(), first, "not a fresh port");
+    assert!(log.contains("Port "), "{log}");
+
+    let (out, seen, took, done) = under_traffic(deployed.port, || deployed.slugapp(&["rollback"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    eprintln!(
+        "rollback: {took:?}, {} requests, {} failed, {} 5xx",
+        seen.requests,
+        seen.failed.len(),
+        seen.server_errors
+    );
+    assert!(seen.failed.is_empty(), "refused: {:?}", seen.failed);
+    assert_eq!(seen.server_errors, 0);
+    assert_eq!(seen.bodies()[0], "version two\n");
+    assert!(
+        seen.only_after(done, "version one\n"),
+        "{:?}",
+        seen.bodies()
+    );
 }
 
 fn commit_empty(dir: &Path, message: &str) {
