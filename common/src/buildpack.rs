@@ -53,7 +53,7 @@ pub enum BuildpackError {
     BadRef { spec: String },
     #[error("buildpack {spec:?}: copying it: {detail}")]
     Copy { spec: String, detail: String },
-    #[error("buildpack {spec:?}: {source}")]
+    #[error("buildpack {spec:?}")]
     Step {
         spec: String,
         #[source]
@@ -61,7 +61,7 @@ pub enum BuildpackError {
     },
     #[error(transparent)]
     Stopped(Stop),
-    #[error("reading buildpacks directory {path:?}: {source}")]
+    #[error("reading buildpacks directory {path:?}")]
     ListDir {
         path: PathBuf,
         #[source]
@@ -408,8 +408,9 @@ impl<'a> Fetcher<'a> {
             spec: shown(spec),
             detail,
         };
-        let mut root = RootDir::open(&dest, self.owner).map_err(|e| copy_err(e.to_string()))?;
-        crate::tree::copy_tree(src, &mut root).map_err(|e| copy_err(e.to_string()))?;
+        let mut root =
+            RootDir::open(&dest, self.owner).map_err(|e| copy_err(crate::log::error_line(&e)))?;
+        crate::tree::copy_tree(src, &mut root).map_err(|e| copy_err(crate::log::error_line(&e)))?;
         Buildpack::checked(spec, name.to_string(), dest)
     }
 
@@ -751,7 +752,7 @@ pub fn dispatch_fetch() -> Option<std::process::ExitCode> {
             println!("{digest}");
             Some(std::process::ExitCode::SUCCESS)
         }
-        Err(e) => fail(format!("bad tarball: {e}")),
+        Err(e) => fail(format!("bad tarball: {}", crate::log::error_line(&e))),
     }
 }
 

@@ -35,7 +35,7 @@ pub const MAX_LOG_LINE: usize = 16 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StepError {
-    #[error("could not run {program:?}: {source}")]
+    #[error("could not run {program:?}")]
     Spawn {
         program: PathBuf,
         #[source]
@@ -48,7 +48,7 @@ pub enum StepError {
     /// A build resource limit stopped the step.
     #[error("{0}")]
     LimitReached(crate::sandbox::Hit),
-    #[error("i/o while running {program:?}: {source}")]
+    #[error("i/o while running {program:?}")]
     Io {
         program: PathBuf,
         #[source]

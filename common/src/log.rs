@@ -133,21 +133,18 @@ fn sgr_len(s: &str) -> Option<usize> {
     (!conceals).then_some(2 + end + 1)
 }
 
-/// One line for an error and its causes, leaving out a cause whose text the
-/// line already contains (many errors print their source themselves).
-pub fn error_line<'a>(
-    chain: impl IntoIterator<Item = &'a (dyn std::error::Error + 'static)>,
-) -> String {
-    let mut line = String::new();
-    for cause in chain {
-        let text = cause.to_string();
-        if line.contains(&text) {
-            continue;
-        }
-        if !line.is_empty() {
-            line.push_str(": ");
-        }
-        line.push_str(&text);
+/// One line for an error and its causes, outermost first, joined by `: `
+/// (the same text as anyhow's `{:#}`). Every error here says only its own
+/// context and leaves its cause to `source()`, so each fact appears once;
+/// this is the one place an error is turned into text for a user (log
+/// lines, warnings, the build report, the binaries' last line).
+pub fn error_line(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = err.to_string();
+    let mut cause = err.source();
+    while let Some(e) = cause {
+        line.push_str(": ");
+        line.push_str(&e.to_string());
+        cause = e.source();
     }
     line.replace('\n', " ")
 }

@@ -22,7 +22,7 @@ pub const MAX_FLOW_DEPTH: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReleaseError {
-    #[error("release YAML is not valid: {0}")]
+    #[error("release YAML is not valid")]
     Yaml(#[from] serde_yaml::Error),
     #[error("release YAML must be a mapping at the top level")]
     NotAMapping,

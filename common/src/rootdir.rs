@@ -39,7 +39,7 @@ pub enum RootError {
     NotRegular { path: PathBuf, kind: &'static str },
     #[error("{path:?} is larger than {limit} bytes")]
     TooLarge { path: PathBuf, limit: u64 },
-    #[error("{path:?}: {source}")]
+    #[error("{path:?}")]
     Io {
         path: PathBuf,
         #[source]

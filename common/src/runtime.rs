@@ -40,9 +40,9 @@ pub enum RuntimeError {
         line: usize,
         reason: String,
     },
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read { path: PathBuf, source: io::Error },
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     InSlug {
         path: PathBuf,
         source: crate::rootdir::RootError,
@@ -55,12 +55,12 @@ pub enum RuntimeError {
     NulInValue { path: PathBuf },
     #[error("{path} is larger than {MAX_ENV_FILE_BYTES} bytes")]
     EnvFileTooLarge { path: PathBuf },
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Procfile {
         path: PathBuf,
         source: ProcfileError,
     },
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Release { path: PathBuf, source: ReleaseError },
     #[error("invalid process type {name:?} (allowed: letters, digits, '_' and '-')")]
     InvalidProcessType { name: String },
@@ -68,16 +68,16 @@ pub enum RuntimeError {
     UnknownProcessType { name: String, known: Vec<String> },
     #[error("nothing to run: no --slug and no SLUG_URL given, and the app dir {dir} is {state}")]
     NoApp { dir: PathBuf, state: &'static str },
-    #[error("cannot open slug {path}: {source}")]
+    #[error("cannot open slug {path}")]
     OpenSlug { path: PathBuf, source: io::Error },
-    #[error("slug {origin}: {source}")]
+    #[error("slug {origin}")]
     Unpack {
         origin: String,
         source: ArchiveError,
     },
     #[error(transparent)]
     Fetch(#[from] HttpError),
-    #[error("cannot prepare the app dir {path}: {source}")]
+    #[error("cannot prepare the app dir {path}")]
     AppDir { path: PathBuf, source: io::Error },
 }
 
@@ -531,8 +531,9 @@ pub fn profile_scripts(app_dir: &Path) -> Vec<PathBuf> {
         Ok(root) => root,
         Err(e) => {
             tracing::warn!(
-                "cannot open the app dir {}: {e}; no profile scripts are sourced",
-                app_dir.display()
+                "cannot open the app dir {}: {}; no profile scripts are sourced",
+                app_dir.display(),
+                crate::log::error_line(&e)
             );
             return Vec::new();
         }
@@ -563,7 +564,11 @@ pub fn profile_scripts(app_dir: &Path) -> Vec<PathBuf> {
             if source.kind() == io::ErrorKind::NotFound => {}
         // Deliberately not fatal (the app may still start), but never
         // silent: its environment will lack what those scripts set.
-        Err(e) => tracing::warn!("{}: {e}; its scripts are not sourced", profile_d.display()),
+        Err(e) => tracing::warn!(
+            "{}: {}; its scripts are not sourced",
+            profile_d.display(),
+            crate::log::error_line(&e)
+        ),
     }
     let profile = app_dir.join(".profile");
     if is_regular_beneath(root.fd(), OsStr::new(".profile"), &profile) {

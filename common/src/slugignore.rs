@@ -26,7 +26,7 @@ pub enum SlugignoreError {
     Pattern { line: usize, message: String },
     #[error(".slugignore is larger than {MAX_SLUGIGNORE_BYTES} bytes")]
     TooLarge,
-    #[error("applying .slugignore at {path:?}: {source}")]
+    #[error("applying .slugignore at {path:?}")]
     Io {
         path: PathBuf,
         #[source]

@@ -53,20 +53,20 @@ const KILL_SETTLE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SuperviseError {
-    #[error("cannot set up signal handling: {call}: {source}")]
+    #[error("cannot set up signal handling: {call}")]
     Signals {
         call: &'static str,
         source: nix::Error,
     },
-    #[error("cannot start {program}: {source}")]
+    #[error("cannot start {program}")]
     Spawn {
         program: String,
         source: std::io::Error,
     },
     #[error("{what} contains a NUL byte")]
     Nul { what: String },
-    #[error("waiting for the app failed: {0}")]
-    Wait(nix::Error),
+    #[error("waiting for the app failed")]
+    Wait(#[source] nix::Error),
 }
 
 /// How a process ended.

@@ -108,8 +108,12 @@ pub enum WalkError {
     TooDeep { path: PathBuf, limit: usize },
     #[error("{path:?} changed while it was being read (replaced by a link or another file)")]
     Changed { path: PathBuf },
-    #[error("{path:?}: {errno}")]
-    Io { path: PathBuf, errno: Errno },
+    #[error("{path:?}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        errno: Errno,
+    },
     #[error("{0}")]
     Visitor(String),
 }
@@ -315,7 +319,7 @@ pub fn copy_tree(src: &Path, dest: &mut RootDir) -> Result<u64, CopyError> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {
-    #[error("reading {path:?}: {source}")]
+    #[error("reading {path:?}")]
     Read { path: PathBuf, source: io::Error },
     #[error(transparent)]
     Write(RootError),

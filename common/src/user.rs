@@ -25,11 +25,11 @@ pub enum UserError {
     NoSuchGroup { spec: String, group: String },
     #[error("--user {spec:?}: expected USER[:GROUP] or UID[:GID]")]
     BadSpec { spec: String },
-    #[error("cannot look up user {what}: {source}")]
+    #[error("cannot look up user {what}")]
     Lookup { what: String, source: nix::Error },
     #[error("--user {spec:?} needs root (running as uid {current})")]
     NotRoot { spec: String, current: u32 },
-    #[error("cannot drop privileges to uid {uid} gid {gid}: {call} failed: {source}")]
+    #[error("cannot drop privileges to uid {uid} gid {gid}: {call} failed")]
     Drop {
         uid: u32,
         gid: u32,
@@ -237,7 +237,7 @@ pub fn dispatch_exec_as() -> Option<std::process::ExitCode> {
         cwd: Path::new("."),
     };
     let err = exec_app(&user, true, &app);
-    fail(err.to_string())
+    fail(crate::log::error_line(&err))
 }
 
 /// The app's final `execve`: what it runs and the environment it gets.
@@ -257,7 +257,7 @@ pub enum AppExecError {
     Drop(#[from] UserError),
     #[error("cannot give the app a fresh process context: {0}")]
     Context(String),
-    #[error("cannot start {program}: {source}")]
+    #[error("cannot start {program}")]
     Exec {
         program: String,
         source: std::io::Error,

@@ -329,7 +329,7 @@ fn main() -> ExitCode {
     let (exit, error) = match &outcome {
         Ok(()) => (Exit::Ok, None),
         Err(err) => {
-            let line = common::log::error_line(err.chain());
+            let line = common::log::error_line(err.as_ref());
             common::log::line(format_args!("slugbuilder: {line}"));
             let exit = exit_for(err);
             // The report also carries the failed step's last lines (the log
@@ -529,8 +529,9 @@ fn build_user(spec: Option<&str>) -> anyhow::Result<Option<(u32, u32)>> {
     if !nix::unistd::Uid::effective().is_root() {
         return Ok(None);
     }
-    let user = common::user::parse_user_spec(spec)
-        .map_err(|e| BuildError::BadInput(format!("--build-user: {e}")))?;
+    let user = common::user::parse_user_spec(spec).map_err(|e| {
+        BuildError::BadInput(format!("--build-user: {}", common::log::error_line(&e)))
+    })?;
     Ok(Some((user.uid, user.gid)))
 }
 

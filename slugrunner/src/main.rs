@@ -45,7 +45,7 @@ fn main() -> ExitCode {
             let _last = LAST_WORD.lock();
             common::log::line(format_args!(
                 "slugrunner: {}",
-                common::log::error_line(err.chain())
+                common::log::error_line(err.as_ref())
             ));
             exit_for(&err).into()
         }

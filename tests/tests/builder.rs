@@ -856,6 +856,33 @@ fn an_output_in_a_missing_directory_fails_before_the_build() {
     assert!(start.elapsed() < Duration::from_secs(10));
 }
 
+/// Errors once (issue 26): the error line names the OS's message once, and
+/// the build report's `error` is that same line.
+#[test]
+fn the_error_line_names_each_cause_once_and_the_report_repeats_it() {
+    let tmp = shared_tempdir();
+    let report = tmp.path().join("report.json");
+    let out = Build::new(web_app().tar())
+        .buildpack("sleeper")
+        .args(["--source", "/nonexistent/src", "--report"])
+        .arg(&report)
+        .args(["-o"])
+        .arg(tmp.path().join("slug.tgz"))
+        .run();
+    assert_fails_with(&out, 10);
+    let log = stderr(&out);
+    assert_eq!(
+        log.trim_end(),
+        "slugbuilder: cannot open source \"/nonexistent/src\": No such file or directory (os error 2)",
+    );
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(
+        json["error"].as_str().map(|e| format!("slugbuilder: {e}")),
+        Some(log.trim_end().to_string()),
+        "{json}"
+    );
+}
+
 /// `-o /dev/null` (only an image is wanted) and `-o FIFO` are written
 /// into, never renamed over: /dev/null stays the device (as root the old
 /// rename replaced it with the slug), a FIFO gets the slug, and a FIFO

@@ -88,13 +88,13 @@ pub enum ArchiveError {
     Changed { path: PathBuf, reason: String },
     #[error(transparent)]
     Stopped(Stop),
-    #[error("writing {path:?}: {source}")]
+    #[error("writing {path:?}")]
     Write {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("reading {path:?}: {source}")]
+    #[error("reading {path:?}")]
     Read {
         path: PathBuf,
         #[source]

@@ -107,7 +107,7 @@ pub fn pack_tar(
         &mut |entry| match packer.visit(entry) {
             Ok(v) => Ok(v),
             Err(e) => {
-                let msg = e.to_string();
+                let msg = crate::log::error_line(&e);
                 packer.failure = Some(e);
                 Err(WalkError::Visitor(msg))
             }

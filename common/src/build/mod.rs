@@ -175,14 +175,14 @@ impl std::fmt::Display for Phase {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("bad source archive: {0}")]
+    #[error("bad source archive")]
     Source(#[source] ArchiveError),
-    #[error("{0}")]
+    #[error(transparent)]
     Slugignore(#[from] SlugignoreError),
     /// A bad command line or setting (no I/O behind it).
     #[error("{0}")]
     BadInput(String),
-    #[error("cannot open source {path:?}: {source}")]
+    #[error("cannot open source {path:?}")]
     SourceOpen {
         path: PathBuf,
         #[source]
@@ -190,7 +190,7 @@ pub enum BuildError {
     },
     #[error("source {path:?} is not a directory")]
     SourceNotDir { path: PathBuf },
-    #[error("cannot read env dir {path:?}: {source}")]
+    #[error("cannot read env dir {path:?}")]
     EnvDir {
         path: PathBuf,
         #[source]
@@ -200,7 +200,7 @@ pub enum BuildError {
     EnvValueTooLarge { name: String, limit: u64 },
     #[error("--env {name:?}: not a valid variable name")]
     EnvName { name: String },
-    #[error(".buildpacks: {0}")]
+    #[error(".buildpacks")]
     ListFile(#[source] RootError),
     #[error("Procfile is {kind}, not a regular file")]
     ProcfileNotRegular { kind: &'static str },
@@ -208,7 +208,7 @@ pub enum BuildError {
     NoBuildpack { tried: String },
     #[error("buildpack {buildpack} does not apply to this app (bin/detect: {status})")]
     Refused { buildpack: String, status: String },
-    #[error("{0}")]
+    #[error(transparent)]
     Fetch(#[from] BuildpackError),
     #[error("buildpack {buildpack}: {phase} failed ({status})")]
     StepFailed {
@@ -219,15 +219,15 @@ pub enum BuildError {
         /// var values masked: for the report, the log has them already.
         output: Vec<String>,
     },
-    #[error("buildpack {buildpack}: bin/release: {source}")]
+    #[error("buildpack {buildpack}: bin/release")]
     Release {
         buildpack: String,
         #[source]
         source: ReleaseError,
     },
-    #[error("app Procfile: {0}")]
+    #[error("app Procfile")]
     Procfile(#[from] ProcfileError),
-    #[error("buildpack {buildpack}: {phase}: {source}")]
+    #[error("buildpack {buildpack}: {phase}")]
     Step {
         buildpack: String,
         phase: Phase,
@@ -242,13 +242,13 @@ pub enum BuildError {
     },
     #[error("{0}")]
     Stopped(Stop),
-    #[error("{0}")]
+    #[error(transparent)]
     Sandbox(#[from] SandboxError),
-    #[error("packing the slug: {0}")]
+    #[error("packing the slug")]
     Pack(#[source] ArchiveError),
     #[error("the compiled slug is larger than the limit of {} (use .slugignore to leave files out)", log::human_size(*limit))]
     SlugTooLarge { limit: u64 },
-    #[error("writing the slug to {path:?}: {source}")]
+    #[error("writing the slug to {path:?}")]
     Output {
         path: PathBuf,
         #[source]
@@ -258,7 +258,7 @@ pub enum BuildError {
     Download(HttpError),
     #[error("uploading the slug: {0}")]
     Upload(HttpError),
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         context: String,
         #[source]

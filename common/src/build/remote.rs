@@ -133,7 +133,7 @@ pub fn restore_cache(
             cancel.check()?;
             let why = match watch.network_error() {
                 Some(net) => net.to_string(),
-                None => e.to_string(),
+                None => log::error_line(&e),
             };
             log::warn(format!(
                 "the build cache could not be restored ({why}); building without it"
@@ -202,7 +202,8 @@ pub fn save_cache(
         Err(ArchiveError::Stopped(stop)) => return Err(BuildError::Stopped(stop)),
         Err(e) => {
             log::warn(format!(
-                "the build cache could not be packed ({e}); it is not saved"
+                "the build cache could not be packed ({}); it is not saved",
+                log::error_line(&e)
             ));
             return Ok(());
         }

@@ -275,7 +275,7 @@ impl Workspace {
         crate::archive::unpack(std::io::Cursor::new(tar), &dir, &Default::default()).map_err(
             |e| BuildError::Io {
                 context: "writing out the bundled buildpacks".into(),
-                source: std::io::Error::other(e.to_string()),
+                source: std::io::Error::other(e),
             },
         )?;
         Ok(Some(dir))

@@ -132,7 +132,8 @@ pub fn slug_layer(
         .map_err(io_ctx("reading the slug"))?;
     tracing::info!(elapsed = ?started.elapsed(), size = made.size, "slug layer made");
     let release = match &made.release {
-        Some(bytes) => Release::parse(bytes).map_err(|e| bad(format!(".release: {e}")))?,
+        Some(bytes) => Release::parse(bytes)
+            .map_err(|e| bad(format!(".release: {}", crate::log::error_line(&e))))?,
         None => Release::default(),
     };
     let mut process_types = BTreeMap::new();
@@ -186,7 +187,7 @@ fn transform(
     let (reader, _gzip) =
         archive::decompressed(input, Some(Arc::clone(cancel))).map_err(|e| match e {
             archive::ArchiveError::Stopped(stop) => OciError::Stopped(stop),
-            e => bad(e.to_string()),
+            e => bad(crate::log::error_line(&e)),
         })?;
     let file = File::create(layer_path).map_err(io_ctx("creating the image layer"))?;
     let compressed = Hashed::new(io::BufWriter::with_capacity(1 << 20, file));
@@ -467,7 +468,8 @@ impl<W: Write> Walk<W> {
         if path.len() > self.limits.max_path_len || path.contains(&0) {
             return Err(bad(format!("{}: path is longer than allowed", shown(path))));
         }
-        let comps = crate::rootdir::components(path).map_err(|e| bad(e.to_string()))?;
+        let comps =
+            crate::rootdir::components(path).map_err(|e| bad(crate::log::error_line(&e)))?;
         if comps.len() > self.limits.max_depth {
             return Err(bad(format!("{}: path is deeper than allowed", shown(path))));
         }

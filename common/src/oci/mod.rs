@@ -65,7 +65,7 @@ pub enum OciError {
     NotOurs(String),
     #[error("the slug: {0}")]
     BadSlug(String),
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         context: String,
         #[source]

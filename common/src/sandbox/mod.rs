@@ -169,7 +169,7 @@ pub enum SandboxError {
     /// build without it).
     #[error("the build sandbox cannot be set up: {0}")]
     Misconfigured(String),
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         context: String,
         #[source]
