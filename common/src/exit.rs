@@ -50,6 +50,8 @@ pub enum Exit {
     /// The image could not be made or published: the registry refused an
     /// upload, the run image is unusable, an image layout is not writable.
     ImageFailed = 33,
+    /// A layer or blob to copy is larger than `--max-layer-bytes`.
+    LayerTooLarge = 34,
 }
 
 impl Exit {
