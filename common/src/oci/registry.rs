@@ -226,7 +226,7 @@ impl Registry {
     /// Learn how to authenticate and check the credentials (or get a
     /// token for `scopes`): a wrong password fails here, before any work.
     pub fn connect(&self, scopes: &[String]) -> Result<(), OciError> {
-        let res = self.raw_with_retries("GET", &self.url("/v2/"), &[], None)?;
+        let res = self.probe(None)?;
         match res.status().as_u16() {
             200..=299 => {
                 self.lock().scheme = Scheme::Anonymous;
@@ -243,7 +243,7 @@ impl Registry {
         }
         let auth = self.authorization(scopes)?;
         if matches!(self.lock().scheme, Scheme::Basic) {
-            let res = self.raw_with_retries("GET", &self.url("/v2/"), &[], auth)?;
+            let res = self.probe(auth)?;
             match res.status().as_u16() {
                 200..=299 => {}
                 401 | 403 => return Err(self.refused()),
@@ -399,6 +399,15 @@ impl Registry {
                 401 | 403 => return Err(Failed::Final(self.refused())),
                 _ => return Ok(res),
             }
+        })
+    }
+
+    /// `GET /v2/`, one attempt: a registry that cannot be reached fails
+    /// the publish at once, before any work.
+    fn probe(&self, auth: Option<String>) -> Result<Response<Body>, OciError> {
+        let url = self.url("/v2/");
+        self.retried("GET", &url, false, || {
+            self.raw("GET", &url, &[], &mut Payload::Empty, auth.clone())
         })
     }
 
