@@ -30,8 +30,10 @@ pub struct BlobMismatch {
     pub reason: String,
 }
 
-/// Checks a blob's size and digest while it is read; the last read (the
-/// one that sees the end) fails if they are wrong.
+/// Checks a blob's size and digest while it is read: the read that
+/// completes its size fails if the digest is wrong (an HTTP client that
+/// sends exactly `Content-Length` bytes never reads on to the end), and
+/// so does the one that sees the end too early or too late.
 pub struct Verify<'a> {
     inner: &'a mut dyn Read,
     hasher: Sha256,
@@ -90,6 +92,12 @@ impl Read for Verify<'_> {
             return Err(self.mismatch(format!("more than {} bytes", self.size)));
         }
         self.hasher.update(&buf[..n]);
+        if self.seen == self.size {
+            let got = format!("sha256:{:x}", self.hasher.clone().finalize());
+            if got != self.expected {
+                return Err(self.mismatch(format!("the content has digest {got}")));
+            }
+        }
         Ok(n)
     }
 }
@@ -496,5 +504,20 @@ mod tests {
                 OciError::BadImage(_)
             ));
         }
+    }
+
+    /// An upload sends exactly the blob's size and never reads on to the
+    /// end: the wrong digest must fail the read that completes the size.
+    #[test]
+    fn a_wrong_digest_fails_before_the_end_is_read() {
+        let data = b"layer bytes";
+        let mut src = &data[..];
+        let mut verify = Verify::new(&mut src, &sha256_digest(b"other"), data.len() as u64);
+        let mut exactly = (&mut verify).take(data.len() as u64);
+        let err = exactly.read_to_end(&mut Vec::new()).unwrap_err();
+        assert!(matches!(
+            copy_error(err, String::new()),
+            OciError::BadImage(_)
+        ));
     }
 }
