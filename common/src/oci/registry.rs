@@ -57,8 +57,9 @@ pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
 const MAX_ERROR_BODY: u64 = 16 << 10;
 const ATTEMPTS: u32 = 3;
 /// How long the `DELETE` of an abandoned upload may take: it runs after
-/// the build's deadline or a signal too, within their grace.
-const CLEANUP_TIMEOUT: Duration = Duration::from_secs(2);
+/// a signal too, and must end within slugbuilder's 1.5 s of grace after
+/// SIGTERM (the 2 s a build has to react).
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How to reach one registry.
 #[derive(Debug, Clone)]
