@@ -143,7 +143,7 @@ table! {
         slugrunner: None,
     }
     RegistryUnreachable = 31 {
-        slugbuilder: Some("a registry could not be reached (connection, DNS, TLS, no answer in time)"),
+        slugbuilder: Some("a registry could not be reached (connection, DNS, TLS, no answer in time, or slower than 16 KiB per 30 s)"),
         slugrunner: None,
     }
     ImageNotFound = 32 {
@@ -155,6 +155,10 @@ table! {
             "the image could not be made or published (upload refused, run image \
              unusable, layout not writable)",
         ),
+        slugrunner: None,
+    }
+    LayerTooLarge = 34 {
+        slugbuilder: Some("an image layer or blob to copy is larger than --max-layer-bytes"),
         slugrunner: None,
     }
 }

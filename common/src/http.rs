@@ -4,9 +4,10 @@
 //! slug (`PUT_URL`) and of the cache. GET and PUT go through the same
 //! request loop ([`exchange`]).
 //!
-//! Bodies are streamed, never held in memory. Connection failures and
+//! Bodies are streamed, never held in memory. Requests follow the one
+//! retry policy of [`crate::transfer`]: connection failures and
 //! 5xx/408/429 answers are retried with a doubling backoff; other 4xx
-//! answers are final. A download has an overall deadline and a rule of
+//! answers and TLS failures are final. A download has an overall deadline and a rule of
 //! minimum progress (so a server that trickles one byte every 20 seconds
 //! fails instead of holding us for ever), on top of the longest silence
 //! allowed for one read. Once the body is streaming a failure is not
@@ -25,6 +26,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::cancel::Cancel;
+use crate::transfer::{
+    transient_error, transient_status, Cut, Failed, GaveUp, Guarded, Retry, Rules,
+};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum HttpError {
@@ -92,7 +96,7 @@ impl Default for HttpOptions {
             connect_timeout: Duration::from_secs(30),
             read_timeout: Duration::from_secs(30),
             deadline: None,
-            min_progress: Some((16 << 10, Duration::from_secs(30))),
+            min_progress: Some(crate::transfer::MIN_PROGRESS),
             cancel: None,
         }
     }
@@ -143,14 +147,14 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-/// A body being downloaded.
+/// A body being downloaded: a [`Guarded`] stream (the deadline, the
+/// minimum progress) whose failures become [`HttpError`]s.
 pub struct Download {
-    body: Box<dyn Read + Send>,
+    body: Guarded<Box<dyn Read + Send>>,
     watch: DownloadWatch,
-    opts: HttpOptions,
+    what: &'static str,
+    deadline: Option<Instant>,
     started: Instant,
-    window_start: Instant,
-    window_bytes: u64,
 }
 
 /// Observes a [`Download`] after it was handed to a consumer that takes
@@ -211,66 +215,39 @@ impl DownloadWatch {
 
 impl Read for Download {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let now = Instant::now();
-        if let Some(deadline) = self.opts.deadline {
-            if now >= deadline {
-                let bytes = self.watch.bytes();
-                return Err(self.fail(HttpError::TimedOut {
-                    what: self.opts.what,
-                    url: self.watch.url.clone(),
-                    limit: deadline.saturating_duration_since(self.started),
-                    bytes,
-                }));
-            }
-        }
-        let result = self.body.read(buf);
-        match &result {
+        let e = match self.body.read(buf) {
             Ok(n) => {
-                self.watch.lock().bytes += *n as u64;
-                self.window_bytes += *n as u64;
-                if let Some((min, window)) = self.opts.min_progress {
-                    let now = Instant::now();
-                    if now.duration_since(self.window_start) >= window {
-                        if self.window_bytes < min && *n > 0 {
-                            let got = self.window_bytes;
-                            return Err(self.fail(HttpError::TooSlow {
-                                what: self.opts.what,
-                                url: self.watch.url.clone(),
-                                got,
-                                min,
-                                window,
-                            }));
-                        }
-                        self.window_start = now;
-                        self.window_bytes = 0;
-                    }
-                }
+                self.watch.lock().bytes += n as u64;
+                return Ok(n);
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                let timed_out = self.opts.deadline.is_some_and(|d| Instant::now() >= d);
-                let bytes = self.watch.bytes();
-                let error = if timed_out {
-                    HttpError::TimedOut {
-                        what: self.opts.what,
-                        url: self.watch.url.clone(),
-                        limit: self.opts.deadline.map_or(Duration::ZERO, |d| {
-                            d.saturating_duration_since(self.started)
-                        }),
-                        bytes,
-                    }
-                } else {
-                    HttpError::Transport {
-                        what: self.opts.what,
-                        url: self.watch.url.clone(),
-                        reason: format!("download broke after {bytes} bytes: {e}"),
-                        attempts: 1,
-                    }
-                };
-                return Err(self.fail(error));
-            }
-        }
-        result
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
+            Err(e) => e,
+        };
+        let (what, url, bytes) = (self.what, self.watch.url.clone(), self.watch.bytes());
+        let error = match Cut::of(&e) {
+            Some(Cut::TooSlow { got, min, window }) => HttpError::TooSlow {
+                what,
+                url,
+                got,
+                min,
+                window,
+            },
+            Some(Cut::Deadline) => HttpError::TimedOut {
+                what,
+                url,
+                limit: self.deadline.map_or(Duration::ZERO, |d| {
+                    d.saturating_duration_since(self.started)
+                }),
+                bytes,
+            },
+            _ => HttpError::Transport {
+                what,
+                url,
+                reason: format!("download broke after {bytes} bytes: {e}"),
+                attempts: 1,
+            },
+        };
+        Err(self.fail(error))
     }
 }
 
@@ -279,17 +256,23 @@ impl Read for Download {
 pub fn get(url: &str, opts: &HttpOptions) -> Result<Download, HttpError> {
     let started = Instant::now();
     let (response, shown, _) = exchange(Method::Get, url, opts)?;
-    let now = Instant::now();
+    let body: Box<dyn Read + Send> = Box::new(response.into_body().into_reader());
     Ok(Download {
-        body: Box::new(response.into_body().into_reader()),
+        body: Guarded::new(
+            body,
+            Rules {
+                deadline: opts.deadline,
+                min_progress: opts.min_progress,
+                ..Rules::default()
+            },
+        ),
         watch: DownloadWatch {
             url: shown,
             state: Arc::default(),
         },
-        opts: opts.clone(),
+        what: opts.what,
+        deadline: opts.deadline,
         started,
-        window_start: now,
-        window_bytes: 0,
     })
 }
 
@@ -333,26 +316,17 @@ enum Method<'a> {
     Put { file: &'a File, len: u64 },
 }
 
-/// The body of one PUT attempt: the file from its start, checking the
-/// build's stop and deadline between reads, so that SIGTERM cuts an
-/// upload short (and a store that knows the length then drops it).
-struct UploadBody {
+/// The file of one PUT attempt, from its start: exactly its length, and
+/// an error if it got shorter. Sent [`Guarded`] by the build's stop and
+/// deadline, so that SIGTERM cuts an upload short (and a store that knows
+/// the length then drops it).
+struct UploadFile {
     file: File,
     left: u64,
-    opts: HttpOptions,
 }
 
-impl Read for UploadBody {
+impl Read for UploadFile {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if let Some(stop) = self.opts.cancel.as_ref().and_then(|c| c.stopped()) {
-            return Err(io::Error::other(stop));
-        }
-        if self.opts.deadline.is_some_and(|d| Instant::now() >= d) {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "time limit reached",
-            ));
-        }
         let want = buf
             .len()
             .min(usize::try_from(self.left).unwrap_or(usize::MAX));
@@ -371,9 +345,10 @@ impl Read for UploadBody {
     }
 }
 
-/// One request with retries: connection failures and 5xx/408/429 answers
-/// are tried again with a doubling backoff, within the deadline. Returns
-/// the 2xx response, the redacted URL and the number of attempts.
+/// One request under the [`Retry`] policy: connection failures and
+/// 5xx/408/429 answers are tried again with a doubling backoff, within the
+/// deadline. Returns the 2xx response, the redacted URL and the number of
+/// attempts.
 fn exchange(
     method: Method<'_>,
     url: &str,
@@ -388,9 +363,6 @@ fn exchange(
         });
     }
     let started = Instant::now();
-    let attempts = opts.attempts.max(1);
-    let mut backoff = opts.backoff;
-    let mut attempt = 0;
     let timed_out = |bytes| HttpError::TimedOut {
         what: opts.what,
         url: shown.clone(),
@@ -405,17 +377,14 @@ fn exchange(
         reason,
         attempts,
     };
-    loop {
-        attempt += 1;
-        if let Some(stop) = opts.cancel.as_ref().and_then(|c| c.stopped()) {
-            return Err(interrupted(stop.to_string(), attempt - 1));
-        }
+    let policy = Retry {
+        attempts: opts.attempts,
+        backoff: opts.backoff,
+    };
+    let outcome = policy.run(opts.cancel.as_deref(), opts.deadline, |attempt| {
         let remaining = opts
             .deadline
             .map(|d| d.saturating_duration_since(Instant::now()));
-        if remaining == Some(Duration::ZERO) {
-            return Err(timed_out(0));
-        }
         let cap = |t: Duration| Some(remaining.map_or(t, |r| t.min(r)));
         let agent = agent(Timeouts {
             global: remaining,
@@ -431,77 +400,76 @@ fn exchange(
                     .try_clone()
                     .and_then(|mut f| f.seek(SeekFrom::Start(0)).map(|_| f))
                     .map_err(|e| {
-                        interrupted(format!("reading the file to upload: {e}"), attempt)
+                        Failed::Final(interrupted(
+                            format!("reading the file to upload: {e}"),
+                            attempt,
+                        ))
                     })?;
+                let rules = Rules {
+                    cancel: opts.cancel.clone(),
+                    deadline: opts.deadline,
+                    ..Rules::default()
+                };
                 agent
                     .put(url)
                     .header("Content-Length", len.to_string())
                     .header("Content-Type", "application/octet-stream")
-                    .send(ureq::SendBody::from_owned_reader(UploadBody {
-                        file: body,
-                        left: len,
-                        opts: opts.clone(),
-                    }))
+                    .send(ureq::SendBody::from_owned_reader(Guarded::new(
+                        UploadFile {
+                            file: body,
+                            left: len,
+                        },
+                        rules,
+                    )))
             }
         };
-        let (retryable, error) = match outcome {
+        match outcome {
             Ok(response) if response.status().is_success() => {
                 tracing::debug!(url = %shown, attempt, "answered {}", response.status());
-                return Ok((response, shown, attempt));
+                Ok(response)
             }
             Ok(response) => {
                 let status = response.status().as_u16();
-                (
-                    retryable_status(status),
-                    HttpError::Status {
-                        what: opts.what,
-                        url: shown.clone(),
-                        status,
-                        attempts: attempt,
-                    },
-                )
+                let error = HttpError::Status {
+                    what: opts.what,
+                    url: shown.clone(),
+                    status,
+                    attempts: attempt,
+                };
+                Err(if transient_status(status) {
+                    Failed::Transient(error)
+                } else {
+                    Failed::Final(error)
+                })
             }
             Err(e) if opts.deadline.is_some_and(|d| Instant::now() >= d) => {
                 tracing::debug!("{e}");
-                return Err(timed_out(0));
+                Err(Failed::Final(timed_out(0)))
             }
             Err(e) => {
                 if let Some(stop) = opts.cancel.as_ref().and_then(|c| c.stopped()) {
-                    return Err(interrupted(stop.to_string(), attempt));
+                    return Err(Failed::Final(interrupted(stop.to_string(), attempt)));
                 }
-                (
-                    is_transient(&e),
-                    HttpError::Transport {
-                        what: opts.what,
-                        url: shown.clone(),
-                        // ureq's messages can quote the URL: keep only ours.
-                        reason: e.to_string().replace(url, &shown),
-                        attempts: attempt,
-                    },
-                )
+                let error = HttpError::Transport {
+                    what: opts.what,
+                    url: shown.clone(),
+                    // ureq's messages can quote the URL: keep only ours.
+                    reason: e.to_string().replace(url, &shown),
+                    attempts: attempt,
+                };
+                Err(if transient_error(&e) {
+                    Failed::Transient(error)
+                } else {
+                    Failed::Final(error)
+                })
             }
-        };
-        if !retryable || attempt >= attempts {
-            return Err(error);
         }
-        if opts.deadline.is_some_and(|d| Instant::now() + backoff >= d) {
-            return Err(error);
-        }
-        tracing::warn!("{error}; retrying in {:.1}s", backoff.as_secs_f32());
-        sleep_unless_stopped(backoff, opts.cancel.as_deref());
-        backoff *= 2;
-    }
-}
-
-/// Sleep for `pause`, waking early when the build must stop.
-fn sleep_unless_stopped(pause: Duration, cancel: Option<&Cancel>) {
-    let until = Instant::now() + pause;
-    loop {
-        let now = Instant::now();
-        if now >= until || cancel.is_some_and(|c| c.stopped().is_some()) {
-            return;
-        }
-        std::thread::sleep((until - now).min(crate::cancel::POLL));
+    });
+    match outcome {
+        Ok((response, attempts)) => Ok((response, shown, attempts)),
+        Err(GaveUp::Failed(error) | GaveUp::OutOfTime(Some(error))) => Err(error),
+        Err(GaveUp::OutOfTime(None)) => Err(timed_out(0)),
+        Err(GaveUp::Stopped { stop, attempts }) => Err(interrupted(stop.to_string(), attempts)),
     }
 }
 
@@ -529,24 +497,6 @@ pub fn agent(t: Timeouts) -> ureq::Agent {
         .user_agent(concat!("slugtools/", env!("CARGO_PKG_VERSION")))
         .build()
         .into()
-}
-
-/// Whether a status is worth another attempt (the same rule everywhere).
-pub fn retryable_status(status: u16) -> bool {
-    matches!(status, 408 | 429 | 500..=599)
-}
-
-/// Whether a transport failure is worth another attempt.
-pub fn is_transient(e: &ureq::Error) -> bool {
-    matches!(
-        e,
-        ureq::Error::Io(_)
-            | ureq::Error::Timeout(_)
-            | ureq::Error::HostNotFound
-            | ureq::Error::ConnectionFailed
-            | ureq::Error::Protocol(_)
-            | ureq::Error::BodyStalled
-    )
 }
 
 #[cfg(test)]

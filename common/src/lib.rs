@@ -32,6 +32,7 @@ pub mod runtime;
 pub mod sandbox;
 pub mod slugignore;
 pub mod supervise;
+pub mod transfer;
 pub mod tree;
 pub mod user;
 

@@ -37,6 +37,17 @@ pub struct RegistryArgs {
         value_delimiter = ','
     )]
     pub insecure_registries: Vec<String>,
+
+    /// Refuse to copy a layer or blob of the run image (or of the image to
+    /// rebase) larger than this: checked against its declared size before
+    /// it streams, and counted while it does.
+    #[arg(
+        long,
+        env = "SLUGBUILDER_MAX_LAYER_BYTES",
+        default_value_t = common::archive::DEFAULT_MAX_BYTES,
+        value_name = "BYTES"
+    )]
+    pub max_layer_bytes: u64,
 }
 
 /// The build's image flags.
@@ -185,6 +196,7 @@ fn settings(
         work_dir: work_dir.map_or_else(std::env::temp_dir, Path::to_path_buf),
         compression_level,
         limits,
+        max_layer_bytes: registry.max_layer_bytes,
     })
 }
 

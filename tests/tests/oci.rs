@@ -495,6 +495,7 @@ fn slugbuilder(home: &Path) -> Command {
         "SLUGBUILDER_IMAGE",
         "SLUG_RUN_IMAGE",
         "SLUGBUILDER_INSECURE_REGISTRIES",
+        "SLUGBUILDER_MAX_LAYER_BYTES",
         "REGISTRY_AUTH_FILE",
         "XDG_RUNTIME_DIR",
         "XDG_CONFIG_HOME",
@@ -1279,4 +1280,399 @@ fn a_run_image_from_another_registry_is_copied_and_its_user_looked_up() {
         "a_run_image_from_another_registry_is_copied_and_its_user_looked_up: {:.1?}",
         started.elapsed()
     );
+}
+
+// ---------------------------------------------------------------------------
+// Hostile registries (issue 25 item 7): tiny HTTP servers of our own on
+// 127.0.0.1, one answer per connection, serving a run image `stack/run:1`
+// and accepting uploads to `apps/x`. They need neither root nor tools.
+
+/// What is wrong with a [`HostileRegistry`].
+#[derive(Debug, Clone, Copy)]
+enum Hostility {
+    /// The run image's layer claims 10 GiB, and its GET would stream them.
+    HugeLayer,
+    /// The layer (1 MiB, honestly described) comes one byte per pause.
+    TrickledLayer(Duration),
+    /// The run image's manifest comes one byte per pause.
+    TrickledManifest(Duration),
+}
+
+/// A registry that holds a run image in `stack/run` and takes uploads in
+/// `apps/x` (a mount attempt opens an upload session, as distribution
+/// does when it cannot mount). Every request is recorded as
+/// `METHOD PATH`; stops when dropped.
+struct HostileRegistry {
+    port: u16,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// The layer's descriptor, config and manifest of the run image.
+struct FakeRunImage {
+    layer_digest: String,
+    layer_size: u64,
+    config: Vec<u8>,
+    config_digest: String,
+    manifest: Vec<u8>,
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    format!("sha256:{:x}", sha2::Sha256::digest(bytes))
+}
+
+impl FakeRunImage {
+    fn new(hostility: Hostility) -> Self {
+        let layer_size = match hostility {
+            Hostility::HugeLayer => 10 << 30,
+            _ => 1 << 20,
+        };
+        // The digest of nothing we can send: these layers never verify.
+        let layer_digest = sha256_hex(b"a layer that never arrives whole");
+        let config = serde_json::json!({
+            "architecture": "amd64",
+            "os": "linux",
+            "config": { "User": "1000:1000", "Entrypoint": ["/usr/local/bin/slugrunner"] },
+            "rootfs": { "type": "layers", "diff_ids": [layer_digest.clone()] },
+        })
+        .to_string()
+        .into_bytes();
+        let config_digest = sha256_hex(&config);
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": config_digest,
+                "size": config.len(),
+            },
+            "layers": [{
+                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                "digest": layer_digest,
+                "size": layer_size,
+            }],
+        })
+        .to_string()
+        .into_bytes();
+        Self {
+            layer_digest,
+            layer_size,
+            config,
+            config_digest,
+            manifest,
+        }
+    }
+}
+
+impl HostileRegistry {
+    fn start(hostility: Hostility) -> Self {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::{Arc, Mutex};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let image = Arc::new(FakeRunImage::new(hostility));
+        let sessions = Arc::new(AtomicUsize::new(0));
+        let (log, stopping) = (Arc::clone(&requests), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            // Ends by itself at the latest after ten minutes.
+            let until = Instant::now() + Duration::from_secs(600);
+            while !stopping.load(Ordering::SeqCst) && Instant::now() < until {
+                let conn = match listener.accept() {
+                    Ok((conn, _)) => conn,
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(20));
+                        continue;
+                    }
+                };
+                let (log, image, sessions, stopping) = (
+                    Arc::clone(&log),
+                    Arc::clone(&image),
+                    Arc::clone(&sessions),
+                    Arc::clone(&stopping),
+                );
+                std::thread::spawn(move || {
+                    let _ = conn.set_nonblocking(false);
+                    let _ = serve_one(conn, hostility, &image, &log, &sessions, &stopping);
+                });
+            }
+        });
+        Self {
+            port,
+            requests,
+            stop,
+        }
+    }
+
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+impl Drop for HostileRegistry {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Read one request, record it, answer it as `hostility` wants.
+fn serve_one(
+    conn: std::net::TcpStream,
+    hostility: Hostility,
+    image: &FakeRunImage,
+    log: &std::sync::Mutex<Vec<String>>,
+    sessions: &std::sync::atomic::AtomicUsize,
+    stopping: &std::sync::atomic::AtomicBool,
+) -> std::io::Result<()> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    conn.set_read_timeout(Some(Duration::from_secs(120)))?;
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    let mut length = 0u64;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        if line.trim().is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().unwrap_or(0);
+            }
+        }
+    }
+    let mut words = request_line.split_whitespace();
+    let method = words.next().unwrap_or("").to_string();
+    let path = words.next().unwrap_or("").to_string();
+    log.lock().unwrap().push(format!("{method} {path}"));
+    // Take the whole body (an upload), whatever its fate.
+    std::io::copy(&mut (&mut reader).take(length), &mut std::io::sink())?;
+    let mut conn = conn;
+    let mut answer = |status: &str, headers: &str, body: &[u8]| -> std::io::Result<()> {
+        write!(
+            conn,
+            "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )?;
+        conn.write_all(body)
+    };
+    let session = || {
+        let n = sessions.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        format!("Location: /v2/apps/x/blobs/uploads/session-{n}\r\n")
+    };
+    let layer = format!("/v2/stack/run/blobs/{}", image.layer_digest);
+    let config = format!("/v2/stack/run/blobs/{}", image.config_digest);
+    match (method.as_str(), path.as_str()) {
+        ("GET", "/v2/") => answer("200 OK", "", b"{}"),
+        ("GET", "/v2/stack/run/manifests/1") => match hostility {
+            Hostility::TrickledManifest(pause) => {
+                write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    image.manifest.len()
+                )?;
+                trickle(&mut conn, &image.manifest, pause, stopping)
+            }
+            _ => answer(
+                "200 OK",
+                "Content-Type: application/vnd.oci.image.manifest.v1+json\r\n",
+                &image.manifest,
+            ),
+        },
+        ("GET", p) if p == config => answer("200 OK", "", &image.config),
+        ("GET", p) if p == layer => {
+            write!(
+                conn,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                image.layer_size
+            )?;
+            match hostility {
+                Hostility::TrickledLayer(pause) => trickle(&mut conn, &[0u8; 100], pause, stopping),
+                _ => {
+                    let zeros = vec![0u8; 64 << 10];
+                    let mut sent = 0;
+                    while sent < image.layer_size
+                        && !stopping.load(std::sync::atomic::Ordering::SeqCst)
+                    {
+                        conn.write_all(&zeros)?;
+                        sent += zeros.len() as u64;
+                    }
+                    Ok(())
+                }
+            }
+        }
+        ("HEAD", p) if p.starts_with("/v2/apps/x/blobs/") => answer("404 Not Found", "", b""),
+        ("POST", p) if p.starts_with("/v2/apps/x/blobs/uploads/") => {
+            answer("202 Accepted", &session(), b"")
+        }
+        ("PUT", p) if p.starts_with("/v2/apps/x/blobs/uploads/session-") => {
+            answer("201 Created", "", b"")
+        }
+        ("DELETE", p) if p.starts_with("/v2/apps/x/blobs/uploads/session-") => {
+            answer("204 No Content", "", b"")
+        }
+        ("PUT", p) if p.starts_with("/v2/apps/x/manifests/") => answer("201 Created", "", b""),
+        _ => answer("404 Not Found", "", b""),
+    }
+}
+
+/// Send `bytes` one at a time, `pause` apart, until the client leaves.
+fn trickle(
+    conn: &mut std::net::TcpStream,
+    bytes: &[u8],
+    pause: Duration,
+    stopping: &std::sync::atomic::AtomicBool,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    for byte in bytes {
+        if stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            break;
+        }
+        conn.write_all(std::slice::from_ref(byte))?;
+        std::thread::sleep(pause);
+    }
+    Ok(())
+}
+
+/// A small slug made here: a Procfile and the script it names.
+fn tiny_slug(dir: &Path) -> PathBuf {
+    let path = dir.join("tiny-slug.tgz");
+    let gz = flate2::write::GzEncoder::new(
+        std::fs::File::create(&path).unwrap(),
+        flate2::Compression::fast(),
+    );
+    let mut tar = tar::Builder::new(gz);
+    for (name, mode, data) in [
+        ("Procfile", 0o644, &b"web: ./run\n"[..]),
+        ("run", 0o755, &b"#!/bin/sh\nexec sleep 1000\n"[..]),
+    ] {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(mode);
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_mtime(315532800);
+        tar.append_data(&mut header, name, data).unwrap();
+    }
+    tar.into_inner().unwrap().finish().unwrap();
+    path
+}
+
+/// `slugbuilder image` of a tiny slug onto the hostile registry's run
+/// image, published to the same registry.
+fn publish_to(
+    registry: &HostileRegistry,
+    home: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (Finished, Duration) {
+    let slug = tiny_slug(home);
+    let host = registry.host();
+    let mut cmd = slugbuilder(home);
+    cmd.args(["image", "--slug"]).arg(&slug).args([
+        "--tag",
+        &format!("{host}/apps/x:1"),
+        "--run-image",
+        &format!("{host}/stack/run:1"),
+        "--insecure-registry",
+        &host,
+    ]);
+    cmd.args(extra).envs(env.iter().copied());
+    let started = Instant::now();
+    let out = run(&mut cmd);
+    (out, started.elapsed())
+}
+
+/// The error line: the last one, after the log of the steps.
+fn error_line(out: &Finished) -> String {
+    let last = out.stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("slugbuilder: "), "{}", out.stderr);
+    assert!(out.stdout.is_empty(), "nothing on stdout: {}", out.stdout);
+    last.to_string()
+}
+
+/// The DELETEs of upload sessions the registry was sent.
+fn cancelled_uploads(registry: &HostileRegistry) -> Vec<String> {
+    registry
+        .requests()
+        .into_iter()
+        .filter(|r| r.starts_with("DELETE /v2/apps/x/blobs/uploads/session-"))
+        .collect()
+}
+
+#[test]
+fn issue_25_a_layer_claiming_10_gib_fails_the_cap_at_once_and_its_upload_is_cancelled() {
+    let case = tempfile::tempdir().unwrap();
+    let registry = HostileRegistry::start(Hostility::HugeLayer);
+    let (out, took) = publish_to(&registry, case.path(), &["--timeout", "120"], &[]);
+    let line = error_line(&out);
+    assert_eq!(out.code(), Some(34), "{}", out.stderr);
+    assert!(
+        line.contains("is 10737418240 bytes") && line.contains("--max-layer-bytes"),
+        "{line}"
+    );
+    assert!(took < Duration::from_secs(20), "{took:?}");
+    let requests = registry.requests();
+    let layer = FakeRunImage::new(Hostility::HugeLayer).layer_digest;
+    assert!(
+        !requests
+            .iter()
+            .any(|r| r.starts_with("GET ") && r.contains(&layer)),
+        "the layer was not even asked for: {requests:?}"
+    );
+    // The mount attempt opened an upload session: it is cancelled.
+    assert_eq!(cancelled_uploads(&registry).len(), 1, "{requests:?}");
+
+    // The variable sets the cap as the flag would.
+    let (out, _) = publish_to(
+        &registry,
+        case.path(),
+        &["--timeout", "120"],
+        &[("SLUGBUILDER_MAX_LAYER_BYTES", "1000")],
+    );
+    assert_eq!(out.code(), Some(34), "{}", out.stderr);
+    assert!(
+        error_line(&out).contains("limit of 1000 bytes"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn issue_25_a_trickling_registry_fails_the_minimum_progress_rule_before_the_timeout() {
+    let case = tempfile::tempdir().unwrap();
+    let registry = HostileRegistry::start(Hostility::TrickledLayer(Duration::from_secs(3)));
+    let (out, took) = publish_to(&registry, case.path(), &["--timeout", "150"], &[]);
+    let line = error_line(&out);
+    assert_eq!(out.code(), Some(31), "{}", out.stderr);
+    assert!(line.contains("too slow"), "{line}");
+    // 16 KiB per 30 s: the first window ends it, far from --timeout.
+    assert!(took < Duration::from_secs(75), "{took:?}");
+    // The upload of the layer had begun: its session is cancelled.
+    let requests = registry.requests();
+    assert!(
+        requests.iter().any(
+            |r| r.starts_with("PUT /v2/apps/x/blobs/uploads/session-") && r.contains("digest=")
+        ),
+        "{requests:?}"
+    );
+    assert!(!cancelled_uploads(&registry).is_empty(), "{requests:?}");
+}
+
+#[test]
+fn issue_25_the_deadline_during_a_registry_transfer_is_exit_16() {
+    let case = tempfile::tempdir().unwrap();
+    let registry = HostileRegistry::start(Hostility::TrickledManifest(Duration::from_millis(200)));
+    let (out, took) = publish_to(&registry, case.path(), &["--timeout", "3"], &[]);
+    let line = error_line(&out);
+    assert_eq!(out.code(), Some(16), "{}", out.stderr);
+    assert!(line.contains("time limit"), "{line}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
 }

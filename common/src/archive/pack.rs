@@ -24,6 +24,7 @@ use tar::{EntryType, Header};
 use super::ArchiveError;
 use crate::cancel::Cancel;
 use crate::pgzip::ParallelGzWriter;
+use crate::transfer::{Cut, Guarded, Rules};
 use crate::tree::{self, Entry, Visit, WalkError};
 
 const CHUNK: usize = 256 * 1024;
@@ -308,10 +309,14 @@ impl<W: Write> Packer<'_, W> {
         let mut h = self.header(st, EntryType::Regular, mode);
         h.set_size(size);
         let mut data = Exact {
-            inner: file,
+            inner: Guarded::new(
+                file,
+                Rules {
+                    cancel: self.opts.cancel.clone(),
+                    ..Rules::default()
+                },
+            ),
             remaining: size,
-            since_check: 0,
-            cancel: self.opts.cancel.as_deref(),
         };
         self.builder
             .append_data(&mut h, archive_path, &mut data)
@@ -321,9 +326,9 @@ impl<W: Write> Packer<'_, W> {
                         path: e.path.to_path_buf(),
                         reason: "it became shorter while it was read".into(),
                     },
-                    None => match source.get_ref().and_then(|r| r.downcast_ref::<StoppedIo>()) {
-                        Some(StoppedIo(stop)) => ArchiveError::Stopped(*stop),
-                        None => ArchiveError::Write {
+                    None => match Cut::of(&source) {
+                        Some(Cut::Stopped(stop)) => ArchiveError::Stopped(stop),
+                        _ => ArchiveError::Write {
                             path: archive_path.to_path_buf(),
                             source,
                         },
@@ -337,32 +342,20 @@ impl<W: Write> Packer<'_, W> {
 
 /// Exactly `remaining` bytes of a file: one that grows while it is packed
 /// is cut at its size, one that shrinks is an error (the archive would be
-/// corrupt). Checks the build's deadline every few megabytes.
-struct Exact<'a> {
-    inner: std::fs::File,
+/// corrupt). Read [`Guarded`] by the build's stop and deadline.
+struct Exact {
+    inner: Guarded<std::fs::File>,
     remaining: u64,
-    since_check: u64,
-    cancel: Option<&'a Cancel>,
 }
 
 #[derive(Debug, thiserror::Error)]
 #[error("file shrank while it was packed")]
 struct Shrunk;
 
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct StoppedIo(crate::cancel::Stop);
-
-impl Read for Exact<'_> {
+impl Read for Exact {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.remaining == 0 {
             return Ok(0);
-        }
-        if self.since_check >= 4 << 20 {
-            self.since_check = 0;
-            if let Some(stop) = self.cancel.and_then(|c| c.stopped()) {
-                return Err(io::Error::other(StoppedIo(stop)));
-            }
         }
         let want = buf
             .len()
@@ -372,7 +365,6 @@ impl Read for Exact<'_> {
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, Shrunk));
         }
         self.remaining -= n as u64;
-        self.since_check += n as u64;
         Ok(n)
     }
 }

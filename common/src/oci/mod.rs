@@ -61,6 +61,14 @@ pub enum OciError {
     Registry { registry: String, reason: String },
     #[error("{0}")]
     BadImage(String),
+    /// A blob over `--max-layer-bytes`, said (`size`) or seen while it
+    /// streamed.
+    #[error("{what} {}", too_large(*size, *max))]
+    TooLarge {
+        what: String,
+        size: Option<u64>,
+        max: u64,
+    },
     #[error("{0}")]
     NotOurs(String),
     #[error("the slug: {0}")]
@@ -88,7 +96,29 @@ impl OciError {
             | OciError::NotOurs(_)
             | OciError::Io { .. } => Exit::ImageFailed,
             OciError::BadSlug(_) => Exit::BadInput,
+            OciError::TooLarge { .. } => Exit::LayerTooLarge,
             OciError::Stopped(stop) => stop.exit(),
+        }
+    }
+}
+
+fn too_large(size: Option<u64>, max: u64) -> String {
+    let limit = format!("the --max-layer-bytes limit of {max} bytes");
+    match size {
+        Some(size) => format!("is {size} bytes ({}), over {limit}", log::human_size(size)),
+        None => format!("sent more than {limit}"),
+    }
+}
+
+/// A failure once the build's time limit passed (or a signal came) is
+/// that stop, whatever part noticed it first: a read cut by a timeout at
+/// the deadline is the deadline, not a broken registry or a bad image.
+fn stop_wins(e: OciError, cancel: &Cancel) -> OciError {
+    match (cancel.stopped(), &e) {
+        (_, OciError::Stopped(_)) | (None, _) => e,
+        (Some(stop), _) => {
+            tracing::debug!("after the stop: {e}");
+            OciError::Stopped(stop)
         }
     }
 }
@@ -119,6 +149,9 @@ pub struct Settings {
     /// gzip level of the slug layer ([`DEFAULT_LAYER_LEVEL`]).
     pub compression_level: u32,
     pub limits: Limits,
+    /// The largest layer or blob copied from the run image or the image to
+    /// rebase (`--max-layer-bytes`).
+    pub max_layer_bytes: u64,
 }
 
 /// The slug to publish and what the build knew about it.
@@ -182,6 +215,7 @@ impl<'a> Registries<'a> {
                 s.credentials.searched.clone(),
                 s.insecure_registries.clone(),
                 Arc::clone(cancel),
+                s.max_layer_bytes,
             );
             (Arc::new(registry), Vec::new())
         });
@@ -325,6 +359,14 @@ pub fn prepare(
     settings: Settings,
     cancel: &Arc<Cancel>,
 ) -> Result<Prepared, OciError> {
+    prepare_inner(target_ref, settings, cancel).map_err(|e| stop_wins(e, cancel))
+}
+
+fn prepare_inner(
+    target_ref: &ImageRef,
+    settings: Settings,
+    cancel: &Arc<Cancel>,
+) -> Result<Prepared, OciError> {
     let (target, source) = {
         let mut regs = Registries::new(&settings, cancel);
         let target = target_of(target_ref, &mut regs, &settings.work_dir)?;
@@ -366,6 +408,11 @@ fn check_entrypoint(run: &Image, shown: &str) {
 impl Prepared {
     /// Make the slug layer and publish the image.
     pub fn publish(self, slug: &SlugInput) -> Result<Published, OciError> {
+        let cancel = Arc::clone(&self.cancel);
+        self.publish_inner(slug).map_err(|e| stop_wins(e, &cancel))
+    }
+
+    fn publish_inner(self, slug: &SlugInput) -> Result<Published, OciError> {
         log::header(format!("Publishing image {}", self.target_ref));
         let layer = layer::slug_layer(
             &slug.path,
@@ -420,7 +467,13 @@ impl Prepared {
             }
         ));
         tracing::info!("slug layer stored");
-        write_image(&self.target, &built, &self.source, &self.cancel)?;
+        write_image(
+            &self.target,
+            &built,
+            &self.source,
+            &self.cancel,
+            self.settings.max_layer_bytes,
+        )?;
         self.target.finish(slug.epoch)?;
         tracing::info!("image published");
         Ok(Published {
@@ -439,11 +492,12 @@ fn write_image(
     built: &config::Built,
     base: &Source,
     cancel: &Arc<Cancel>,
+    max_layer_bytes: u64,
 ) -> Result<(), OciError> {
     let (mut present, mut mounted, mut copied, mut bytes) = (0, 0, 0, 0u64);
     for desc in &built.base_layers {
         cancel.check().map_err(OciError::Stopped)?;
-        match ensure_blob(target, desc, base)? {
+        match ensure_blob(target, desc, base, max_layer_bytes)? {
             Moved::Present => present += 1,
             Moved::Mounted => mounted += 1,
             Moved::Copied(n) => {
@@ -472,6 +526,14 @@ fn write_image(
 /// same app metadata, the new run image's layers and config. Nothing of
 /// the slug is read or moved.
 pub fn rebase(
+    target_ref: &ImageRef,
+    settings: Settings,
+    cancel: &Arc<Cancel>,
+) -> Result<Published, OciError> {
+    rebase_inner(target_ref, settings, cancel).map_err(|e| stop_wins(e, cancel))
+}
+
+fn rebase_inner(
     target_ref: &ImageRef,
     settings: Settings,
     cancel: &Arc<Cancel>,
@@ -511,8 +573,9 @@ pub fn rebase(
     ));
     let built = config::build(&run, base_name(&settings.run_image).as_deref(), &app)?;
     // The slug layer is in the target already, except for a new archive.
-    ensure_blob(&target, &app.layer, &app_source)?;
-    write_image(&target, &built, &run_source, cancel)?;
+    let max = settings.max_layer_bytes;
+    ensure_blob(&target, &app.layer, &app_source, max)?;
+    write_image(&target, &built, &run_source, cancel, max)?;
     target.finish(app.epoch)?;
     Ok(Published {
         reference: shown,
@@ -559,7 +622,13 @@ mod tests {
             }
             .exit(),
             OciError::BadImage("x".into()).exit(),
+            OciError::TooLarge {
+                what: "blob".into(),
+                size: Some(1 << 34),
+                max: 1 << 32,
+            }
+            .exit(),
         ];
-        assert_eq!(codes.map(Exit::code), [30, 31, 32, 33]);
+        assert_eq!(codes.map(Exit::code), [30, 31, 32, 33, 34]);
     }
 }

@@ -17,9 +17,15 @@
 //! `--insecure-registry`, and never on a redirect (ureq drops the
 //! `Authorization` header; blob downloads are often redirected to storage).
 //!
-//! Requests without a streamed body are retried on connection errors and
-//! 5xx/408/429 with a doubling backoff. Every request is bounded by the
-//! build's deadline ([`Cancel`]).
+//! Requests follow the one retry policy of [`crate::transfer`]: those
+//! without a streamed body are retried on transient failures (connection
+//! errors, 5xx/408/429) with a doubling backoff. Every request is bounded
+//! by the build's deadline ([`Cancel`]) and every body, both ways, by the
+//! minimum progress of [`crate::transfer::MIN_PROGRESS`]; a blob also by
+//! `--max-layer-bytes`, checked against its `Content-Length` before it
+//! streams and counted while it does. An upload that fails once its
+//! session is open is cancelled (`DELETE` of the session), so that the
+//! registry keeps no partial blob.
 
 use std::collections::BTreeSet;
 use std::io::Read;
@@ -34,6 +40,10 @@ use ureq::Body;
 use super::auth::Credential;
 use super::OciError;
 use crate::cancel::{Cancel, Stop};
+use crate::http::redact_url;
+use crate::transfer::{
+    transient_error, transient_status, Cut, Failed, GaveUp, Guarded, Retry, Rules, MIN_PROGRESS,
+};
 
 /// The manifest media types we ask for (and understand).
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
@@ -46,6 +56,10 @@ pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
 /// Largest error document read from a registry answer.
 const MAX_ERROR_BODY: u64 = 16 << 10;
 const ATTEMPTS: u32 = 3;
+/// How long the `DELETE` of an abandoned upload may take: it runs after
+/// a signal too, and must end within slugbuilder's 1.5 s of grace after
+/// SIGTERM (the 2 s a build has to react).
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How to reach one registry.
 #[derive(Debug, Clone)]
@@ -96,6 +110,9 @@ pub struct Registry {
     state: Mutex<AuthState>,
     cancel: Arc<Cancel>,
     backoff: Duration,
+    /// The cap of one blob (`--max-layer-bytes`).
+    max_blob_bytes: u64,
+    min_progress: (u64, Duration),
 }
 
 impl std::fmt::Debug for Registry {
@@ -157,6 +174,7 @@ impl Registry {
         searched: Vec<PathBuf>,
         insecure_hosts: Vec<String>,
         cancel: Arc<Cancel>,
+        max_blob_bytes: u64,
     ) -> Self {
         // The global limit is set per request, from the build's deadline.
         let agent = crate::http::agent(crate::http::Timeouts {
@@ -164,7 +182,7 @@ impl Registry {
             connect: Some(Duration::from_secs(30)),
             response: Some(Duration::from_secs(300)),
             per_read: Some(Duration::from_secs(60)),
-            per_write: None,
+            per_write: Some(Duration::from_secs(60)),
         });
         Self {
             endpoint,
@@ -179,6 +197,18 @@ impl Registry {
             }),
             cancel,
             backoff: Duration::from_millis(500),
+            max_blob_bytes,
+            min_progress: MIN_PROGRESS,
+        }
+    }
+
+    /// What every body read from or sent to this registry follows.
+    fn rules(&self, max_bytes: Option<u64>) -> Rules {
+        Rules {
+            cancel: Some(Arc::clone(&self.cancel)),
+            deadline: None,
+            max_bytes,
+            min_progress: Some(self.min_progress),
         }
     }
 
@@ -197,7 +227,7 @@ impl Registry {
     /// Learn how to authenticate and check the credentials (or get a
     /// token for `scopes`): a wrong password fails here, before any work.
     pub fn connect(&self, scopes: &[String]) -> Result<(), OciError> {
-        let res = self.raw("GET", &self.url("/v2/"), &[], &mut Payload::Empty, None)?;
+        let res = self.probe(None)?;
         match res.status().as_u16() {
             200..=299 => {
                 self.lock().scheme = Scheme::Anonymous;
@@ -214,7 +244,7 @@ impl Registry {
         }
         let auth = self.authorization(scopes)?;
         if matches!(self.lock().scheme, Scheme::Basic) {
-            let res = self.raw("GET", &self.url("/v2/"), &[], &mut Payload::Empty, auth)?;
+            let res = self.probe(auth)?;
             match res.status().as_u16() {
                 200..=299 => {}
                 401 | 403 => return Err(self.refused()),
@@ -331,7 +361,7 @@ impl Registry {
         if !(200..300).contains(&status) {
             return Err(self.status_error("token service", status, res));
         }
-        let body = read_limited(res, 1 << 20).map_err(|e| self.failed(format!("token: {e}")))?;
+        let body = self.read_body(res, 1 << 20, "token")?;
         let doc: serde_json::Value = serde_json::from_slice(&body).map_err(|_| {
             self.failed("the token service answered something other than JSON".into())
         })?;
@@ -353,50 +383,33 @@ impl Registry {
         scopes: &[String],
     ) -> Result<Response<Body>, OciError> {
         let mut reauthenticated = false;
-        let mut attempt = 0;
-        let mut backoff = self.backoff;
-        loop {
-            attempt += 1;
-            let auth = self.authorization(scopes)?;
-            let outcome = self.raw(method, url, headers, &mut payload, auth);
-            let retry = match outcome {
-                Ok(res) if res.status().as_u16() == 401 && !reauthenticated => {
+        let retryable = payload.retryable();
+        self.retried(method, url, retryable, || loop {
+            let auth = self.authorization(scopes).map_err(Failed::Final)?;
+            let res = self.raw(method, url, headers, &mut payload, auth)?;
+            match res.status().as_u16() {
+                401 if !reauthenticated => {
                     // First contact, or an expired token: learn and retry once.
-                    self.learn_challenge(&res)?;
+                    self.learn_challenge(&res).map_err(Failed::Final)?;
                     self.lock().token = None;
                     reauthenticated = true;
-                    if !payload.retryable() {
-                        return Err(self.refused());
+                    if !retryable {
+                        return Err(Failed::Final(self.refused()));
                     }
-                    continue;
                 }
-                Ok(res) if matches!(res.status().as_u16(), 401 | 403) => return Err(self.refused()),
-                Ok(res)
-                    if crate::http::retryable_status(res.status().as_u16())
-                        && payload.retryable()
-                        && attempt < ATTEMPTS =>
-                {
-                    tracing::warn!(
-                        "{method} {}: HTTP {}; retrying",
-                        crate::http::redact_url(url),
-                        res.status().as_u16()
-                    );
-                    true
-                }
-                Ok(res) => return Ok(res),
-                Err(e @ OciError::Unreachable { .. })
-                    if payload.retryable() && attempt < ATTEMPTS =>
-                {
-                    tracing::warn!("{e}; retrying");
-                    true
-                }
-                Err(e) => return Err(e),
-            };
-            if retry {
-                self.sleep(backoff)?;
-                backoff *= 2;
+                401 | 403 => return Err(Failed::Final(self.refused())),
+                _ => return Ok(res),
             }
-        }
+        })
+    }
+
+    /// `GET /v2/`, one attempt: a registry that cannot be reached fails
+    /// the publish at once, before any work.
+    fn probe(&self, auth: Option<String>) -> Result<Response<Body>, OciError> {
+        let url = self.url("/v2/");
+        self.retried("GET", &url, false, || {
+            self.raw("GET", &url, &[], &mut Payload::Empty, auth.clone())
+        })
     }
 
     fn raw_with_retries(
@@ -406,35 +419,54 @@ impl Registry {
         headers: &[(&str, &str)],
         auth: Option<String>,
     ) -> Result<Response<Body>, OciError> {
-        let mut backoff = self.backoff;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match self.raw(method, url, headers, &mut Payload::Empty, auth.clone()) {
-                Ok(res)
-                    if crate::http::retryable_status(res.status().as_u16())
-                        && attempt < ATTEMPTS => {}
-                Err(OciError::Unreachable { .. }) if attempt < ATTEMPTS => {}
-                other => return other,
+        self.retried(method, url, true, || {
+            self.raw(method, url, headers, &mut Payload::Empty, auth.clone())
+        })
+    }
+
+    /// `once` under the [`Retry`] policy (one attempt when the request
+    /// cannot be repeated). A busy answer (5xx, 429) that is still busy at
+    /// the last attempt is returned for the caller to report.
+    fn retried(
+        &self,
+        method: &str,
+        url: &str,
+        retryable: bool,
+        mut once: impl FnMut() -> Result<Response<Body>, Failed<OciError>>,
+    ) -> Result<Response<Body>, OciError> {
+        let policy = Retry {
+            attempts: if retryable { ATTEMPTS } else { 1 },
+            backoff: self.backoff,
+        };
+        let outcome = policy.run(Some(&self.cancel), Some(self.cancel.deadline()), |_| {
+            let res = once().map_err(|f| match f {
+                Failed::Transient(e) => Failed::Transient(Answer::Error(e)),
+                Failed::Final(e) => Failed::Final(Answer::Error(e)),
+            })?;
+            let status = res.status().as_u16();
+            if transient_status(status) {
+                return Err(Failed::Transient(Answer::Busy {
+                    request: format!("{method} {}", redact_url(url)),
+                    status,
+                    res: Box::new(res),
+                }));
             }
-            self.sleep(backoff)?;
-            backoff *= 2;
+            Ok(res)
+        });
+        match outcome {
+            Ok((res, _)) => Ok(res),
+            Err(GaveUp::Failed(Answer::Busy { res, .. })) => Ok(*res),
+            Err(GaveUp::Failed(Answer::Error(e))) => Err(e),
+            Err(GaveUp::Stopped { stop, .. }) => Err(OciError::Stopped(stop)),
+            // No time left for the next attempt: the deadline, in effect.
+            Err(GaveUp::OutOfTime(_)) => Err(OciError::Stopped(Stop::TimedOut)),
         }
     }
 
-    fn sleep(&self, d: Duration) -> Result<(), OciError> {
-        if self.cancel.remaining() <= d {
-            return Err(OciError::Stopped(Stop::TimedOut));
-        }
-        let until = std::time::Instant::now() + d;
-        while std::time::Instant::now() < until {
-            self.cancel.check().map_err(OciError::Stopped)?;
-            std::thread::sleep(crate::cancel::POLL.min(d));
-        }
-        Ok(())
-    }
-
-    /// One HTTP exchange, no retry. Transport failures are `Unreachable`.
+    /// One HTTP exchange, no retry. Transport failures are `Unreachable`,
+    /// transient or not as [`transient_error`] judges them; a streamed
+    /// body's own failure (the build stopping, a cap, a trickling source)
+    /// is final and passed through.
     fn raw(
         &self,
         method: &str,
@@ -442,8 +474,10 @@ impl Registry {
         headers: &[(&str, &str)],
         payload: &mut Payload<'_>,
         auth: Option<String>,
-    ) -> Result<Response<Body>, OciError> {
-        self.cancel.check().map_err(OciError::Stopped)?;
+    ) -> Result<Response<Body>, Failed<OciError>> {
+        self.cancel
+            .check()
+            .map_err(|stop| Failed::Final(OciError::Stopped(stop)))?;
         let remaining = self.cancel.remaining();
         macro_rules! prepared {
             ($builder:expr) => {{
@@ -470,27 +504,124 @@ impl Registry {
                 match payload {
                     Payload::Empty => b.header("Content-Length", "0").send_empty(),
                     Payload::Bytes(bytes) => b.send(*bytes),
-                    Payload::Stream(reader, len) => b
-                        .header("Content-Length", len.to_string())
-                        .send(ureq::SendBody::from_reader(*reader)),
+                    Payload::Stream(reader, len) => {
+                        let mut guarded = Guarded::new(&mut **reader, self.rules(None));
+                        b.header("Content-Length", len.to_string())
+                            .send(ureq::SendBody::from_reader(&mut guarded))
+                    }
                 }
             }
             other => unreachable!("method {other}"),
         };
         result.map_err(|e| {
-            if self.cancel.stopped().is_some() {
-                return OciError::Stopped(self.cancel.stopped().unwrap_or(Stop::TimedOut));
+            if let Some(stop) = self.cancel.stopped() {
+                return Failed::Final(OciError::Stopped(stop));
             }
-            if let ureq::Error::Io(io) = &e {
-                if let Some(stop) = io.get_ref().and_then(|r| r.downcast_ref::<StoppedIo>()) {
-                    return OciError::Stopped(stop.0);
-                }
-            }
-            OciError::Unreachable {
+            let e = match e {
+                ureq::Error::Io(io) => match carried(io) {
+                    Ok(ours) => return Failed::Final(ours),
+                    Err(io) => match Cut::of(&io) {
+                        Some(cut) => return Failed::Final(self.cut(cut, method, url)),
+                        None => ureq::Error::Io(io),
+                    },
+                },
+                other => other,
+            };
+            let error = OciError::Unreachable {
                 registry: self.endpoint.host.clone(),
-                reason: format!("{method} {}: {e}", crate::http::redact_url(url)),
+                reason: format!("{method} {}: {e}", redact_url(url)),
+            };
+            if transient_error(&e) {
+                Failed::Transient(error)
+            } else {
+                Failed::Final(error)
             }
         })
+    }
+
+    /// The failure a [`Guarded`] stream of `method url` was cut by.
+    fn cut(&self, cut: Cut, method: &str, url: &str) -> OciError {
+        match cut {
+            Cut::Stopped(stop) => OciError::Stopped(stop),
+            Cut::Deadline => OciError::Stopped(Stop::TimedOut),
+            Cut::TooLarge { max } => OciError::TooLarge {
+                what: format!("{method} {}", redact_url(url)),
+                size: None,
+                max,
+            },
+            Cut::TooSlow { .. } => OciError::Unreachable {
+                registry: self.endpoint.host.clone(),
+                reason: format!("{method} {}: {cut}", redact_url(url)),
+            },
+        }
+    }
+
+    /// A whole (small) body, at most `limit` bytes, read under the rules.
+    fn read_body(&self, res: Response<Body>, limit: u64, what: &str) -> Result<Vec<u8>, OciError> {
+        let mut reader = Guarded::new(
+            res.into_body().into_with_config().limit(limit).reader(),
+            self.rules(None),
+        );
+        let mut body = Vec::new();
+        match reader.read_to_end(&mut body) {
+            Ok(_) => Ok(body),
+            Err(e) => match Cut::of(&e) {
+                Some(cut) => Err(self.cut(cut, "GET", what)),
+                None => Err(self.failed(format!("{what}: {e}"))),
+            },
+        }
+    }
+
+    /// The `Authorization` this registry already has (no token request:
+    /// for a cleanup that must be quick).
+    fn current_authorization(&self) -> Option<String> {
+        let state = self.lock();
+        match &state.scheme {
+            Scheme::Basic => self.credential.as_ref().map(Credential::basic_header),
+            Scheme::Bearer { .. } => state.token.as_ref().map(|(_, t)| format!("Bearer {t}")),
+            Scheme::Unknown | Scheme::Anonymous => None,
+        }
+    }
+
+    /// Drop an upload session that will not be finished (`DELETE` of its
+    /// URL), so that the registry keeps none of its bytes. Best effort,
+    /// quick, and done even when the build has stopped.
+    pub fn cancel_upload(&self, location: &str) {
+        let url = self.absolute(location);
+        let mut request = self
+            .agent
+            .delete(&url)
+            .config()
+            .timeout_global(Some(CLEANUP_TIMEOUT))
+            .build();
+        if let Some(auth) = self.current_authorization() {
+            request = request.header("Authorization", auth);
+        }
+        match request.call() {
+            Ok(res) if res.status().is_success() || res.status().as_u16() == 404 => {
+                tracing::debug!("upload session {} cancelled", redact_url(&url));
+            }
+            Ok(res) => tracing::warn!(
+                "registry {}: cancelling the upload {}: HTTP {}; it keeps the partial upload until it expires",
+                self.endpoint.host,
+                redact_url(&url),
+                res.status().as_u16()
+            ),
+            Err(e) => tracing::warn!(
+                "registry {}: cancelling the upload {}: {e}; it keeps the partial upload until it expires",
+                self.endpoint.host,
+                redact_url(&url)
+            ),
+        }
+    }
+
+    /// A `Location` of this registry as a full URL.
+    fn absolute(&self, location: &str) -> String {
+        if location.starts_with('/') {
+            self.url(location)
+        } else {
+            location.to_string()
+        }
     }
 
     fn failed(&self, reason: String) -> OciError {
@@ -538,7 +669,8 @@ impl Registry {
 
     /// An unexpected answer, with the registry's own error code if it gave one.
     pub fn status_error(&self, what: &str, status: u16, res: Response<Body>) -> OciError {
-        let detail = read_limited(res, MAX_ERROR_BODY)
+        let detail = self
+            .read_body(res, MAX_ERROR_BODY, what)
             .ok()
             .and_then(|b| registry_error_message(&b))
             .map(|m| format!(": {m}"))
@@ -590,8 +722,11 @@ impl Registry {
             .unwrap_or("")
             .trim()
             .to_string();
-        let bytes = read_limited(res, MAX_MANIFEST_BYTES)
-            .map_err(|e| self.failed(format!("manifest {repo}:{reference}: {e}")))?;
+        let bytes = self.read_body(
+            res,
+            MAX_MANIFEST_BYTES,
+            &format!("manifest {repo}:{reference}"),
+        )?;
         let digest = sha256_digest(&bytes);
         if reference.starts_with("sha256:") && reference != digest {
             return Err(self.failed(format!(
@@ -633,16 +768,36 @@ impl Registry {
         }
     }
 
-    /// Stream a blob. The caller verifies the digest.
+    /// Stream a blob. The caller verifies the digest. One that says it is
+    /// larger than the cap fails before it streams; one that does not say
+    /// is cut at the cap.
     pub fn get_blob(&self, repo: &str, digest: &str) -> Result<Box<dyn Read + Send>, OciError> {
         let url = self.url(&format!("/v2/{repo}/blobs/{digest}"));
         let res = self.send("GET", &url, &[], Payload::Empty, &[pull_scope(repo)])?;
+        let what = || format!("blob {digest} of {}/{repo}", self.endpoint.host);
         match res.status().as_u16() {
-            200..=299 => Ok(Box::new(CancelReader {
-                inner: res.into_body().into_reader(),
-                cancel: Arc::clone(&self.cancel),
-                since_check: 0,
-            })),
+            200..=299 => {
+                let length = res
+                    .headers()
+                    .get("content-length")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok());
+                if let Some(size) = length.filter(|n| *n > self.max_blob_bytes) {
+                    return Err(OciError::TooLarge {
+                        what: what(),
+                        size: Some(size),
+                        max: self.max_blob_bytes,
+                    });
+                }
+                Ok(Box::new(BlobBody {
+                    inner: Guarded::new(
+                        res.into_body().into_reader(),
+                        self.rules(Some(self.max_blob_bytes)),
+                    ),
+                    registry: self.endpoint.host.clone(),
+                    what: what(),
+                }))
+            }
             404 => Err(self.failed(format!("blob {digest} of {repo} is missing"))),
             status => Err(self.status_error(&format!("GET blob {digest}"), status, res)),
         }
@@ -678,6 +833,16 @@ impl Registry {
         session: Option<String>,
     ) -> Result<(), OciError> {
         let scopes = [push_scope(repo)];
+        if size > self.max_blob_bytes {
+            if let Some(session) = session {
+                self.cancel_upload(&session);
+            }
+            return Err(OciError::TooLarge {
+                what: format!("blob {digest}"),
+                size: Some(size),
+                max: self.max_blob_bytes,
+            });
+        }
         let location = match session {
             Some(l) => l,
             None => {
@@ -696,28 +861,31 @@ impl Registry {
                 }
             }
         };
-        let mut url = if location.starts_with('/') {
-            self.url(&location)
-        } else {
-            location
-        };
+        let mut url = self.absolute(&location);
         url.push(if url.contains('?') { '&' } else { '?' });
         url.push_str("digest=");
         url.push_str(&percent_encode(digest));
-        // Make sure the token is there before the body streams: a 401 after
-        // the body cannot be retried.
-        self.authorization(&scopes)?;
-        let res = self.send(
-            "PUT",
-            &url,
-            &[("Content-Type", "application/octet-stream")],
-            Payload::Stream(reader, size),
-            &scopes,
-        )?;
-        match res.status().as_u16() {
-            200..=299 => Ok(()),
-            status => Err(self.status_error(&format!("upload of {digest}"), status, res)),
+        let mut put = || {
+            // Make sure the token is there before the body streams: a 401
+            // after the body cannot be retried.
+            self.authorization(&scopes)?;
+            let res = self.send(
+                "PUT",
+                &url,
+                &[("Content-Type", "application/octet-stream")],
+                Payload::Stream(reader, size),
+                &scopes,
+            )?;
+            match res.status().as_u16() {
+                200..=299 => Ok(()),
+                status => Err(self.status_error(&format!("upload of {digest}"), status, res)),
+            }
+        };
+        let result = put();
+        if result.is_err() {
+            self.cancel_upload(&location);
         }
+        result
     }
 }
 
@@ -728,12 +896,25 @@ fn location(res: &Response<Body>) -> Option<String> {
         .map(str::to_string)
 }
 
-fn read_limited(res: Response<Body>, limit: u64) -> Result<Vec<u8>, String> {
-    res.into_body()
-        .with_config()
-        .limit(limit)
-        .read_to_vec()
-        .map_err(|e| e.to_string())
+/// A request that failed, or an answer that says "busy, try again".
+enum Answer {
+    Busy {
+        request: String,
+        status: u16,
+        res: Box<Response<Body>>,
+    },
+    Error(OciError),
+}
+
+impl std::fmt::Display for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Answer::Busy {
+                request, status, ..
+            } => write!(f, "{request}: HTTP {status}"),
+            Answer::Error(e) => e.fmt(f),
+        }
+    }
 }
 
 /// `{"errors":[{"code":"X","message":"y"}]}` -> `X: y`.
@@ -811,36 +992,57 @@ fn parse_challenge(header: &str) -> (String, Vec<(String, String)>) {
     (scheme.to_string(), params)
 }
 
-/// The build stopped while a body streamed.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct StoppedIo(pub Stop);
-
-/// A reader that gives up when the build must stop.
-pub struct CancelReader<R> {
-    pub inner: R,
-    pub cancel: Arc<Cancel>,
-    pub since_check: u64,
+/// A blob streaming from a registry: [`Guarded`] (the build's stop, the
+/// minimum progress, the cap), its cuts told as the [`OciError`] they
+/// are, carried in the `io::Error` ([`carried`] takes them out).
+struct BlobBody<R> {
+    inner: Guarded<R>,
+    registry: String,
+    what: String,
 }
 
-impl<R> std::fmt::Debug for CancelReader<R> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CancelReader").finish_non_exhaustive()
-    }
-}
-
-impl<R: Read> Read for CancelReader<R> {
+impl<R: Read> Read for BlobBody<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.since_check >= 1 << 20 {
-            self.since_check = 0;
-            if let Some(stop) = self.cancel.stopped() {
-                return Err(std::io::Error::other(StoppedIo(stop)));
-            }
-        }
-        let n = self.inner.read(buf)?;
-        self.since_check += n as u64;
-        Ok(n)
+        self.inner.read(buf).map_err(|e| {
+            let error = match Cut::of(&e) {
+                None => return e,
+                Some(Cut::Stopped(stop)) => OciError::Stopped(stop),
+                Some(Cut::Deadline) => OciError::Stopped(Stop::TimedOut),
+                Some(Cut::TooLarge { max }) => OciError::TooLarge {
+                    what: self.what.clone(),
+                    size: None,
+                    max,
+                },
+                Some(cut @ Cut::TooSlow { .. }) => OciError::Unreachable {
+                    registry: self.registry.clone(),
+                    reason: format!("{}: {cut}", self.what),
+                },
+            };
+            std::io::Error::other(error)
+        })
     }
+}
+
+/// The [`OciError`] an I/O error carries (from a [`BlobBody`], however
+/// many `io::Error`s deep), or the I/O error as it was.
+pub fn carried(e: std::io::Error) -> Result<OciError, std::io::Error> {
+    let Some(inner) = e.get_ref() else {
+        return Err(e);
+    };
+    if inner.is::<OciError>() {
+        let inner = e.into_inner().expect("checked above");
+        return Ok(*inner.downcast::<OciError>().expect("checked above"));
+    }
+    if inner.is::<std::io::Error>() {
+        let kind = e.kind();
+        let inner = *e
+            .into_inner()
+            .expect("checked above")
+            .downcast::<std::io::Error>()
+            .expect("checked above");
+        return carried(inner).map_err(|inner| std::io::Error::new(kind, inner));
+    }
+    Err(e)
 }
 
 #[cfg(test)]
@@ -967,6 +1169,7 @@ mod tests {
             Vec::new(),
             vec![host],
             Cancel::new(Duration::from_secs(30)),
+            crate::archive::DEFAULT_MAX_BYTES,
         )
     }
 

@@ -13,7 +13,7 @@ use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest,
 use sha2::{Digest as _, Sha256};
 
 use super::layout::{find_tag, write_archive, ArchiveReader, LayoutDir};
-use super::registry::{pull_scope, push_scope, sha256_digest, Mount, Registry, StoppedIo};
+use super::registry::{carried, pull_scope, push_scope, sha256_digest, Mount, Registry};
 use super::OciError;
 
 /// Largest image config accepted.
@@ -30,8 +30,10 @@ pub struct BlobMismatch {
     pub reason: String,
 }
 
-/// Checks a blob's size and digest while it is read; the last read (the
-/// one that sees the end) fails if they are wrong.
+/// Checks a blob's size and digest while it is read: the read that
+/// completes its size fails if the digest is wrong (an HTTP client that
+/// sends exactly `Content-Length` bytes never reads on to the end), and
+/// so does the one that sees the end too early or too late.
 pub struct Verify<'a> {
     inner: &'a mut dyn Read,
     hasher: Sha256,
@@ -90,14 +92,24 @@ impl Read for Verify<'_> {
             return Err(self.mismatch(format!("more than {} bytes", self.size)));
         }
         self.hasher.update(&buf[..n]);
+        if self.seen == self.size {
+            let got = format!("sha256:{:x}", self.hasher.clone().finalize());
+            if got != self.expected {
+                return Err(self.mismatch(format!("the content has digest {got}")));
+            }
+        }
         Ok(n)
     }
 }
 
 /// Map an I/O error of a copy: the build stopping, a wrong blob, or I/O.
 pub fn copy_error(e: io::Error, context: String) -> OciError {
-    if let Some(stop) = e.get_ref().and_then(|r| r.downcast_ref::<StoppedIo>()) {
-        return OciError::Stopped(stop.0);
+    let e = match carried(e) {
+        Ok(ours) => return ours,
+        Err(e) => e,
+    };
+    if let Some(crate::transfer::Cut::Stopped(stop)) = crate::transfer::Cut::of(&e) {
+        return OciError::Stopped(stop);
     }
     if let Some(m) = e.get_ref().and_then(|r| r.downcast_ref::<BlobMismatch>()) {
         return OciError::BadImage(m.to_string());
@@ -340,6 +352,13 @@ impl Target {
         }
     }
 
+    /// Drop an upload session that will not be used (a registry's).
+    pub fn abandon(&self, session: Option<String>) {
+        if let (Target::Registry { registry, .. }, Some(session)) = (self, session) {
+            registry.cancel_upload(&session);
+        }
+    }
+
     /// Store the manifest and point the tag at it: the last step.
     pub fn put_manifest(&self, bytes: &[u8], digest: &str) -> Result<(), OciError> {
         let media_type = MediaType::ImageManifest.to_string();
@@ -397,8 +416,14 @@ impl Source {
 }
 
 /// Make sure `target` has the blob `desc`, taking it from `source` if it
-/// must: present, mounted, or streamed through.
-pub fn ensure_blob(target: &Target, desc: &Descriptor, source: &Source) -> Result<Moved, OciError> {
+/// must: present, mounted, or streamed through; one larger than
+/// `max_bytes` is refused before any of it moves.
+pub fn ensure_blob(
+    target: &Target,
+    desc: &Descriptor,
+    source: &Source,
+    max_bytes: u64,
+) -> Result<Moved, OciError> {
     let digest = desc.digest().to_string();
     if target.has_blob(&digest)? {
         return Ok(Moved::Present);
@@ -428,7 +453,21 @@ pub fn ensure_blob(target: &Target, desc: &Descriptor, source: &Source) -> Resul
         // Foreign layers are fetched by runtimes from their URLs.
         return Ok(Moved::Present);
     }
-    let mut reader = source.blob(&digest)?;
+    if desc.size() > max_bytes {
+        target.abandon(session);
+        return Err(OciError::TooLarge {
+            what: format!("layer {digest}"),
+            size: Some(desc.size()),
+            max: max_bytes,
+        });
+    }
+    let mut reader = match source.blob(&digest) {
+        Ok(reader) => reader,
+        Err(e) => {
+            target.abandon(session);
+            return Err(e);
+        }
+    };
     target.put_blob(&digest, desc.size(), &mut reader, session)?;
     Ok(Moved::Copied(desc.size()))
 }
@@ -465,5 +504,20 @@ mod tests {
                 OciError::BadImage(_)
             ));
         }
+    }
+
+    /// An upload sends exactly the blob's size and never reads on to the
+    /// end: the wrong digest must fail the read that completes the size.
+    #[test]
+    fn a_wrong_digest_fails_before_the_end_is_read() {
+        let data = b"layer bytes";
+        let mut src = &data[..];
+        let mut verify = Verify::new(&mut src, &sha256_digest(b"other"), data.len() as u64);
+        let mut exactly = (&mut verify).take(data.len() as u64);
+        let err = exactly.read_to_end(&mut Vec::new()).unwrap_err();
+        assert!(matches!(
+            copy_error(err, String::new()),
+            OciError::BadImage(_)
+        ));
     }
 }
