@@ -89,14 +89,7 @@ fn run_cases(cases: &[Peer]) -> Vec<String> {
         match result {
             Ok(problems) if problems.is_empty() => {}
             Ok(problems) => failures.push(format!("{what}:\n  {}", problems.join("\n  "))),
-            Err(panic) => {
-                let message = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default();
-                failures.push(format!("{what}:\n  {message}"));
-            }
+            Err(panic) => failures.push(format!("{what}:\n  {}", panic_message(panic))),
         }
     }
     failures
@@ -147,17 +140,31 @@ fn run_case(peer: &Peer, scratch: &tempfile::TempDir, python: &str) -> Vec<Strin
         }
     }
     if let (Outcome::Serves(body), true) = (peer.outcome, built) {
-        let mut web = case.start_web();
-        let got = web.get_ok("/");
-        web.stop();
-        if !got.starts_with(body) {
-            problems.push(format!("GET / answered {got:?}, not {body:?}..."));
+        // A web process that does not answer panics: one more problem.
+        let served = catch_unwind(AssertUnwindSafe(|| {
+            let mut web = case.start_web();
+            let got = web.get_ok("/");
+            web.stop();
+            got
+        }));
+        match served {
+            Ok(got) if got.starts_with(body) => {}
+            Ok(got) => problems.push(format!("GET / answered {got:?}, not {body:?}...")),
+            Err(panic) => problems.push(panic_message(panic)),
         }
     }
     if !problems.is_empty() {
         problems.push(format!("log:\n{log}"));
     }
     problems
+}
+
+fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default()
 }
 
 fn assert_all(failures: Vec<String>) {
