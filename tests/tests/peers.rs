@@ -265,6 +265,15 @@ fn heroku_python_fixtures_end_as_there() {
             cache: Some("python"),
         },
         Peer {
+            fixture: "python-poetry-stale-lock",
+            files: &[],
+            heroku: "poetry_lockfile_out_of_sync: refused, run poetry lock",
+            outcome: Outcome::Refused,
+            log: &["six is a dependency in pyproject.toml but is not in poetry.lock: run 'poetry lock'"],
+            not_in_log: &["Successfully installed"],
+            cache: Some("python"),
+        },
+        Peer {
             fixture: "empty",
             files: &[],
             heroku: "empty: no buildpack detects it",
