@@ -395,8 +395,11 @@ fn heroku_nodejs_fixtures_end_as_there() {
             files: &[],
             heroku: "node-with-indexjs: builds, web is node index.js",
             outcome: Outcome::Serves("index.js on v"),
-            log: &["-----> Default web process: node index.js (from index.js in the app)"],
-            not_in_log: &[],
+            log: &[
+                "-----> Default web process: node index.js (from index.js in the app)",
+                "package.json declares no dependencies: there is nothing to pin",
+            ],
+            not_in_log: &["Warning"],
             cache: Some("node"),
         },
         Peer {

@@ -101,6 +101,11 @@ def facts_of(pkg):
         "PKG_NAME": pkg.get("name") if isinstance(pkg.get("name"), str) else "",
         "PKG_PACKAGE_MANAGER": pkg.get("packageManager") if isinstance(pkg.get("packageManager"), str) else "",
         "PKG_SCRIPTS": "\n".join(sorted(k for k, v in scripts.items() if isinstance(v, str) and "\n" not in k)),
+        # Whether it declares any package to install (else a missing lockfile
+        # pins nothing).
+        "PKG_HAS_DEPS": "1" if any(
+            pkg.get(k) for k in ("dependencies", "devDependencies", "optionalDependencies")
+        ) else "",
     }
 
 
