@@ -886,6 +886,37 @@ fn node_4_0_0_from_a_wrapped_release_tarball_builds_and_serves_express() {
     web.stop();
 }
 
+/// Node.js 4.1 to 5.x are published as packages with `bin/node` and no npm,
+/// and npm 2.0.0 to 6.13.x declare no `engines.node`: npm 6.13.7 was taken
+/// for Node.js 5 and failed there with a SyntaxError. The npm its release
+/// notes admit (npm 5) installs the devDependency the build script needs
+/// (npm before 7 knows no `--include=dev`), prunes it, and the app serves.
+#[test]
+fn node_5_from_a_package_without_npm_gets_an_npm_that_runs_on_it_and_serves() {
+    let case = Case::new();
+    let log = build_fixture(&case, "node-5");
+    assert!(
+        log.contains("engines.node '5.12.0' (package.json): Node.js 5.12.0, an exact version"),
+        "{log}"
+    );
+    assert!(
+        log.contains(
+            "engines.npm is not set: npm 5.10.0, the newest npm that supports Node.js 5.12.0"
+        ),
+        "{log}"
+    );
+    assert!(
+        log.contains("Installing dependencies with npm 5.10.0"),
+        "{log}"
+    );
+    let mut web = case.start_web();
+    assert_eq!(
+        web.get_ok("/"),
+        "one minute is 60000 ms on Node.js v5.12.0 (ms pruned)\n"
+    );
+    web.stop();
+}
+
 /// A copy of the tree `from` at `to` (regular files and directories).
 fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();

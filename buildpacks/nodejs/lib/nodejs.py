@@ -101,6 +101,11 @@ def facts_of(pkg):
         "PKG_NAME": pkg.get("name") if isinstance(pkg.get("name"), str) else "",
         "PKG_PACKAGE_MANAGER": pkg.get("packageManager") if isinstance(pkg.get("packageManager"), str) else "",
         "PKG_SCRIPTS": "\n".join(sorted(k for k, v in scripts.items() if isinstance(v, str) and "\n" not in k)),
+        # Whether it declares any package to install (else a missing lockfile
+        # pins nothing).
+        "PKG_HAS_DEPS": "1" if any(
+            pkg.get(k) for k in ("dependencies", "devDependencies", "optionalDependencies")
+        ) else "",
     }
 
 
@@ -541,6 +546,24 @@ def install_tree(plan):
         os.symlink(target, link)
 
 
+# npm 2.0.0 to 6.13.x declare no engines.node, though npm 6 needs Node.js 6
+# (6.14.0 declares it) and npm 5 Node.js 4: what their release notes say.
+NPM_IMPLIED_ENGINES = ((6, "6 >=6.2.0 || 8 || >=9.3.0"), (5, ">=4"))
+
+
+def npm_engines(version, manifest):
+    """npm's manifest, with the engines.node its release notes imply when
+    it declares none (else npm 6.13.7 would be chosen for Node.js 5 and
+    fail there with a SyntaxError)."""
+    e = (manifest or {}).get("engines")
+    if isinstance(e, dict) and isinstance(e.get("node"), str):
+        return manifest
+    for major, rng in NPM_IMPLIED_ENGINES:
+        if version.major == major:
+            return {"engines": {"node": rng}}
+    return manifest
+
+
 def default_npm(ctx, node_version, latest=None):
     """(version, manifest, why): npm's latest release when it supports this
     Node.js, else the newest release that does. latest: the `latest`
@@ -555,7 +578,7 @@ def default_npm(ctx, node_version, latest=None):
         if man is not None:
             needs = " (the latest, %s, needs Node.js '%s')" % (latest, man["engines"]["node"])
     versions = versions_of(ctx.registry.packument("npm"))
-    ok = [v for v in versions if not v.pre and supports_node(versions[v], node_version)]
+    ok = [v for v in versions if not v.pre and supports_node(npm_engines(v, versions[v]), node_version)]
     ok = [v for v in ok if not versions[v].get("deprecated")] or ok
     if not ok:
         raise BuildError(

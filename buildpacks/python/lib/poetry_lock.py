@@ -141,6 +141,12 @@ def walk(packages, roots):
 
 def main_group(lock, pyproject):
     packages = lock.get("package", []) or []
+    # A main dependency that pyproject.toml declares and the lock lacks: the
+    # lock is older than pyproject.toml, and Poetry would refuse it too.
+    locked = {normalize(p["name"]) for p in packages}
+    for name, _extras, marker in root_dependencies(pyproject):
+        if holds(marker) and normalize(name) not in locked:
+            raise LockError(f"{name} is a dependency in pyproject.toml but is not in poetry.lock: run 'poetry lock'")
     if packages and all("groups" in p for p in packages):
         chosen = []
         for package in packages:

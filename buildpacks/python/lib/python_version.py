@@ -50,6 +50,9 @@ def esc(text, limit=200):
             out.append("\\\\")
         elif ch.isprintable():
             out.append(ch)
+        elif 0xDC80 <= ord(ch) <= 0xDCFF:
+            # A byte that is not UTF-8 (read with surrogateescape): as the byte.
+            out.append("\\x%02x" % (ord(ch) - 0xDC00))
         elif ord(ch) < 0x100:
             out.append("\\x%02x" % ord(ch))
         else:
