@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::slugs::{run_with_timeout, Finished};
+use crate::slugs::{run_with_timeout, Finished, Slug};
 use crate::{bin, repo_root};
 use nix::errno::Errno;
 use nix::sys::signal::{kill, killpg, Signal};
@@ -183,8 +183,9 @@ impl Case {
         out.stderr
     }
 
-    /// slugrunner for this case's slug and app dir.
-    pub fn slugrunner(&self) -> Command {
+    /// slugrunner with a clean runner environment and this case's app dir
+    /// (no slug named yet).
+    pub fn runner(&self) -> Command {
         let mut cmd = Command::new(bin("slugrunner"));
         for var in [
             "SLUG_URL",
@@ -195,10 +196,23 @@ impl Case {
         ] {
             cmd.env_remove(var);
         }
-        cmd.arg("--slug")
-            .arg(self.slug())
-            .arg("--app-dir")
-            .arg(self.app_dir());
+        cmd.arg("--app-dir").arg(self.app_dir());
+        cmd
+    }
+
+    /// slugrunner for this case's slug and app dir.
+    pub fn slugrunner(&self) -> Command {
+        let mut cmd = self.runner();
+        cmd.arg("--slug").arg(self.slug());
+        cmd
+    }
+
+    /// slugrunner with `slug` written into the scratch dir and passed with
+    /// `--slug`.
+    pub fn runner_with(&self, slug: &Slug) -> Command {
+        let path = slug.write_to(self.dir.path());
+        let mut cmd = self.runner();
+        cmd.arg("--slug").arg(path);
         cmd
     }
 

@@ -13,49 +13,10 @@ use e2e::slugs::{
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+/// The one scratch-dir type of the e2e tests.
+use e2e::apps::Case;
+
 const TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A scratch dir (traversable by the unprivileged app user) with an app dir
-/// path inside it that does not exist yet.
-struct Case {
-    dir: tempfile::TempDir,
-    app: PathBuf,
-}
-
-impl Case {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
-            .expect("chmod tempdir");
-        let app = dir.path().join("app");
-        Self { dir, app }
-    }
-
-    /// slugrunner with a clean runner environment and this case's app dir.
-    fn runner(&self) -> Command {
-        let mut cmd = Command::new(e2e::bin("slugrunner"));
-        cmd.env_remove("SLUG_URL")
-            .env_remove("SLUG_LOG")
-            .env_remove("PORT")
-            .env_remove("DYNO")
-            .env_remove("SLUGRUNNER_GRACE_PERIOD")
-            .arg("--app-dir")
-            .arg(&self.app);
-        cmd
-    }
-
-    /// slugrunner with `slug` written to a file and passed with --slug.
-    fn with_slug(&self, slug: &Slug) -> Command {
-        let path = slug.write_to(self.dir.path());
-        let mut cmd = self.runner();
-        cmd.arg("--slug").arg(path);
-        cmd
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.app.join(name)
-    }
-}
 
 fn run(cmd: &mut Command) -> Finished {
     run_with_timeout(cmd, TIMEOUT)
@@ -83,9 +44,9 @@ fn dot_rooted_slug_runs_procfile_edge_cases() {
     let slug = Slug::with_procfile(
         "# the app\n\nweb:echo \"web on $PORT as $DYNO in $HOME at $(pwd)\"\r\nworker: echo 'worker: ok' | tr a-z A-Z",
     );
-    let out = run(case.with_slug(&slug).args(["start", "web"]));
+    let out = run(case.runner_with(&slug).args(["start", "web"]));
     assert_ok(&out);
-    let app = case.app.canonicalize().unwrap();
+    let app = case.app_dir().canonicalize().unwrap();
     let app = app.display();
     assert_eq!(
         out.stdout,
@@ -102,11 +63,11 @@ fn app_rooted_slug_is_hoisted() {
     let slug = Slug::new(Layout::App)
         .file("Procfile", "web: cat lib/data.txt")
         .file("lib/data.txt", "from ./app/\n");
-    let out = run(case.with_slug(&slug).args(["start", "web"]));
+    let out = run(case.runner_with(&slug).args(["start", "web"]));
     assert_ok(&out);
     assert_eq!(out.stdout, "from ./app/\n");
-    assert!(case.path("Procfile").is_file());
-    assert!(!case.path("app").exists());
+    assert!(case.app_dir().join("Procfile").is_file());
+    assert!(!case.app_dir().join("app").exists());
 }
 
 #[test]
@@ -135,7 +96,7 @@ fn slug_on_stdin() {
 fn duplicate_process_types_are_reported() {
     let case = Case::new();
     let slug = Slug::with_procfile("web: a\nworker: b\n\nweb: c\n");
-    let out = run(case.with_slug(&slug).args(["start", "worker"]));
+    let out = run(case.runner_with(&slug).args(["start", "worker"]));
     assert_eq!(out.code(), Some(10), "{}", out.stderr);
     assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
     assert!(
@@ -152,13 +113,13 @@ fn default_process_types_fill_in_and_procfile_wins() {
         ".release",
         "---\ndefault_process_types:\n  web: echo release-web\n  clock: echo release-clock\n",
     );
-    let out = run(case.with_slug(&slug).args(["start", "web"]));
+    let out = run(case.runner_with(&slug).args(["start", "web"]));
     assert_ok(&out);
     assert_eq!(out.stdout, "release-web\n");
 
     let case = Case::new();
     let slug = slug.file("Procfile", "web: echo procfile-web\n");
-    let out = run(case.with_slug(&slug).args(["start", "web"]));
+    let out = run(case.runner_with(&slug).args(["start", "web"]));
     assert_eq!(out.stdout, "procfile-web\n");
     let out = run(case.runner().args(["start", "clock"]));
     assert_eq!(out.stdout, "release-clock\n");
@@ -169,7 +130,7 @@ fn unknown_process_type_lists_the_known_ones() {
     let case = Case::new();
     let slug = Slug::with_procfile("web: true\nworker: true\n")
         .file(".release", "default_process_types:\n  clock: true\n");
-    let out = run(case.with_slug(&slug).args(["start", "nope"]));
+    let out = run(case.runner_with(&slug).args(["start", "nope"]));
     assert_eq!(out.code(), Some(21));
     assert_eq!(out.stdout, "");
     assert_eq!(
@@ -179,7 +140,7 @@ fn unknown_process_type_lists_the_known_ones() {
     // A name that could be injected never gets near a shell.
     let out = run(case.runner().args(["start", "web;touch pwned"]));
     assert_eq!(out.code(), Some(21));
-    assert!(!case.path("pwned").exists());
+    assert!(!case.app_dir().join("pwned").exists());
 }
 
 #[test]
@@ -193,7 +154,7 @@ fn profile_d_in_byte_order_then_profile() {
         .file(".profile.d/10-x.sh", format!("{log}PLAIN=plain\n"))
         .file(".profile.d/notes.txt", "exit 1\n")
         .file(".profile", format!("{log}export FROM_PROFILE=profile\n"));
-    let out = run(case.with_slug(&slug).args(["start", "web"]));
+    let out = run(case.runner_with(&slug).args(["start", "web"]));
     assert_ok(&out);
     assert_eq!(
         out.stdout,
@@ -219,7 +180,7 @@ fn config_vars_do_not_override() {
     std::fs::create_dir(&env_dir).unwrap();
     std::fs::write(env_dir.join("FROM_DIR"), "dir\n").unwrap();
     let out = run(case
-        .with_slug(&slug)
+        .runner_with(&slug)
         .env("FROM_CALLER", "caller")
         .arg("--env-file")
         .arg(&env_file)
@@ -231,7 +192,7 @@ fn config_vars_do_not_override() {
         out.stdout,
         "caller|file|dir|release|$(touch pwned); `id` \"x\"\n"
     );
-    assert!(!case.path("pwned").exists());
+    assert!(!case.app_dir().join("pwned").exists());
 }
 
 #[test]
@@ -240,14 +201,14 @@ fn bad_env_file_names_the_line() {
     let env_file = case.dir.path().join("env");
     std::fs::write(&env_file, "A=1\nNOT VALID=2\n").unwrap();
     let out = run(case
-        .with_slug(&Slug::with_procfile("web: true"))
+        .runner_with(&Slug::with_procfile("web: true"))
         .arg("--env-file")
         .arg(&env_file)
         .args(["start", "web"]));
     assert_eq!(out.code(), Some(10));
     assert!(out.stderr.contains("line 2"), "{}", out.stderr);
     // Checked before the slug is touched.
-    assert!(!case.app.exists());
+    assert!(!case.app_dir().exists());
 }
 
 #[test]
@@ -255,7 +216,7 @@ fn exec_preserves_arguments_exactly() {
     let case = Case::new();
     let slug = Slug::with_procfile("web: true");
     let args = ["printf", "%s\\n", "a b", "$HOME", "\"q\"", "", "it's", "*"];
-    let out = run(case.with_slug(&slug).arg("exec").args(args));
+    let out = run(case.runner_with(&slug).arg("exec").args(args));
     assert_ok(&out);
     assert_eq!(out.stdout, "a b\n$HOME\n\"q\"\n\nit's\n*\n");
     // Any other first word is exec, as herokuish's /exec.
@@ -375,7 +336,7 @@ fn simple_command_replaces_bash_and_slugrunner() {
     let case = Case::new();
     let slug = Slug::with_procfile("web: sleep 30\n").file(".profile.d/x.sh", "export X=1\n");
     let child = Guarded::new(
-        case.with_slug(&slug)
+        case.runner_with(&slug)
             .args(["start", "web"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -399,7 +360,7 @@ fn sigterm_reaches_an_app_started_without_init() {
         "web: trap 'echo got-term > \"$HOME/marker\"; exit 42' TERM; touch \"$HOME/ready\"; while :; do sleep 0.05; done",
     );
     let child = Guarded::new(
-        case.with_slug(&slug)
+        case.runner_with(&slug)
             .args(["start", "web"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -409,7 +370,10 @@ fn sigterm_reaches_an_app_started_without_init() {
     );
     let pid = child.pid();
     assert!(
-        wait_until(Duration::from_secs(10), || case.path("ready").exists()),
+        wait_until(Duration::from_secs(10), || case
+            .app_dir()
+            .join("ready")
+            .exists()),
         "the app never started"
     );
     let status = read(Path::new(&format!("/proc/{pid}/status")));
@@ -428,12 +392,12 @@ fn sigterm_reaches_an_app_started_without_init() {
     kill(pid, Signal::SIGTERM).unwrap();
     let out = child.output(TIMEOUT);
     assert_eq!(out.code(), Some(42), "{}", out.stderr);
-    assert_eq!(read(&case.path("marker")), "got-term\n");
+    assert_eq!(read(&case.app_dir().join("marker")), "got-term\n");
 }
 
 fn spawn_init(case: &Case, slug: &Slug, extra: &[&str]) -> Guarded {
     Guarded::new(
-        case.with_slug(slug)
+        case.runner_with(slug)
             .arg("--init")
             .args(extra)
             .args(["start", "web"])
@@ -454,13 +418,16 @@ fn sigterm_reaches_the_app_and_its_status_comes_back() {
     let child = spawn_init(&case, &slug, &[]);
     let pid = child.pid();
     assert!(
-        wait_until(Duration::from_secs(10), || case.path("ready").exists()),
+        wait_until(Duration::from_secs(10), || case
+            .app_dir()
+            .join("ready")
+            .exists()),
         "the app never started"
     );
     kill(pid, Signal::SIGTERM).unwrap();
     let out = child.output(TIMEOUT);
     assert_eq!(out.code(), Some(42), "{}", out.stderr);
-    assert_eq!(read(&case.path("marker")), "got-term\n");
+    assert_eq!(read(&case.app_dir().join("marker")), "got-term\n");
 }
 
 #[test]
@@ -472,7 +439,8 @@ fn app_ignoring_sigterm_is_killed_after_the_grace_period() {
     let child = spawn_init(&case, &slug, &["--grace-period", "1"]);
     let pid = child.pid();
     assert!(wait_until(Duration::from_secs(10), || case
-        .path("ready")
+        .app_dir()
+        .join("ready")
         .exists()));
     let start = Instant::now();
     kill(pid, Signal::SIGTERM).unwrap();
@@ -495,16 +463,17 @@ fn other_signals_are_forwarded() {
     let child = spawn_init(&case, &slug, &[]);
     let pid = child.pid();
     assert!(wait_until(Duration::from_secs(10), || case
-        .path("ready")
+        .app_dir()
+        .join("ready")
         .exists()));
     kill(pid, Signal::SIGUSR1).unwrap();
     assert!(wait_until(Duration::from_secs(10), || read(
-        &case.path("log")
+        &case.app_dir().join("log")
     ) == "usr1\n"));
     kill(pid, Signal::SIGHUP).unwrap();
     let out = child.output(TIMEOUT);
     assert_eq!(out.code(), Some(3), "{}", out.stderr);
-    assert_eq!(read(&case.path("log")), "usr1\nhup\n");
+    assert_eq!(read(&case.app_dir().join("log")), "usr1\nhup\n");
 }
 
 /// Orphans of the app come to the supervisor (it is a child subreaper)
@@ -527,7 +496,8 @@ fn orphaned_grandchildren_are_reaped() {
     let child = spawn_init(&case, &slug, &[]);
     let pid = child.pid().as_raw();
     assert!(wait_until(Duration::from_secs(10), || case
-        .path("ready")
+        .app_dir()
+        .join("ready")
         .exists()));
     assert!(wait_until(Duration::from_secs(5), || {
         e2e::slugs::processes_with_arg(&tag).len() == 3
@@ -566,7 +536,7 @@ fn init_exit_code_and_leftover_group_members_are_cleaned_up() {
     let child = spawn_init(&case, &slug, &["--grace-period", "5"]);
     let out = child.output(TIMEOUT);
     assert_eq!(out.code(), Some(5), "{}", out.stderr);
-    let bg: i32 = read(&case.path("bg")).trim().parse().unwrap();
+    let bg: i32 = read(&case.app_dir().join("bg")).trim().parse().unwrap();
     assert!(
         wait_until(Duration::from_secs(5), || !Path::new(&format!(
             "/proc/{bg}"
@@ -584,12 +554,12 @@ fn runs_unprivileged_when_started_as_root() {
     }
     let case = Case::new();
     let slug = Slug::with_procfile("web: id -u; id -g");
-    let out = run(case.with_slug(&slug).args(["start", "web"]));
+    let out = run(case.runner_with(&slug).args(["start", "web"]));
     assert_ok(&out);
     let uid: u32 = out.stdout.lines().next().unwrap().parse().unwrap();
     assert_ne!(uid, 0, "ran as root");
     // Files are owned by the app user from the start, the app dir too.
-    for path in [case.app.clone(), case.path("Procfile")] {
+    for path in [case.app_dir().clone(), case.app_dir().join("Procfile")] {
         assert_eq!(std::fs::metadata(&path).unwrap().uid(), uid, "{path:?}");
     }
     // The app dir's owner is the default from then on.
@@ -599,12 +569,14 @@ fn runs_unprivileged_when_started_as_root() {
     // --user picks someone else, and root only when asked for.
     let case = Case::new();
     let out = run(case
-        .with_slug(&slug)
+        .runner_with(&slug)
         .args(["--user", "4242:4343", "start", "web"]));
     assert_ok(&out);
     assert_eq!(out.stdout, "4242\n4343\n");
     assert_eq!(
-        std::fs::metadata(case.path("Procfile")).unwrap().uid(),
+        std::fs::metadata(case.app_dir().join("Procfile"))
+            .unwrap()
+            .uid(),
         4242
     );
     let out = run(case.runner().args(["--user", "root", "exec", "id", "-u"]));
@@ -706,7 +678,7 @@ fn pid_1_in_a_pid_namespace() {
             .args(["--pid", "--fork", "--mount-proc"])
             .arg(e2e::bin("slugrunner"))
             .arg("--app-dir")
-            .arg(&case.app)
+            .arg(case.app_dir())
             .arg("--slug")
             .arg(&path)
             .args(["start", "web"])
@@ -718,10 +690,11 @@ fn pid_1_in_a_pid_namespace() {
             .unwrap(),
     );
     assert!(
-        wait_until(Duration::from_secs(10), || read(&case.path("pid1"))
-            == "slugrunner\n"),
+        wait_until(Duration::from_secs(10), || read(
+            &case.app_dir().join("pid1")
+        ) == "slugrunner\n"),
         "pid 1 is {:?}",
-        read(&case.path("pid1"))
+        read(&case.app_dir().join("pid1"))
     );
     let unshare = child.pid().as_raw();
     let runner = processes()
@@ -732,7 +705,7 @@ fn pid_1_in_a_pid_namespace() {
     kill(runner, Signal::SIGTERM).unwrap();
     let out = child.output(TIMEOUT);
     assert_eq!(out.code(), Some(42), "{}", out.stderr);
-    assert_eq!(read(&case.path("marker")), "got-term\n");
+    assert_eq!(read(&case.app_dir().join("marker")), "got-term\n");
 }
 
 // --- Hostile slugs and apps (issue 11) ---------------------------------------
@@ -775,7 +748,7 @@ fn an_app_link_slug_moves_nothing_of_the_host() {
         "the host dir changed"
     );
     assert!(
-        !case.path("file").exists(),
+        !case.app_dir().join("file").exists(),
         "a host file was moved into the app"
     );
     assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
@@ -818,7 +791,7 @@ fn linked_procfile_and_release_are_refused_unread() {
 fn a_deeply_nested_release_is_refused_at_once() {
     let case = Case::new();
     let slug = Slug::with_procfile("web: echo hi\n").file(".release", "[".repeat(200_000));
-    let mut cmd = case.with_slug(&slug);
+    let mut cmd = case.runner_with(&slug);
     let start = Instant::now();
     let out = run(cmd.args(["start", "web"]));
     assert_eq!(out.code(), Some(10), "{}", out.stderr);
@@ -840,7 +813,8 @@ fn the_supervisor_cannot_be_killed_or_escaped_by_the_app() {
     ));
     let child = spawn_init(&case, &slug, &["--grace-period", "3"]);
     assert!(wait_until(Duration::from_secs(10), || case
-        .path("killed")
+        .app_dir()
+        .join("killed")
         .exists()));
     assert!(
         wait_until(Duration::from_secs(5), || e2e::slugs::processes_with_arg(
@@ -851,9 +825,9 @@ fn the_supervisor_cannot_be_killed_or_escaped_by_the_app() {
         "the app did not start both sleeps"
     );
     assert!(
-        read(&case.path("killed")).starts_with("kill:1"),
+        read(&case.app_dir().join("killed")).starts_with("kill:1"),
         "{}",
-        read(&case.path("killed"))
+        read(&case.app_dir().join("killed"))
     );
     // The supervisor is alive and stops everything, the setsid one too.
     assert!(Path::new(&format!("/proc/{}", child.pid())).exists());
@@ -901,7 +875,10 @@ fn a_trickling_slug_url_fails_within_its_deadline() {
     );
     assert!(out.stderr.contains("time limit"), "{}", out.stderr);
     assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
-    assert!(!case.app.exists(), "a failed download left an app dir");
+    assert!(
+        !case.app_dir().exists(),
+        "a failed download left an app dir"
+    );
     drop(server);
 }
 
@@ -998,7 +975,7 @@ __attribute__((constructor)) static void mark(void) {
     let lib = cc(case, "evil.so", source, &["-shared", "-fPIC", &define]);
     let release = format!(
         "config_vars:\n  LD_PRELOAD: {}\n",
-        case.path("evil.so").display()
+        case.app_dir().join("evil.so").display()
     );
     let slug = Slug::with_procfile(procfile)
         .file_mode("evil.so", lib, 0o755)
@@ -1027,7 +1004,7 @@ fn issue_22_a_slug_ld_preload_never_runs_as_root() {
     for mode in ["plain", "--init", "pid 1"] {
         let case = Case::new();
         let (slug, dir) = ld_preload_slug(&case, "web: echo \"preload=$LD_PRELOAD\"\n");
-        let mut cmd = case.with_slug(&slug);
+        let mut cmd = case.runner_with(&slug);
         if mode == "--init" {
             cmd.arg("--init");
         }
@@ -1045,7 +1022,7 @@ fn issue_22_a_slug_ld_preload_never_runs_as_root() {
         // The positive side: the app still gets the preload, as itself.
         assert_eq!(
             out.stdout,
-            format!("preload={}\n", case.path("evil.so").display()),
+            format!("preload={}\n", case.app_dir().join("evil.so").display()),
             "{mode}"
         );
         assert_eq!(seen.len(), 1, "{mode}: {seen:?}");
@@ -1088,7 +1065,7 @@ fn issue_22_a_profile_d_link_is_never_listed() {
             "{extra:?}: {}",
             out.stderr
         );
-        let _ = std::fs::remove_dir_all(&case.app);
+        let _ = std::fs::remove_dir_all(case.app_dir());
     }
 }
 
@@ -1175,7 +1152,7 @@ fn issue_22_sigterm_while_a_slug_trickles_in_ends_within_a_second() {
             child.pid()
         };
         std::thread::sleep(Duration::from_millis(500).saturating_sub(started.elapsed()));
-        assert!(case.app.exists(), "{mode}: unpacking had not begun");
+        assert!(case.app_dir().exists(), "{mode}: unpacking had not begun");
         kill(target, Signal::SIGTERM).unwrap();
         let signalled = Instant::now();
         let out = child.output(Duration::from_secs(10));
@@ -1188,7 +1165,10 @@ fn issue_22_sigterm_while_a_slug_trickles_in_ends_within_a_second() {
             "{mode}: {}",
             out.stderr
         );
-        assert!(!case.app.exists(), "{mode}: the half-unpacked slug stayed");
+        assert!(
+            !case.app_dir().exists(),
+            "{mode}: the half-unpacked slug stayed"
+        );
         server.join().unwrap();
     }
 }
@@ -1256,7 +1236,7 @@ int main(void) {
         let line = format!(
             "exec 7</etc/hostname; exec {} --app-dir {} --slug {} {extra} exec ./probe",
             e2e::bin("slugrunner").display(),
-            case.app.display(),
+            case.app_dir().display(),
             path.display()
         );
         let out = run(Command::new("script")
@@ -1275,6 +1255,6 @@ int main(void) {
                 out.stdout
             );
         }
-        let _ = std::fs::remove_dir_all(&case.app);
+        let _ = std::fs::remove_dir_all(case.app_dir());
     }
 }
