@@ -94,3 +94,61 @@ fn builder_and_runner_images_build_run_and_stop_an_app_in_podman() {
         "scripts/container-e2e failed ({status}); its output above says which phase"
     );
 }
+
+/// Upper bound for the Kubernetes flow, images included (a warm run, the
+/// images cached, is about 2 to 3 minutes here; a cold one builds them).
+const KUBE_TIME_LIMIT_SECS: u32 = 45 * 60;
+
+/// deploy/kubernetes run, not only validated (issue 25 item 9):
+/// `scripts/kube-e2e` tags the builder and runner images with the names the
+/// manifests use and plays them with `podman kube play` (the Job's pod
+/// template as a Pod: podman 4.3 plays no Job), the build pod fetches the
+/// source and PUTs the slug through its Secret's URLs (a loopback store),
+/// the Deployment's pod fetches it through SLUG_URL and answers 200, and
+/// deletion (SIGTERM, terminationGracePeriodSeconds, then `kube down`)
+/// ends slugrunner with 143, not SIGKILL's 137.
+#[test]
+fn kubernetes_manifests_run_in_podman_kube_play() {
+    let why = why_containers_cannot_run().or_else(|| {
+        let mut missing: Vec<&str> = ["slirp4netns"]
+            .into_iter()
+            .filter(|tool| !installed(tool))
+            .collect();
+        let yaml = Command::new("python3")
+            .args(["-c", "import yaml"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !yaml {
+            missing.push("python3-yaml");
+        }
+        (!missing.is_empty()).then(|| format!("not installed: {}", missing.join(", ")))
+    });
+    if let Some(reason) = why {
+        let in_ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false");
+        assert!(
+            !in_ci,
+            "CI must run the Kubernetes test, but it cannot: {reason}"
+        );
+        eprintln!("SKIPPED kubernetes_manifests_run_in_podman_kube_play: {reason}");
+        return;
+    }
+    let builder = e2e::bin("slugbuilder");
+    let runner = e2e::bin("slugrunner");
+    let started = std::time::Instant::now();
+    let status = Command::new("timeout")
+        .args(["--kill-after=30", &KUBE_TIME_LIMIT_SECS.to_string()])
+        .arg(e2e::repo_root().join("scripts/kube-e2e"))
+        .env("SLUGBUILDER_BIN", &builder)
+        .env("SLUGRUNNER_BIN", &runner)
+        .current_dir(e2e::repo_root())
+        .status()
+        .expect("run scripts/kube-e2e");
+    eprintln!(
+        "scripts/kube-e2e took {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        status.success(),
+        "scripts/kube-e2e failed ({status}); its output above says which phase"
+    );
+}
