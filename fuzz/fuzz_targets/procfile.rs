@@ -1,14 +1,11 @@
-//! The Procfile parser: never panics, and what it accepts renders back to a
-//! Procfile that parses to the same thing.
-#![no_main]
-use common::procfile::{is_valid_process_type, Procfile};
-use libfuzzer_sys::fuzz_target;
+//! `cargo fuzz run procfile`: see [`slug_fuzz::procfile`]. Built without
+//! `--cfg fuzzing`, it replays the files named on its command line.
+#![cfg_attr(fuzzing, no_main)]
 
-fuzz_target!(|data: &[u8]| {
-    if let Ok(p) = Procfile::parse_bytes(data) {
-        for name in p.names() {
-            assert!(is_valid_process_type(name));
-        }
-        assert_eq!(Procfile::parse(&p.to_string()).unwrap(), p);
-    }
-});
+#[cfg(fuzzing)]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| slug_fuzz::procfile(data));
+
+#[cfg(not(fuzzing))]
+fn main() {
+    slug_fuzz::replay(slug_fuzz::procfile);
+}

@@ -1,10 +1,11 @@
-//! The release YAML reader: never panics, and what it accepts round-trips.
-#![no_main]
-use common::release::Release;
-use libfuzzer_sys::fuzz_target;
+//! `cargo fuzz run release`: see [`slug_fuzz::release`]. Built without
+//! `--cfg fuzzing`, it replays the files named on its command line.
+#![cfg_attr(fuzzing, no_main)]
 
-fuzz_target!(|data: &[u8]| {
-    if let Ok(r) = Release::parse(data) {
-        assert_eq!(Release::parse(r.to_yaml().as_bytes()).unwrap(), r);
-    }
-});
+#[cfg(fuzzing)]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| slug_fuzz::release(data));
+
+#[cfg(not(fuzzing))]
+fn main() {
+    slug_fuzz::replay(slug_fuzz::release);
+}

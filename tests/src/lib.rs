@@ -24,6 +24,45 @@ pub fn fixtures() -> PathBuf {
     repo_root().join("tests/fixtures")
 }
 
+/// Whether `CI` says yes: set to anything but "", "0" or "false".
+pub fn in_ci() -> bool {
+    ci_says_yes(std::env::var_os("CI").as_deref())
+}
+
+fn ci_says_yes(value: Option<&std::ffi::OsStr>) -> bool {
+    value.is_some_and(|v| !matches!(v.to_str(), Some("" | "0" | "false")))
+}
+
+/// The one rule for a test that cannot run here (`why_not` says why:
+/// not root, a tool missing): in CI, which runs as root and installs
+/// every tool, that fails the test; elsewhere the test is skipped with the
+/// reason on stderr. Returns whether the test can go on.
+pub fn runnable(test: &str, why_not: Option<String>) -> bool {
+    let Some(why) = why_not else {
+        return true;
+    };
+    assert!(!in_ci(), "CI must run {test}, but it cannot: {why}");
+    eprintln!("SKIPPED {test}: {why}");
+    false
+}
+
+/// Whether `program` is on PATH.
+pub fn installed(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// For a test that needs `program`: [`runnable`] when it is not on PATH.
+pub fn have(test: &str, program: &str) -> bool {
+    runnable(
+        test,
+        (!installed(program)).then(|| format!("{program} is not installed")),
+    )
+}
+
 /// Path of a workspace binary (`slugbuilder` or `slugrunner`), built once per
 /// test process so that the tests always drive the current code.
 pub fn bin(name: &str) -> PathBuf {
@@ -73,4 +112,20 @@ pub fn bin(name: &str) -> PathBuf {
         profile_dir
     });
     dir.join(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ci_says_yes;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn ci_means_yes_unless_unset_empty_0_or_false() {
+        for no in [None, Some(""), Some("0"), Some("false")] {
+            assert!(!ci_says_yes(no.map(OsStr::new)), "{no:?}");
+        }
+        for yes in ["1", "true", "yes", "TRUE"] {
+            assert!(ci_says_yes(Some(OsStr::new(yes))), "{yes}");
+        }
+    }
 }
