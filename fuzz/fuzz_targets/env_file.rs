@@ -1,11 +1,3 @@
-//! `cargo fuzz run env_file`: see [`slug_fuzz::env_file`]. Built without
-//! `--cfg fuzzing`, it replays the files named on its command line.
+//! `cargo fuzz run env_file`: [`slug_fuzz::env_file`] (see `slug_fuzz::target!`).
 #![cfg_attr(fuzzing, no_main)]
-
-#[cfg(fuzzing)]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| slug_fuzz::env_file(data));
-
-#[cfg(not(fuzzing))]
-fn main() {
-    slug_fuzz::replay(slug_fuzz::env_file);
-}
+slug_fuzz::target!(env_file);

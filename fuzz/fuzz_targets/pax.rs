@@ -1,11 +1,3 @@
-//! `cargo fuzz run pax`: see [`slug_fuzz::pax`]. Built without
-//! `--cfg fuzzing`, it replays the files named on its command line.
+//! `cargo fuzz run pax`: [`slug_fuzz::pax`] (see `slug_fuzz::target!`).
 #![cfg_attr(fuzzing, no_main)]
-
-#[cfg(fuzzing)]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| slug_fuzz::pax(data));
-
-#[cfg(not(fuzzing))]
-fn main() {
-    slug_fuzz::replay(slug_fuzz::pax);
-}
+slug_fuzz::target!(pax);

@@ -1,11 +1,3 @@
-//! `cargo fuzz run release`: see [`slug_fuzz::release`]. Built without
-//! `--cfg fuzzing`, it replays the files named on its command line.
+//! `cargo fuzz run release`: [`slug_fuzz::release`] (see `slug_fuzz::target!`).
 #![cfg_attr(fuzzing, no_main)]
-
-#[cfg(fuzzing)]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| slug_fuzz::release(data));
-
-#[cfg(not(fuzzing))]
-fn main() {
-    slug_fuzz::replay(slug_fuzz::release);
-}
+slug_fuzz::target!(release);

@@ -1,11 +1,3 @@
-//! `cargo fuzz run slugignore`: see [`slug_fuzz::slugignore`]. Built without
-//! `--cfg fuzzing`, it replays the files named on its command line.
+//! `cargo fuzz run slugignore`: [`slug_fuzz::slugignore`] (see `slug_fuzz::target!`).
 #![cfg_attr(fuzzing, no_main)]
-
-#[cfg(fuzzing)]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| slug_fuzz::slugignore(data));
-
-#[cfg(not(fuzzing))]
-fn main() {
-    slug_fuzz::replay(slug_fuzz::slugignore);
-}
+slug_fuzz::target!(slugignore);

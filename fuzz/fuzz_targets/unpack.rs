@@ -1,11 +1,3 @@
-//! `cargo fuzz run unpack`: see [`slug_fuzz::unpack`]. Built without
-//! `--cfg fuzzing`, it replays the files named on its command line.
+//! `cargo fuzz run unpack`: [`slug_fuzz::unpack`] (see `slug_fuzz::target!`).
 #![cfg_attr(fuzzing, no_main)]
-
-#[cfg(fuzzing)]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| slug_fuzz::unpack(data));
-
-#[cfg(not(fuzzing))]
-fn main() {
-    slug_fuzz::replay(slug_fuzz::unpack);
-}
+slug_fuzz::target!(unpack);

@@ -159,6 +159,23 @@ pub fn unpack(data: &[u8]) {
     scene.assert_untouched("fuzzed archive");
 }
 
+/// The body of `fuzz_targets/<name>.rs`: under `cargo fuzz` (`--cfg
+/// fuzzing`) a libFuzzer target calling `slug_fuzz::<name>`; otherwise a
+/// `main` that [`replay`]s the files named on the command line. The file
+/// itself starts with `#![cfg_attr(fuzzing, no_main)]`.
+#[macro_export]
+macro_rules! target {
+    ($name:ident) => {
+        #[cfg(fuzzing)]
+        libfuzzer_sys::fuzz_target!(|data: &[u8]| $crate::$name(data));
+
+        #[cfg(not(fuzzing))]
+        fn main() {
+            $crate::replay($crate::$name);
+        }
+    };
+}
+
 /// Without libFuzzer (a build without `--cfg fuzzing`): run `target` on
 /// each file named on the command line, to replay a crash on stable.
 pub fn replay(target: Target) {
