@@ -36,17 +36,12 @@ pub mod transfer;
 pub mod tree;
 pub mod user;
 
-/// For tests that only mean something as root: `false` (skip) when not
-/// root, but a failure when `CI` is set, where they must run.
+/// For tests that only mean something as root: the tests' one skip rule
+/// (`e2e::runnable`: a failure in CI, a skip said why elsewhere).
 #[cfg(test)]
 pub(crate) fn needs_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "this test needs root, and CI is set: run the tests as root"
-    );
-    eprintln!("skipped: needs root");
-    false
+    e2e::runnable(
+        "this test",
+        (!nix::unistd::geteuid().is_root()).then(|| "it needs root".to_string()),
+    )
 }

@@ -1,18 +1,3 @@
-//! The tar unpacker on arbitrary bytes (plain or gzip): it may refuse, but
-//! must never panic, and nothing beside or above the destination may change
-//! or appear (the victim-tree oracle of the hostile tests, `e2e::hostile::Scene`).
-#![no_main]
-use e2e::hostile::Scene;
-use libfuzzer_sys::fuzz_target;
-
-fuzz_target!(|data: &[u8]| {
-    let scene = Scene::new();
-    let limits = common::archive::Limits {
-        max_bytes: 1 << 20,
-        max_entries: 1000,
-        ..Default::default()
-    };
-    let opts = common::archive::UnpackOptions { limits, ..Default::default() };
-    let _ = common::archive::unpack_slug(std::io::Cursor::new(data.to_vec()), &scene.app(), &opts);
-    scene.assert_untouched("fuzzed archive");
-});
+//! `cargo fuzz run unpack`: [`slug_fuzz::unpack`] (see `slug_fuzz::target!`).
+#![cfg_attr(fuzzing, no_main)]
+slug_fuzz::target!(unpack);

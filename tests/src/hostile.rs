@@ -8,6 +8,25 @@ use std::path::Path;
 
 use tar::{EntryType, Header};
 
+/// PAX extended header records, `"<len> key=value\n"` each, where len
+/// counts the whole record including its own digits: the one encoder of
+/// the tests and fuzz targets (what `archive::parse_pax` must read back).
+pub fn pax_records<K: AsRef<str>, V: AsRef<[u8]>>(records: &[(K, V)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (key, value) in records {
+        let (key, value) = (key.as_ref(), value.as_ref());
+        let body = 1 + key.len() + 1 + value.len() + 1;
+        let mut len = body + 1;
+        while len.to_string().len() + body != len {
+            len = len.to_string().len() + body;
+        }
+        out.extend_from_slice(format!("{len} {key}=").as_bytes());
+        out.extend_from_slice(value);
+        out.push(b'\n');
+    }
+    out
+}
+
 /// A tar archive assembled from raw headers: names, link targets, PAX and
 /// GNU extension records are written as given, with no sanitising.
 #[derive(Debug, Default, Clone)]
@@ -128,18 +147,7 @@ impl RawTar {
 
     /// A PAX extended header (`x`) with the given records, for the next entry.
     pub fn pax(mut self, records: &[(&str, &[u8])]) -> Self {
-        let mut data = Vec::new();
-        for (key, value) in records {
-            // "<len> key=value\n" where len counts itself.
-            let body = 1 + key.len() + 1 + value.len() + 1;
-            let mut len = body + 1;
-            while len.to_string().len() + body != len {
-                len = len.to_string().len() + body;
-            }
-            data.extend_from_slice(format!("{len} {key}=").as_bytes());
-            data.extend_from_slice(value);
-            data.push(b'\n');
-        }
+        let data = pax_records(records);
         self.push(
             &Self::header(
                 b"././@PaxHeader",

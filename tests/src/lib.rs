@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
+use std::time::SystemTime;
 
 pub mod apps;
 pub mod builds;
@@ -26,53 +26,142 @@ pub fn fixtures() -> PathBuf {
     repo_root().join("tests/fixtures")
 }
 
-/// Path of a workspace binary (`slugbuilder` or `slugrunner`), built once per
-/// test process so that the tests always drive the current code.
+/// Whether `CI` says yes: set to anything but "", "0" or "false".
+pub fn in_ci() -> bool {
+    ci_says_yes(std::env::var_os("CI").as_deref())
+}
+
+fn ci_says_yes(value: Option<&std::ffi::OsStr>) -> bool {
+    value.is_some_and(|v| !matches!(v.to_str(), Some("" | "0" | "false")))
+}
+
+/// The one rule for a test that cannot run here (`why_not` says why:
+/// not root, a tool missing): in CI, which runs as root and installs
+/// every tool, that fails the test; elsewhere the test is skipped with the
+/// reason on stderr. Returns whether the test can go on.
+pub fn runnable(test: &str, why_not: Option<String>) -> bool {
+    let Some(why) = why_not else {
+        return true;
+    };
+    assert!(!in_ci(), "CI must run {test}, but it cannot: {why}");
+    eprintln!("SKIPPED {test}: {why}");
+    false
+}
+
+/// Whether `program` is on PATH.
+pub fn installed(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// For a test that needs `program`: [`runnable`] when it is not on PATH.
+pub fn have(test: &str, program: &str) -> bool {
+    runnable(
+        test,
+        (!installed(program)).then(|| format!("{program} is not installed")),
+    )
+}
+
+/// Path of a workspace binary (`slugbuilder` or `slugrunner`): the one
+/// Cargo built beside this test's own executable (`target/<profile>/`).
+///
+/// `CARGO_BIN_EXE_*` is set only for the tests of the package that owns a
+/// binary, and artifact dependencies (`-Z bindeps`) are nightly-only, so
+/// the end-to-end tests look where Cargo puts binaries. Both packages have
+/// integration tests of their own, so `cargo test --workspace` builds both
+/// executables; `scripts/test` also runs `cargo build --workspace --bins`
+/// first. A binary older than the sources it is made of is refused rather
+/// than tested: for one test file after a change, `cargo build --bins`
+/// first.
 pub fn bin(name: &str) -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    let dir = BUILT.get_or_init(|| {
-        // target/<profile>/deps/<test-binary> -> target/<profile>
-        let exe = std::env::current_exe().expect("current_exe");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("test binary lives in target/<profile>/deps")
-            .to_path_buf();
-        let profile = profile_dir
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .to_string();
-        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        // What the test's own cargo set for this package (CARGO_MANIFEST_DIR,
-        // CARGO_PKG_NAME, CARGO_PKG_VERSION_*, ...) would make build scripts
-        // that track it (ring's) rerun whenever the binaries were last built
-        // from a shell: a rebuild of half the tree. CARGO_HOME,
-        // CARGO_TARGET_DIR and cargo's own settings stay.
-        for (key, _) in std::env::vars_os() {
-            let key = key.to_string_lossy();
-            if key.starts_with("CARGO_PKG_")
-                || key.starts_with("CARGO_MANIFEST_")
-                || key.starts_with("CARGO_BIN_")
-                || ["CARGO_CRATE_NAME", "CARGO_PRIMARY_PACKAGE", "OUT_DIR"].contains(&&*key)
-            {
-                cmd.env_remove(&*key);
+    // target/<profile>/deps/<test-binary> -> target/<profile>
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps");
+    let release = if profile_dir.ends_with("release") {
+        " --release"
+    } else {
+        ""
+    };
+    let path = profile_dir.join(name);
+    let built = std::fs::metadata(&path)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}: build the binaries first (cargo build --bins{release})",
+                path.display()
+            )
+        });
+    let (newest, source) = newest_source(name);
+    assert!(
+        built >= newest,
+        "{} is older than {}: rebuild it first (cargo build --bins{release})",
+        path.display(),
+        source.display()
+    );
+    path
+}
+
+/// The newest file binary `name` is built from: its crate's and common's
+/// sources and manifests, and for slugbuilder the bundled buildpacks it
+/// embeds (without the byte-code caches that running a Python helper
+/// leaves). Not the lock file: Cargo relinks a binary only when its own
+/// dependencies change.
+fn newest_source(name: &str) -> (SystemTime, PathBuf) {
+    fn walk(path: &Path, newest: &mut (SystemTime, PathBuf)) {
+        let Ok(meta) = std::fs::symlink_metadata(path) else {
+            return;
+        };
+        if meta.is_dir() {
+            if path.file_name().is_some_and(|n| n == "__pycache__") {
+                return;
+            }
+            for entry in std::fs::read_dir(path).into_iter().flatten().flatten() {
+                walk(&entry.path(), newest);
+            }
+        } else if let Ok(modified) = meta.modified() {
+            if modified > newest.0 && path.extension().is_none_or(|e| e != "pyc") {
+                *newest = (modified, path.to_path_buf());
             }
         }
-        cmd.current_dir(repo_root()).args([
-            "build",
-            "--quiet",
-            "-p",
-            "slugbuilder",
-            "-p",
-            "slugrunner",
-        ]);
-        if profile == "release" {
-            cmd.arg("--release");
+    }
+    let root = repo_root();
+    let mut newest = (SystemTime::UNIX_EPOCH, root.join(name));
+    let own: &[&str] = match name {
+        "slugbuilder" => &["slugbuilder/build.rs", "buildpacks"],
+        _ => &[],
+    };
+    for part in ["common/Cargo.toml", "common/src"]
+        .into_iter()
+        .chain(
+            [format!("{name}/Cargo.toml"), format!("{name}/src")]
+                .iter()
+                .map(String::as_str),
+        )
+        .chain(own.iter().copied())
+    {
+        walk(&root.join(part), &mut newest);
+    }
+    newest
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ci_says_yes;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn ci_means_yes_unless_unset_empty_0_or_false() {
+        for no in [None, Some(""), Some("0"), Some("false")] {
+            assert!(!ci_says_yes(no.map(OsStr::new)), "{no:?}");
         }
-        let status = cmd.status().expect("run cargo build");
-        assert!(status.success(), "cargo build of the binaries failed");
-        profile_dir
-    });
-    dir.join(name)
+        for yes in ["1", "true", "yes", "TRUE"] {
+            assert!(ci_says_yes(Some(OsStr::new(yes))), "{yes}");
+        }
+    }
 }

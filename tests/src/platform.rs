@@ -14,22 +14,10 @@ use std::time::{Duration, Instant};
 
 use crate::apps::free_port;
 
-/// Whether `program` is on PATH; when CI is set a missing tool is a
-/// failure, not a skip (CI installs them).
+/// Whether `program` is on PATH, by [`crate::runnable`]'s rule (a missing
+/// tool fails the test in CI, which installs them; elsewhere it skips).
 pub fn have(program: &str) -> bool {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{program} is needed by this test and CI is set: install it"
-        );
-        eprintln!("skipped: {program} is not installed");
-    }
-    found
+    crate::have("this platform test", program)
 }
 
 fn wait_port(port: u16, child: &mut Child, what: &str) {

@@ -320,19 +320,10 @@ pub fn is_root() -> bool {
 }
 
 /// For a test (or part of one) that means something only as root: `true`
-/// as root; otherwise it is skipped with a note, except when `CI` is set:
-/// CI runs as root, and there a root-only test must fail, never pass by
-/// skipping.
+/// as root; otherwise [`crate::runnable`]'s rule (a failure in CI, which
+/// runs as root; a skip elsewhere).
 pub fn require_root(what: &str) -> bool {
-    if is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{what} needs root, and CI is set: run the tests as root"
-    );
-    eprintln!("skipped: {what} needs root");
-    false
+    crate::runnable(what, (!is_root()).then(|| "it needs root".to_string()))
 }
 
 /// A child process that is killed (its process group too, when it leads

@@ -55,20 +55,7 @@ fn attack(attack: &str, vars: &[(&str, &str)]) -> Build {
 }
 
 fn need_tool(tool: &str) -> bool {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        found || std::env::var_os("CI").is_none(),
-        "{tool} is needed for this test, and CI is set"
-    );
-    if !found {
-        eprintln!("skipped: no {tool}");
-    }
-    found
+    e2e::have("this isolation test", tool)
 }
 
 /// Run slugbuilder `args` through `bash -c SCRIPT`, where the script ends

@@ -434,21 +434,32 @@ fn with_a_terminal_the_apps_group_gets_it() {
 }
 
 /// Each bundled buildpack is self-contained (it is copied alone into a
-/// build, and works when named by URL), so the cache-digest helper exists
-/// once per buildpack that uses it: the copies must not drift apart.
-#[test]
-fn the_buildpacks_copies_of_the_cache_digest_helper_are_the_same() {
+/// build, and works when named by URL), so a helper shared by several
+/// exists once per buildpack that uses it: the copies must not drift apart.
+fn assert_same_copies(helper: &str, buildpacks: &[&str]) {
     let root = e2e::repo_root().join("buildpacks");
-    let copies: Vec<(String, Vec<u8>)> = ["nodejs", "python"]
+    let copies: Vec<Vec<u8>> = buildpacks
         .iter()
         .map(|bp| {
-            let path = root.join(bp).join("lib/cachedigest.py");
-            let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            (bp.to_string(), bytes)
+            let path = root.join(bp).join(helper);
+            std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
         })
         .collect();
     assert!(
-        copies.windows(2).all(|w| w[0].1 == w[1].1),
-        "buildpacks/*/lib/cachedigest.py differ: change them together"
+        copies.windows(2).all(|w| w[0] == w[1]),
+        "buildpacks/{{{}}}/{helper} differ: change them together",
+        buildpacks.join(",")
     );
+}
+
+#[test]
+fn the_buildpacks_copies_of_the_cache_digest_helper_are_the_same() {
+    assert_same_copies("lib/cachedigest.py", &["nodejs", "python"]);
+}
+
+/// The shell helpers (`lib/common.sh`): one text, whatever a buildpack
+/// adds to it is passed as arguments (`export_env_dir "$ENV_DIR" NAME...`).
+#[test]
+fn the_buildpacks_copies_of_the_shell_helpers_are_the_same() {
+    assert_same_copies("lib/common.sh", &["nodejs", "python", "rust"]);
 }

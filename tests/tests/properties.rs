@@ -541,23 +541,6 @@ proptest! {
 // ---------------------------------------------------------------------------
 // PAX records
 
-/// Encode records as a PAX extended header: `"<len> key=value\n"`, where
-/// len counts the whole record including its own digits.
-fn pax_encode(records: &[(String, Vec<u8>)]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (key, value) in records {
-        let body = 1 + key.len() + 1 + value.len() + 1;
-        let mut len = body + 1;
-        while len.to_string().len() + body != len {
-            len = len.to_string().len() + body;
-        }
-        out.extend_from_slice(format!("{len} {key}=").as_bytes());
-        out.extend_from_slice(value);
-        out.push(b'\n');
-    }
-    out
-}
-
 proptest! {
     #![proptest_config(cases(256))]
 
@@ -569,7 +552,7 @@ proptest! {
         records in proptest::collection::vec(("[a-zA-Z.]{1,20}", proptest::collection::vec(any::<u8>(), 0..120)), 0..5),
         cut in any::<usize>(),
     ) {
-        let data = pax_encode(&records);
+        let data = e2e::hostile::pax_records(&records);
         prop_assert_eq!(archive::parse_pax(&data).unwrap(), records.clone());
         if !data.is_empty() {
             let cut = cut % data.len();

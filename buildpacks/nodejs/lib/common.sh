@@ -24,10 +24,13 @@ error() {
 # Indent a command's output (stdout) line by line without buffering.
 indent() { sed -u 's/^/       /'; }
 
-# Export the app's config vars (one file per var in ENV_DIR) into the
-# compile environment, except those that would break the build machinery.
+# export_env_dir ENV_DIR [NAME...]: export the app's config vars (one file
+# per var in ENV_DIR) into the compile environment, except those that would
+# break the build machinery and the NAMEs the calling buildpack adds (python:
+# PYTHONHOME, PYTHONPATH).
 export_env_dir() {
   local env_dir=$1 path name
+  shift
   [ -d "$env_dir" ] || return 0
   for path in "$env_dir"/*; do
     [ -f "$path" ] || continue
@@ -35,6 +38,7 @@ export_env_dir() {
     case "$name" in
       PATH | GIT_DIR | CPATH | CPPATH | LD_PRELOAD | LIBRARY_PATH | LD_LIBRARY_PATH) continue ;;
     esac
+    [[ " $* " == *" $name "* ]] && continue
     [[ "$name" =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || continue
     export "$name=$(cat "$path")"
   done

@@ -24,17 +24,21 @@ error() {
 # Indent a command's output (stdout) line by line without buffering.
 indent() { sed -u 's/^/       /'; }
 
-# Export the app's config vars (one file per var in ENV_DIR) into the
-# compile environment, except those that would break the build machinery.
+# export_env_dir ENV_DIR [NAME...]: export the app's config vars (one file
+# per var in ENV_DIR) into the compile environment, except those that would
+# break the build machinery and the NAMEs the calling buildpack adds (python:
+# PYTHONHOME, PYTHONPATH).
 export_env_dir() {
   local env_dir=$1 path name
+  shift
   [ -d "$env_dir" ] || return 0
   for path in "$env_dir"/*; do
     [ -f "$path" ] || continue
     name=$(basename "$path")
     case "$name" in
-      PATH | GIT_DIR | CPATH | CPPATH | LD_PRELOAD | LIBRARY_PATH | LD_LIBRARY_PATH | PYTHONHOME | PYTHONPATH) continue ;;
+      PATH | GIT_DIR | CPATH | CPPATH | LD_PRELOAD | LIBRARY_PATH | LD_LIBRARY_PATH) continue ;;
     esac
+    [[ " $* " == *" $name "* ]] && continue
     [[ "$name" =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || continue
     export "$name=$(cat "$path")"
   done
@@ -58,6 +62,28 @@ world_reachable() {
 
 # Human-readable size of a directory (for cache summaries).
 dir_size() { du -sh -- "$1" 2>/dev/null | cut -f1; }
+
+# The stack's python3 (3.8+) that the nodejs helpers run with: the system
+# one first (an interpreter under a private home, such as pyenv's in /root,
+# is not usable by the unprivileged build user).
+find_python() {
+  local c
+  for c in /usr/bin/python3 /usr/local/bin/python3 "$(command -v python3 || true)"; do
+    [ -n "$c" ] && [ -x "$c" ] || continue
+    if "$c" -I -c 'import sys; sys.exit(sys.version_info < (3, 8))' 2>/dev/null; then
+      echo "$c"
+      return 0
+    fi
+  done
+  return 1
+}
+
+# version_at_least VERSION MINIMUM: whether a dotted VERSION (1.2.3, from
+# a tool's --version) is MINIMUM or newer; an empty VERSION is not.
+version_at_least() {
+  [ -n "$1" ] || return 1
+  [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n1)" = "$2" ]
+}
 
 # --- Dependency layers -----------------------------------------------------------
 # What the app installed (python: the relocated virtualenv; nodejs:

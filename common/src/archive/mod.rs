@@ -14,15 +14,17 @@
 //! hard links once.
 
 pub mod blocks;
+mod entries;
 mod pack;
 mod unpack;
 
 use std::io;
 use std::path::PathBuf;
 
+pub use entries::parse_pax;
+pub(crate) use entries::{read_entries, TarEntry};
 pub use pack::{pack_gzip, pack_tar, PackOptions, PackSummary};
-pub use unpack::{decompressed, parse_pax, unpack, unpack_slug, UnpackOptions, UnpackSummary};
-pub(crate) use unpack::{entry_type_name, strip_nul, Pending};
+pub use unpack::{decompressed, unpack, unpack_slug, UnpackOptions, UnpackSummary};
 
 use crate::cancel::Stop;
 use crate::rootdir::RootError;

@@ -3,20 +3,19 @@
 //! stream that ends without its end-of-archive marker is reported as
 //! truncated.
 
-use std::cell::Cell;
 use std::collections::BTreeSet;
 use std::ffi::{OsStr, OsString};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 use std::sync::Arc;
 
 use flate2::bufread::MultiGzDecoder;
 use nix::errno::Errno;
 use tar::EntryType;
 
+use super::entries::{read_entries, TarEntry};
 use super::{ArchiveError, Limits};
 use crate::cancel::{Cancel, Stop};
 use crate::rootdir::{components, list_dir, remove_at, Owner, RootDir};
@@ -50,7 +49,7 @@ pub struct UnpackSummary {
     pub gzip: bool,
 }
 
-fn corrupt(e: io::Error) -> ArchiveError {
+pub(super) fn corrupt(e: io::Error) -> ArchiveError {
     match stop_of(&e) {
         Some(stop) => ArchiveError::Stopped(stop),
         None => ArchiveError::Corrupt(e.to_string()),
@@ -86,7 +85,7 @@ impl std::error::Error for InputError {}
 
 /// An error from the tar reader: the input stream's own errors and errors
 /// after the first entry are corruption; before it, the input is not a tar.
-fn read_error(e: io::Error, seen_any: bool) -> ArchiveError {
+pub(super) fn read_error(e: io::Error, seen_any: bool) -> ArchiveError {
     if let Some(stop) = stop_of(&e) {
         return ArchiveError::Stopped(stop);
     }
@@ -365,323 +364,89 @@ fn sanitize_dir_mode(mode: u32) -> u32 {
     (mode & 0o775) | 0o700
 }
 
-/// Extension headers seen before the entry they describe.
-#[derive(Default)]
-pub(crate) struct Pending {
-    pub long_name: Option<Vec<u8>>,
-    pub long_link: Option<Vec<u8>>,
-    pub pax: Option<Vec<(String, Vec<u8>)>>,
-}
-
-impl Pending {
-    /// The last value of a PAX key (later records win).
-    pub fn pax(&self, key: &str) -> Option<&[u8]> {
-        self.pax
-            .as_ref()?
-            .iter()
-            .rev()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_slice())
-    }
-}
-
-/// Read an extension header's data, bounded by the limit.
-fn read_extension(
-    entry: &mut impl Read,
-    size: u64,
-    limits: &Limits,
-) -> Result<Vec<u8>, ArchiveError> {
-    if size > limits.max_extension_header {
-        return Err(ArchiveError::Limit {
-            what: "bytes in one extension header",
-            limit: limits.max_extension_header,
-        });
-    }
-    let mut data = Vec::with_capacity(size as usize);
-    entry.take(size).read_to_end(&mut data).map_err(corrupt)?;
-    if data.len() as u64 != size {
-        return Err(ArchiveError::Corrupt("truncated extension header".into()));
-    }
-    Ok(data)
-}
-
-/// GNU long names end with a NUL.
-pub(crate) fn strip_nul(mut v: Vec<u8>) -> Vec<u8> {
-    if let Some(i) = v.iter().position(|&b| b == 0) {
-        v.truncate(i);
-    }
-    v
-}
-
-/// Walk the archive's raw headers ourselves rather than let the tar crate
-/// resolve extension headers: that way every extension header is bounded,
-/// a PAX `size` that disagrees with the header is refused instead of
-/// silently chosen, and one rule decides each entry's path and link.
+/// Unpack the tar stream `reader` beneath `root`, telling `on_entry` each
+/// entry's path components.
 fn unpack_tar(
     reader: Box<dyn Read>,
     root: &mut RootDir,
     opts: &UnpackOptions,
     on_entry: &mut dyn FnMut(&[&OsStr]),
 ) -> Result<UnpackSummary, ArchiveError> {
-    let limits = &opts.limits;
-    let consumed = Rc::new(Cell::new(0u64));
-    let mut archive = tar::Archive::new(Counting {
-        inner: reader,
-        count: Rc::clone(&consumed),
-    });
-    // Where the last entry's data (padded to a block) ends.
-    let mut last_end = 0u64;
-    let mut summary = UnpackSummary::default();
-    let mut seen_any = false;
-    let mut pending = Pending::default();
     let mut buf = vec![0u8; CHUNK];
-    let entries = archive
-        .entries()
-        .map_err(|e| read_error(e, false))?
-        .raw(true);
-    for entry in entries {
-        let mut entry = entry.map_err(|e| read_error(e, seen_any))?;
-        seen_any = true;
-        let header = entry.header().clone();
-        let kind = header.entry_type();
-        let size = header.entry_size().map_err(corrupt)?;
-        last_end = entry
-            .raw_file_position()
-            .saturating_add(size.div_ceil(512).saturating_mul(512));
-        match kind {
-            EntryType::GNULongName => {
-                pending.long_name = Some(strip_nul(read_extension(&mut entry, size, limits)?));
-                continue;
-            }
-            EntryType::GNULongLink => {
-                pending.long_link = Some(strip_nul(read_extension(&mut entry, size, limits)?));
-                continue;
-            }
-            EntryType::XHeader => {
-                let data = read_extension(&mut entry, size, limits)?;
-                pending.pax = Some(parse_pax(&data)?);
-                continue;
-            }
-            EntryType::XGlobalHeader => {
-                let data = read_extension(&mut entry, size, limits)?;
-                if let Some((_, v)) = parse_pax(&data)?
-                    .into_iter()
-                    .rev()
-                    .find(|(k, _)| k == "comment")
-                {
-                    summary.pax_comment = String::from_utf8(v).ok();
-                }
-                continue;
-            }
-            _ => {}
+    let read = read_entries(reader, &opts.limits, opts.allow_truncated, |entry| {
+        on_entry(entry.comps);
+        create(root, entry, &mut buf)
+    })?;
+    Ok(UnpackSummary {
+        entries: read.entries,
+        bytes: read.bytes,
+        newest_mtime: read.newest_mtime,
+        pax_comment: read.pax_comment,
+        gzip: false,
+    })
+}
+
+/// Create one entry beneath `root`: modes sanitised, owners the caller's
+/// choice, links never followed.
+fn create(
+    root: &mut RootDir,
+    entry: &mut TarEntry<'_>,
+    buf: &mut [u8],
+) -> Result<(), ArchiveError> {
+    let comps = entry.comps;
+    match (entry.kind, entry.link) {
+        (EntryType::Directory, _) => root.create_dir(comps, sanitize_dir_mode(entry.mode))?,
+        (EntryType::Symlink, Some(target)) => {
+            root.create_symlink(comps, OsStr::from_bytes(target))?
         }
-        let ext = std::mem::take(&mut pending);
-        let path_bytes: Vec<u8> = ext
-            .pax("path")
-            .map(<[u8]>::to_vec)
-            .or(ext.long_name.clone())
-            .unwrap_or_else(|| header.path_bytes().into_owned());
-        let display = || PathBuf::from(OsStr::from_bytes(&path_bytes));
-        if let Some(pax_size) = ext.pax("size") {
-            let parsed = std::str::from_utf8(pax_size)
-                .ok()
-                .and_then(|s| s.parse::<u64>().ok());
-            if parsed != Some(size) {
-                return Err(ArchiveError::Corrupt(format!(
-                    "{:?}: PAX size {:?} disagrees with the header size {size}",
-                    display(),
-                    String::from_utf8_lossy(pax_size)
-                )));
+        (EntryType::Link, Some(target)) => {
+            let target_comps = components(target).map_err(|_| ArchiveError::LinkEscapes {
+                path: entry.display(),
+            })?;
+            root.create_hardlink(comps, &target_comps)?;
+        }
+        _ => {
+            let mut file = root.create_file(comps, sanitize_file_mode(entry.mode))?;
+            copy_data(entry, &mut file, buf)?;
+            if let Some(m) = entry.mtime {
+                let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(m);
+                // Best effort: a wrong mtime is not worth failing an unpack.
+                let _ = file.set_modified(t);
             }
         }
-        if ext
-            .pax
-            .as_ref()
-            .is_some_and(|p| p.iter().any(|(k, _)| k.starts_with("GNU.sparse.")))
-        {
-            return Err(ArchiveError::UnsupportedType {
-                path: display(),
-                kind: "sparse file".into(),
-            });
-        }
-        if path_bytes.len() > limits.max_path_len || path_bytes.contains(&0) {
-            return Err(ArchiveError::PathTooLong { path: display() });
-        }
-        let comps = components(&path_bytes)?;
-        if comps.len() > limits.max_depth {
-            return Err(ArchiveError::PathTooLong { path: display() });
-        }
-        summary.entries += 1;
-        if summary.entries > limits.max_entries {
-            return Err(ArchiveError::Limit {
-                what: "entries",
-                limit: limits.max_entries,
-            });
-        }
-        let mode = header.mode().map_err(corrupt)?;
-        let mtime = ext
-            .pax("mtime")
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .and_then(|v| v.split('.').next()?.parse::<u64>().ok())
-            .or_else(|| header.mtime().ok());
-        if let Some(m) = mtime {
-            summary.newest_mtime = Some(summary.newest_mtime.map_or(m, |n| n.max(m)));
-        }
-        let link_target = || -> Result<Vec<u8>, ArchiveError> {
-            let target = ext
-                .pax("linkpath")
-                .map(<[u8]>::to_vec)
-                .or(ext.long_link.clone())
-                .or_else(|| header.link_name_bytes().map(|c| c.into_owned()))
-                .unwrap_or_default();
-            if target.is_empty() || target.contains(&0) || target.len() > limits.max_path_len {
-                return Err(ArchiveError::Corrupt(format!(
-                    "{:?}: invalid link target",
-                    display()
-                )));
+    }
+    Ok(())
+}
+
+/// A regular file's content into `file`.
+fn copy_data(
+    entry: &mut TarEntry<'_>,
+    file: &mut impl Write,
+    buf: &mut [u8],
+) -> Result<(), ArchiveError> {
+    loop {
+        let n = match entry.data.read(buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(entry
+                    .data
+                    .input_error(entry.path, e)
+                    .unwrap_or_else(corrupt))
             }
-            Ok(target)
         };
-        on_entry(&comps);
-        match kind {
-            EntryType::Directory => root.create_dir(&comps, sanitize_dir_mode(mode))?,
-            EntryType::Regular | EntryType::Continuous => {
-                if summary.bytes.saturating_add(size) > limits.max_bytes {
-                    return Err(ArchiveError::Limit {
-                        what: "bytes unpacked",
-                        limit: limits.max_bytes,
-                    });
-                }
-                let mut file = root.create_file(&comps, sanitize_file_mode(mode))?;
-                let mut remaining = size;
-                while remaining > 0 {
-                    let want = remaining.min(buf.len() as u64) as usize;
-                    let n = match entry.read(&mut buf[..want]) {
-                        Ok(0) => {
-                            return Err(ArchiveError::Corrupt(format!(
-                                "{:?}: truncated ({} of {size} bytes)",
-                                display(),
-                                size - remaining
-                            )))
-                        }
-                        Ok(n) => n,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => return Err(corrupt(e)),
-                    };
-                    file.write_all(&buf[..n])
-                        .map_err(|source| ArchiveError::Write {
-                            path: display(),
-                            source,
-                        })?;
-                    remaining -= n as u64;
-                }
-                if let Some(m) = mtime {
-                    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(m);
-                    // Best effort: a wrong mtime is not worth failing an unpack.
-                    let _ = file.set_modified(t);
-                }
-                summary.bytes += size;
-            }
-            EntryType::Symlink => {
-                root.create_symlink(&comps, OsStr::from_bytes(&link_target()?))?
-            }
-            EntryType::Link => {
-                let target = link_target()?;
-                let target_comps = components(&target)
-                    .map_err(|_| ArchiveError::LinkEscapes { path: display() })?;
-                root.create_hardlink(&comps, &target_comps)?;
-            }
-            other => {
-                return Err(ArchiveError::UnsupportedType {
-                    path: display(),
-                    kind: entry_type_name(other),
-                })
-            }
-        }
+        file.write_all(&buf[..n])
+            .map_err(|source| ArchiveError::Write {
+                path: entry.display(),
+                source,
+            })?;
     }
-    if !seen_any {
-        return Err(ArchiveError::NotTar("no entries found".into()));
-    }
-    if pending.long_name.is_some() || pending.long_link.is_some() || pending.pax.is_some() {
-        return Err(ArchiveError::Corrupt(
-            "extension header at the end of the archive describes no entry".into(),
-        ));
-    }
-    // The tar reader stops at the first zero block, or at the end of the
-    // input: input that ends right after the last entry never had its
-    // end-of-archive marker (the writer died between two files).
-    if consumed.get() <= last_end && !opts.allow_truncated {
-        return Err(ArchiveError::Truncated {
-            entries: summary.entries,
-        });
-    }
-    Ok(summary)
-}
-
-/// Counts the bytes the tar reader took.
-struct Counting {
-    inner: Box<dyn Read>,
-    count: Rc<Cell<u64>>,
-}
-
-impl Read for Counting {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.count.set(self.count.get() + n as u64);
-        Ok(n)
-    }
-}
-
-/// How an entry type is named in errors.
-pub(crate) fn entry_type_name(kind: EntryType) -> String {
-    match kind {
-        EntryType::Char => "character device".into(),
-        EntryType::Block => "block device".into(),
-        EntryType::Fifo => "FIFO".into(),
-        EntryType::GNUSparse => "sparse file".into(),
-        other => format!("{other:?}"),
-    }
-}
-
-/// Parse pax extended header records (`"<len> key=value\n"`), strictly:
-/// every record's length must match, values are kept as bytes (newlines
-/// included), and a set cut short is an error. Public for the property
-/// tests and the fuzz target.
-pub fn parse_pax(data: &[u8]) -> Result<Vec<(String, Vec<u8>)>, ArchiveError> {
-    let bad = || ArchiveError::Corrupt("malformed PAX extended header".into());
-    let mut out = Vec::new();
-    let mut rest = data;
-    while !rest.is_empty() {
-        // Some writers pad the record set with NULs.
-        if rest.iter().all(|&b| b == 0) {
-            break;
-        }
-        let space = rest
-            .iter()
-            .take(20)
-            .position(|&b| b == b' ')
-            .ok_or_else(bad)?;
-        let len: usize = std::str::from_utf8(&rest[..space])
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(bad)?;
-        if len <= space + 1 || len > rest.len() || rest[len - 1] != b'\n' {
-            return Err(bad());
-        }
-        let record = &rest[space + 1..len - 1];
-        let eq = record.iter().position(|&b| b == b'=').ok_or_else(bad)?;
-        let key = std::str::from_utf8(&record[..eq])
-            .map_err(|_| bad())?
-            .to_string();
-        out.push((key, record[eq + 1..].to_vec()));
-        rest = &rest[len..];
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::{pack_gzip, PackOptions};
+    use super::super::{pack_gzip, parse_pax, PackOptions};
     use super::*;
     use crate::rootdir::RootError;
     use std::os::unix::fs::{symlink, MetadataExt};

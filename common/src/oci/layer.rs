@@ -39,7 +39,7 @@ use std::sync::Arc;
 use tar::EntryType;
 
 use super::OciError;
-use crate::archive::{self, Limits, Pending};
+use crate::archive::{self, ArchiveError, Limits, TarEntry};
 use crate::cancel::Cancel;
 use crate::digest::Hashed;
 use crate::pgzip::ParallelGzWriter;
@@ -108,20 +108,17 @@ pub fn slug_layer(
             .map_err(io_ctx("starting a thread"))?
     };
     let layer_path = dir.path().join("layer.tar.gz");
-    let mut made = transform(
-        slug,
-        &layer_path,
+    let recipe = Recipe {
         owner,
         epoch,
         level,
         limits,
-        false,
-        cancel,
-    );
+    };
+    let mut made = transform(slug, &layer_path, &recipe, false, cancel);
     if let Ok(m) = &made {
         if m.app_rooted {
             // Heroku's layout (only `./app/`): again, moved up.
-            made = transform(slug, &layer_path, owner, epoch, level, limits, true, cancel);
+            made = transform(slug, &layer_path, &recipe, true, cancel);
         }
     }
     cancel.forget(cleanup);
@@ -172,42 +169,42 @@ struct Made {
     app_rooted: bool,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn transform(
-    slug: &Path,
-    layer_path: &Path,
+/// How the layer is made, whatever the slug's layout.
+struct Recipe {
     owner: (u32, u32),
     epoch: u64,
     level: u32,
     limits: Limits,
+}
+
+/// One pass from the slug to the layer; with `hoist`, the slug's `app/`
+/// becomes /app.
+fn transform(
+    slug: &Path,
+    layer_path: &Path,
+    recipe: &Recipe,
     hoist: bool,
     cancel: &Arc<Cancel>,
 ) -> Result<Made, OciError> {
     let input = File::open(slug).map_err(|e| bad(format!("{}: {e}", slug.display())))?;
-    let (reader, _gzip) =
-        archive::decompressed(input, Some(Arc::clone(cancel))).map_err(|e| match e {
-            archive::ArchiveError::Stopped(stop) => OciError::Stopped(stop),
-            e => bad(crate::log::error_line(&e)),
-        })?;
+    let (reader, _gzip) = archive::decompressed(input, Some(Arc::clone(cancel)))?;
     let file = File::create(layer_path).map_err(io_ctx("creating the image layer"))?;
     let compressed = Hashed::new(io::BufWriter::with_capacity(1 << 20, file));
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
-    let gz = ParallelGzWriter::new(compressed, level, threads)
+    let gz = ParallelGzWriter::new(compressed, recipe.level, threads)
         .map_err(io_ctx("starting the layer's compression"))?;
     let uncompressed = Hashed::new(io::BufWriter::with_capacity(256 << 10, gz));
     let mut walk = Walk {
         builder: tar::Builder::new(uncompressed),
-        owner,
-        epoch,
-        limits,
+        owner: recipe.owner,
+        epoch: recipe.epoch,
+        limits: recipe.limits,
         hoist,
         cancel: Arc::clone(cancel),
         kinds: HashMap::new(),
         keys: RandomState::new(),
         top_level: BTreeSet::new(),
         app_not_dir: false,
-        entries: 0,
-        bytes: 0,
         release: None,
         procfile: None,
     };
@@ -248,20 +245,6 @@ enum Kind {
     Link,
 }
 
-/// Counts what the tar reader took, to tell a missing end-of-archive marker.
-struct Counting<R> {
-    inner: R,
-    count: std::rc::Rc<std::cell::Cell<u64>>,
-}
-
-impl<R: Read> Read for Counting<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.count.set(self.count.get() + n as u64);
-        Ok(n)
-    }
-}
-
 /// One pass over the slug's entries, writing the layer.
 struct Walk<W: Write> {
     builder: tar::Builder<W>,
@@ -277,8 +260,6 @@ struct Walk<W: Write> {
     top_level: BTreeSet<Vec<u8>>,
     /// A top-level `app` that is not a directory (then it stays as it is).
     app_not_dir: bool,
-    entries: u64,
-    bytes: u64,
     release: Option<Vec<u8>>,
     procfile: Option<Vec<u8>>,
 }
@@ -286,14 +267,6 @@ struct Walk<W: Write> {
 impl<W: Write> Walk<W> {
     fn key(&self, rel: &[u8]) -> u64 {
         self.keys.hash_one(rel)
-    }
-
-    /// A read or parse error: the build stopping, or a corrupt slug.
-    fn read_error(&self, e: io::Error, what: &str) -> OciError {
-        match self.cancel.stopped() {
-            Some(stop) => OciError::Stopped(stop),
-            None => bad(format!("{what}: {e}")),
-        }
     }
 
     fn write_error(&self, e: io::Error) -> OciError {
@@ -318,174 +291,70 @@ impl<W: Write> Walk<W> {
     }
 
     fn run(&mut self, reader: Box<dyn Read>) -> Result<(), OciError> {
-        let consumed = std::rc::Rc::new(std::cell::Cell::new(0u64));
-        let mut archive = tar::Archive::new(Counting {
-            inner: reader,
-            count: std::rc::Rc::clone(&consumed),
-        });
-        let mut last_end = 0u64;
-        let mut seen_any = false;
-        let mut pending = Pending::default();
         // /app itself, first.
         let h = self.header(EntryType::Directory, 0o755, self.epoch);
         self.append(h, "app/", io::empty())?;
         let root = self.key(b"");
         self.kinds.insert(root, Kind::Dir);
-        let entries = archive
-            .entries()
-            .map_err(|e| self.read_error(e, "not a tar"))?
-            .raw(true);
-        for entry in entries {
-            let mut entry = entry.map_err(|e| {
-                self.read_error(
-                    e,
-                    if seen_any {
-                        "corrupt slug"
-                    } else {
-                        "not a tar"
-                    },
-                )
-            })?;
-            seen_any = true;
-            let header = entry.header().clone();
-            let kind = header.entry_type();
-            let size = header
-                .entry_size()
-                .map_err(|e| self.read_error(e, "corrupt slug"))?;
-            last_end = entry
-                .raw_file_position()
-                .saturating_add(size.div_ceil(512).saturating_mul(512));
-            match kind {
-                EntryType::GNULongName => {
-                    pending.long_name = Some(archive::strip_nul(self.extension(&mut entry, size)?));
-                    continue;
-                }
-                EntryType::GNULongLink => {
-                    pending.long_link = Some(archive::strip_nul(self.extension(&mut entry, size)?));
-                    continue;
-                }
-                EntryType::XHeader => {
-                    let data = self.extension(&mut entry, size)?;
-                    pending.pax = Some(parse_pax(&data)?);
-                    continue;
-                }
-                EntryType::XGlobalHeader => {
-                    let data = self.extension(&mut entry, size)?;
-                    parse_pax(&data)?;
-                    continue;
-                }
-                _ => {}
+        let limits = self.limits;
+        let read = archive::read_entries(reader, &limits, false, |entry| self.entry(entry));
+        match (read, self.cancel.stopped()) {
+            (Ok(_), _) => Ok(()),
+            // Input that failed because the build must stop is the stop.
+            (Err(OciError::BadSlug(_)), Some(stop)) => Err(OciError::Stopped(stop)),
+            (Err(e), _) => Err(e),
+        }
+    }
+
+    /// One entry of the slug, re-rooted at /app.
+    fn entry(&mut self, entry: &mut TarEntry<'_>) -> Result<(), OciError> {
+        self.cancel.check().map_err(OciError::Stopped)?;
+        let Some(comps) = self.placed(entry)? else {
+            return Ok(());
+        };
+        let rel = comps.join(&b'/');
+        self.parents(&comps, entry.path)?;
+        let out = format!("app/{}", String::from_utf8_lossy(&rel));
+        let mtime = entry.mtime.unwrap_or(0);
+        let kind = match entry.kind {
+            EntryType::Directory => {
+                let h = self.header(EntryType::Directory, 0o755, mtime);
+                self.append(h, &format!("{out}/"), io::empty())?;
+                Kind::Dir
             }
-            let ext = std::mem::take(&mut pending);
-            let path: Vec<u8> = ext
-                .pax("path")
-                .map(<[u8]>::to_vec)
-                .or(ext.long_name.clone())
-                .unwrap_or_else(|| header.path_bytes().into_owned());
-            let target = ext
-                .pax("linkpath")
-                .map(<[u8]>::to_vec)
-                .or(ext.long_link.clone())
-                .or_else(|| header.link_name_bytes().map(|c| c.into_owned()));
-            if let Some(pax_size) = ext.pax("size") {
-                let parsed = std::str::from_utf8(pax_size)
-                    .ok()
-                    .and_then(|s| s.parse::<u64>().ok());
-                if parsed != Some(size) {
-                    return Err(bad(format!(
-                        "{}: PAX size disagrees with the header size {size}",
-                        shown(&path)
-                    )));
-                }
+            EntryType::Symlink => {
+                let target = entry.link.unwrap_or_default();
+                let mut h = self.header(EntryType::Symlink, 0o777, mtime);
+                self.builder
+                    .append_link(&mut h, &out, std::ffi::OsStr::from_bytes(target))
+                    .map_err(|e| self.write_error(e))?;
+                Kind::Link
             }
-            if ext
-                .pax
-                .as_ref()
-                .is_some_and(|p| p.iter().any(|(k, _)| k.starts_with("GNU.sparse.")))
-            {
-                return Err(bad(format!(
-                    "{}: sparse files are not supported",
-                    shown(&path)
-                )));
+            EntryType::Link => {
+                self.hardlink(entry, &out, mtime)?;
+                Kind::File
             }
-            let mtime = ext
-                .pax("mtime")
-                .and_then(|v| std::str::from_utf8(v).ok())
-                .and_then(|v| v.split('.').next()?.parse::<u64>().ok())
-                .or_else(|| header.mtime().ok())
-                .unwrap_or(0);
-            let mode = header.mode().unwrap_or(0o644);
-            self.entry(&mut entry, kind, &path, target, size, mode, mtime)?;
-        }
-        if !seen_any {
-            return Err(bad("not a tar: no entries found"));
-        }
-        if pending.long_name.is_some() || pending.long_link.is_some() || pending.pax.is_some() {
-            return Err(bad(
-                "corrupt slug: an extension header at the end describes no entry",
-            ));
-        }
-        if consumed.get() <= last_end {
-            return Err(bad(format!(
-                "the slug is truncated: it ends without the end-of-archive marker (after {} entries)",
-                self.entries
-            )));
-        }
+            _ => {
+                self.file(entry, &rel, &out, mtime)?;
+                Kind::File
+            }
+        };
+        let key = self.key(&rel);
+        self.kinds.insert(key, kind);
         Ok(())
     }
 
-    /// An extension header's data, bounded.
-    fn extension(&self, entry: &mut impl Read, size: u64) -> Result<Vec<u8>, OciError> {
-        if size > self.limits.max_extension_header {
-            return Err(bad(format!(
-                "an extension header of {size} bytes (limit {})",
-                self.limits.max_extension_header
-            )));
-        }
-        let mut data = Vec::with_capacity(size as usize);
-        entry
-            .take(size)
-            .read_to_end(&mut data)
-            .map_err(|e| self.read_error(e, "corrupt slug"))?;
-        if data.len() as u64 != size {
-            return Err(bad("corrupt slug: truncated extension header"));
-        }
-        Ok(data)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn entry(
-        &mut self,
-        data: &mut dyn Read,
-        kind: EntryType,
-        path: &[u8],
-        target: Option<Vec<u8>>,
-        size: u64,
-        mode: u32,
-        mtime: u64,
-    ) -> Result<(), OciError> {
-        self.cancel.check().map_err(OciError::Stopped)?;
-        if path.len() > self.limits.max_path_len || path.contains(&0) {
-            return Err(bad(format!("{}: path is longer than allowed", shown(path))));
-        }
-        let comps =
-            crate::rootdir::components(path).map_err(|e| bad(crate::log::error_line(&e)))?;
-        if comps.len() > self.limits.max_depth {
-            return Err(bad(format!("{}: path is deeper than allowed", shown(path))));
-        }
-        self.entries += 1;
-        if self.entries > self.limits.max_entries {
-            return Err(bad(format!(
-                "the slug has more than {} entries",
-                self.limits.max_entries
-            )));
-        }
-        let mut comps: Vec<&[u8]> = comps.iter().map(|c| c.as_encoded_bytes()).collect();
+    /// Where an entry goes: its components relative to /app, after the
+    /// layout's rules (Heroku's `./app/` moved up, no whiteouts, UTF-8
+    /// names); `None` for the slug's root, which is /app, written first.
+    fn placed<'e>(&mut self, entry: &TarEntry<'e>) -> Result<Option<Vec<&'e [u8]>>, OciError> {
+        let path = entry.path;
+        let mut comps: Vec<&[u8]> = entry.comps.iter().map(|c| c.as_encoded_bytes()).collect();
         if let Some(first) = comps.first() {
             if self.top_level.len() < 2 {
                 self.top_level.insert(first.to_vec());
             }
-            if comps.len() == 1 && *first == b"app" && kind != EntryType::Directory {
+            if comps.len() == 1 && *first == b"app" && entry.kind != EntryType::Directory {
                 self.app_not_dir = true;
             }
         }
@@ -495,14 +364,13 @@ impl<W: Write> Walk<W> {
                     comps.remove(0);
                 }
                 // `./` itself: /app is written already.
-                None => return Ok(()),
+                None => return Ok(None),
                 Some(_) => return Err(bad("the slug's layout changed while it was read")),
             }
         }
         if comps.is_empty() {
-            // The slug's root is /app, written first.
-            if kind == EntryType::Directory {
-                return Ok(());
+            if entry.kind == EntryType::Directory {
+                return Ok(None);
             }
             return Err(bad(format!(
                 "{}: the slug's root is not a directory",
@@ -523,122 +391,85 @@ impl<W: Write> Walk<W> {
                 )));
             }
         }
-        let rel = comps.join(&b'/');
-        self.parents(&comps, path)?;
-        let out = format!("app/{}", String::from_utf8_lossy(&rel));
-        let key = self.key(&rel);
-        match kind {
-            EntryType::Directory => {
-                let h = self.header(EntryType::Directory, 0o755, mtime);
-                self.append(h, &format!("{out}/"), io::empty())?;
-                self.kinds.insert(key, Kind::Dir);
-            }
-            EntryType::Regular | EntryType::Continuous => {
-                if self.bytes.saturating_add(size) > self.limits.max_bytes {
-                    return Err(bad(format!(
-                        "the slug unpacks to more than {} bytes",
-                        self.limits.max_bytes
-                    )));
-                }
-                self.bytes += size;
-                let mode = if mode & 0o111 != 0 { 0o755 } else { 0o644 };
-                let mut h = self.header(EntryType::Regular, mode, mtime);
-                h.set_size(size);
-                let captured = match rel.as_slice() {
-                    b".release" => Some(MAX_RELEASE_BYTES as u64),
-                    b"Procfile" => Some(MAX_PROCFILE_BYTES as u64),
-                    _ => None,
+        Ok(Some(comps))
+    }
+
+    /// A regular file: streamed, or kept when it is the Procfile or
+    /// `.release` (the image config is made of them).
+    fn file(
+        &mut self,
+        entry: &mut TarEntry<'_>,
+        rel: &[u8],
+        out: &str,
+        mtime: u64,
+    ) -> Result<(), OciError> {
+        let mode = if entry.mode & 0o111 != 0 {
+            0o755
+        } else {
+            0o644
+        };
+        let mut h = self.header(EntryType::Regular, mode, mtime);
+        h.set_size(entry.size);
+        let limit = match rel {
+            b".release" => MAX_RELEASE_BYTES,
+            b"Procfile" => MAX_PROCFILE_BYTES,
+            _ => {
+                return match self.builder.append_data(&mut h, out, &mut entry.data) {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(match entry.data.input_error(entry.path, e) {
+                        Ok(input) => input.into(),
+                        Err(e) => self.write_error(e),
+                    }),
                 };
-                match captured {
-                    Some(limit) => {
-                        if size > limit {
-                            return Err(bad(format!(
-                                "{} is larger than {limit} bytes",
-                                String::from_utf8_lossy(&rel)
-                            )));
-                        }
-                        let mut bytes = Vec::with_capacity(size as usize);
-                        data.take(size)
-                            .read_to_end(&mut bytes)
-                            .map_err(|e| self.read_error(e, "corrupt slug"))?;
-                        if bytes.len() as u64 != size {
-                            return Err(bad(format!("{}: truncated", shown(path))));
-                        }
-                        self.append(h, &out, &bytes[..])?;
-                        if rel == b".release" {
-                            self.release = Some(bytes);
-                        } else {
-                            self.procfile = Some(bytes);
-                        }
-                    }
-                    None => {
-                        let mut exact = Exact {
-                            inner: data,
-                            remaining: size,
-                            truncated: false,
-                            failed: false,
-                        };
-                        let result = self.builder.append_data(&mut h, &out, &mut exact);
-                        if let Err(e) = result {
-                            return Err(if exact.truncated {
-                                bad(format!("{}: truncated", shown(path)))
-                            } else if exact.failed {
-                                self.read_error(e, "corrupt slug")
-                            } else {
-                                self.write_error(e)
-                            });
-                        }
-                    }
-                }
-                self.kinds.insert(key, Kind::File);
             }
-            EntryType::Symlink => {
-                let target = valid_target(target, path, self.limits.max_path_len)?;
-                let mut h = self.header(EntryType::Symlink, 0o777, mtime);
-                self.builder
-                    .append_link(&mut h, &out, std::ffi::OsStr::from_bytes(&target))
-                    .map_err(|e| self.write_error(e))?;
-                self.kinds.insert(key, Kind::Link);
-            }
-            EntryType::Link => {
-                let target = valid_target(target, path, self.limits.max_path_len)?;
-                let escapes = || bad(format!("{}: hard link target leaves the slug", shown(path)));
-                let tcomps = crate::rootdir::components(&target).map_err(|_| escapes())?;
-                let mut tcomps: Vec<&[u8]> = tcomps.iter().map(|c| c.as_encoded_bytes()).collect();
-                if self.hoist {
-                    if tcomps.first().map(|c| *c == b"app") != Some(true) {
-                        return Err(escapes());
-                    }
-                    tcomps.remove(0);
-                }
-                let trel = tcomps.join(&b'/');
-                if self.kinds.get(&self.key(&trel)) != Some(&Kind::File) {
-                    return Err(bad(format!(
-                        "{}: hard link to {}, which is not a file earlier in the slug",
-                        shown(path),
-                        shown(&target)
-                    )));
-                }
-                let mode = 0o644;
-                let mut h = self.header(EntryType::Link, mode, mtime);
-                self.builder
-                    .append_link(
-                        &mut h,
-                        &out,
-                        format!("app/{}", String::from_utf8_lossy(&trel)),
-                    )
-                    .map_err(|e| self.write_error(e))?;
-                self.kinds.insert(key, Kind::File);
-            }
-            other => {
-                return Err(bad(format!(
-                    "{}: unsupported entry type {} (only files, directories and links are allowed)",
-                    shown(path),
-                    archive::entry_type_name(other)
-                )))
-            }
+        };
+        if entry.size > limit as u64 {
+            return Err(bad(format!(
+                "{} is larger than {limit} bytes",
+                String::from_utf8_lossy(rel)
+            )));
+        }
+        let mut bytes = Vec::with_capacity(entry.size as usize);
+        if let Err(e) = entry.data.read_to_end(&mut bytes) {
+            let input = entry.data.input_error(entry.path, e);
+            return Err(input
+                .unwrap_or_else(|e| ArchiveError::Corrupt(e.to_string()))
+                .into());
+        }
+        self.append(h, out, &bytes[..])?;
+        if rel == b".release" {
+            self.release = Some(bytes);
+        } else {
+            self.procfile = Some(bytes);
         }
         Ok(())
+    }
+
+    /// A hard link, to a regular file earlier in the slug.
+    fn hardlink(&mut self, entry: &TarEntry<'_>, out: &str, mtime: u64) -> Result<(), OciError> {
+        let (path, target) = (entry.path, entry.link.unwrap_or_default());
+        let escapes = || bad(format!("{}: hard link target leaves the slug", shown(path)));
+        let tcomps = crate::rootdir::components(target).map_err(|_| escapes())?;
+        let mut tcomps: Vec<&[u8]> = tcomps.iter().map(|c| c.as_encoded_bytes()).collect();
+        if self.hoist {
+            if tcomps.first().map(|c| *c == b"app") != Some(true) {
+                return Err(escapes());
+            }
+            tcomps.remove(0);
+        }
+        let trel = tcomps.join(&b'/');
+        if self.kinds.get(&self.key(&trel)) != Some(&Kind::File) {
+            return Err(bad(format!(
+                "{}: hard link to {}, which is not a file earlier in the slug",
+                shown(path),
+                shown(target)
+            )));
+        }
+        let mut h = self.header(EntryType::Link, 0o644, mtime);
+        let target = format!("app/{}", String::from_utf8_lossy(&trel));
+        self.builder
+            .append_link(&mut h, out, target)
+            .map_err(|e| self.write_error(e))
     }
 
     /// Every parent must be a directory: a missing one is added (owned by
@@ -672,57 +503,18 @@ impl<W: Write> Walk<W> {
     }
 }
 
-/// Exactly `remaining` bytes of an entry; remembers whether the input
-/// failed or ended early (as opposed to the output failing).
-struct Exact<'a> {
-    inner: &'a mut dyn Read,
-    remaining: u64,
-    truncated: bool,
-    failed: bool,
-}
-
-impl Read for Exact<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.remaining == 0 {
-            return Ok(0);
-        }
-        let want = buf
-            .len()
-            .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
-        let n = match self.inner.read(&mut buf[..want]) {
-            Ok(n) => n,
-            Err(e) => {
-                self.failed = true;
-                return Err(e);
-            }
-        };
-        if n == 0 {
-            self.truncated = true;
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "truncated entry",
-            ));
-        }
-        self.remaining -= n as u64;
-        Ok(n)
-    }
-}
-
 fn shown(path: &[u8]) -> String {
     format!("{:?}", String::from_utf8_lossy(path))
 }
 
-fn valid_target(target: Option<Vec<u8>>, path: &[u8], max: usize) -> Result<Vec<u8>, OciError> {
-    match target {
-        Some(t) if !t.is_empty() && !t.contains(&0) && t.len() <= max => Ok(t),
-        _ => Err(bad(format!("{}: invalid link target", shown(path)))),
+/// The reader's refusals (and a stop while reading) as the layer's.
+impl From<ArchiveError> for OciError {
+    fn from(e: ArchiveError) -> Self {
+        match e {
+            ArchiveError::Stopped(stop) => OciError::Stopped(stop),
+            e => bad(crate::log::error_line(&e)),
+        }
     }
-}
-
-/// PAX records, read by the unpacker's strict parser; an error here names
-/// the slug.
-fn parse_pax(data: &[u8]) -> Result<Vec<(String, Vec<u8>)>, OciError> {
-    archive::parse_pax(data).map_err(|_| bad("corrupt slug: malformed PAX extended header"))
 }
 
 #[cfg(test)]
@@ -998,6 +790,36 @@ mod tests {
                 assert!(matches!(err, OciError::BadSlug(_)), "{want}: {err:?}");
                 assert!(err.to_string().contains(want), "{want}: {err}");
             }
+        }
+    }
+
+    /// Issue 26: the layer read a corrupt mode as 0644 where unpacking
+    /// refused it; with one tar reader both refuse it, in the same words.
+    #[test]
+    fn a_corrupt_mode_fails_the_layer_as_it_fails_unpacking() {
+        let mut h = tar::Header::new_gnu();
+        h.as_old_mut().name[..5].copy_from_slice(b"a.txt");
+        h.set_entry_type(EntryType::Regular);
+        h.set_size(4);
+        h.as_old_mut().mode = *b"9z9z9z9\0";
+        h.set_cksum();
+        let mut tar = h.as_bytes().to_vec();
+        tar.extend_from_slice(b"data");
+        tar.resize(512 * 2, 0);
+        tar.extend_from_slice(&[0u8; 1024]);
+        let dest = tempfile::tempdir().unwrap();
+        let unpacked = archive::unpack(
+            io::Cursor::new(tar.clone()),
+            dest.path(),
+            &archive::UnpackOptions::default(),
+        )
+        .unwrap_err();
+        assert!(matches!(unpacked, ArchiveError::Corrupt(_)), "{unpacked:?}");
+        assert!(unpacked.to_string().contains("mode"), "{unpacked}");
+        for bytes in [gz(&tar), tar] {
+            let err = layer(&bytes, (1000, 1000)).unwrap_err();
+            assert!(matches!(err, OciError::BadSlug(_)), "{err:?}");
+            assert_eq!(err.to_string(), format!("the slug: {unpacked}"));
         }
     }
 
