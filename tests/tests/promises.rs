@@ -528,16 +528,29 @@ fn functions_are_short_and_take_few_arguments() {
 /// test code.
 #[test]
 fn the_function_length_check_can_fail() {
-    let body = "    x += 1;\n".repeat(MAX_FUNCTION_LINES - 1);
-    let src = format!(
-        "fn short() {{ let s = \"}}}}\"; let c = '{{'; }}\n\
-         // fn commented() {{\n\
-         #[allow(clippy::too_many_arguments)]\n\
-         pub(crate) fn many<'a>(a: &'a str) {{\n    let r = r#\"{{\"#;\n}}\n\
-         fn long() {{\n{body}}}\n\
-         trait T {{\n    fn declared(&self);\n}}\n\
-         #[cfg(test)]\nmod tests {{\n    fn long_test() {{\n{body}    }}\n}}\n"
-    );
+    let body = ["    x += 1;"; MAX_FUNCTION_LINES - 1].join("\n");
+    // One line each, quoted so that no line of this file starts an item.
+    let src = [
+        "fn short() { let s = \"}}\"; let c = '{'; }",
+        "// fn commented() {",
+        "#[allow(clippy::too_many_arguments)]",
+        "pub(crate) fn many<'a>(a: &'a str) {",
+        "    let r = r#\"{\"#;",
+        "}",
+        "fn long() {",
+        body.as_str(),
+        "}",
+        "trait T {",
+        "    fn declared(&self);",
+        "}",
+        "#[cfg(test)]",
+        "mod tests {",
+        "    fn long_test() {",
+        body.as_str(),
+        "    }",
+        "}",
+    ]
+    .join("\n");
     let found = code_shape::functions(&src);
     let shape: Vec<(&str, usize, bool)> = found
         .iter()
