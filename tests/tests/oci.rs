@@ -240,19 +240,7 @@ fn run_images() -> &'static RunImages {
     static IMAGES: OnceLock<RunImages> = OnceLock::new();
     IMAGES.get_or_init(|| {
         let started = Instant::now();
-        let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("oci-run-images");
-        // Earlier runs' fixtures, unless their process is still alive.
-        if let Ok(entries) = std::fs::read_dir(&base) {
-            for e in entries.flatten() {
-                let pid = e.file_name().to_string_lossy().parse::<i32>().unwrap_or(0);
-                if pid > 0 && !Path::new(&format!("/proc/{pid}")).exists() {
-                    let _ = std::fs::remove_dir_all(e.path());
-                }
-            }
-        }
-        let dir = base.join(std::process::id().to_string());
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = fresh_fixture_dir();
         let layout = dir.join("runimages");
         let bundle = dir.join("bundle");
         let layout_s = layout.display().to_string();
@@ -294,21 +282,9 @@ fn run_images() -> &'static RunImages {
             "--config.label",
             "org.opencontainers.image.title=e2e-run-stack",
         ]));
-        // run2: a stack update (one more layer) whose user is a name. The
-        // layer is written here: umoci 0.4.7's `insert` writes a tar
-        // without its padding and end-of-archive marker.
+        // run2: a stack update (one more layer) whose user is a name.
         let update = dir.join("stack-update.tar");
-        {
-            let mut b = tar::Builder::new(std::fs::File::create(&update).unwrap());
-            let data = b"stack-2\n";
-            let mut h = tar::Header::new_ustar();
-            h.set_size(data.len() as u64);
-            h.set_mode(0o644);
-            h.set_mtime(1_700_000_000);
-            b.append_data(&mut h, "etc/stack-version", &data[..])
-                .unwrap();
-            b.into_inner().unwrap();
-        }
+        write_stack_update(&update);
         ok(Command::new("umoci")
             .args([
                 "raw",
@@ -332,38 +308,42 @@ fn run_images() -> &'static RunImages {
     })
 }
 
+/// This test process's directory for its run images, empty; earlier
+/// runs' directories are removed unless their process is still alive.
+fn fresh_fixture_dir() -> PathBuf {
+    let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("oci-run-images");
+    if let Ok(entries) = std::fs::read_dir(&base) {
+        for e in entries.flatten() {
+            let pid = e.file_name().to_string_lossy().parse::<i32>().unwrap_or(0);
+            if pid > 0 && !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    let dir = base.join(std::process::id().to_string());
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// run2's extra layer, written here: umoci 0.4.7's `insert` writes a tar
+/// without its padding and end-of-archive marker.
+fn write_stack_update(path: &Path) {
+    let mut b = tar::Builder::new(std::fs::File::create(path).unwrap());
+    let data = b"stack-2\n";
+    let mut h = tar::Header::new_ustar();
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_mtime(1_700_000_000);
+    b.append_data(&mut h, "etc/stack-version", &data[..])
+        .unwrap();
+    b.into_inner().unwrap();
+}
+
 /// A tiny stack: bash, env, cat, python3 with its standard library, the
 /// libraries they link, the user `slug` (1000) owning /app, slugrunner.
 fn make_rootfs(root: &Path) {
-    for d in [
-        "usr/bin",
-        "usr/local/bin",
-        "usr/lib",
-        "usr/lib64",
-        "usr/sbin",
-        "etc",
-        "tmp",
-        "app",
-    ] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    for (link, target) in [
-        ("bin", "usr/bin"),
-        ("lib", "usr/lib"),
-        ("lib64", "usr/lib64"),
-        ("sbin", "usr/sbin"),
-    ] {
-        std::os::unix::fs::symlink(target, root.join(link)).unwrap();
-    }
-    std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
-    nix::unistd::chown(&root.join("app"), Some(1000.into()), Some(1000.into())).unwrap();
-    std::fs::write(
-        root.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/bash\nslug:x:1000:1000::/app:/bin/bash\n",
-    )
-    .unwrap();
-    std::fs::write(root.join("etc/group"), "root:x:0:\nslug:x:1000:\n").unwrap();
-
+    make_skeleton(root);
     let mut elves: Vec<PathBuf> = Vec::new();
     for tool in ["bash", "env", "cat", "python3.11"] {
         let src = Path::new("/usr/bin").join(tool);
@@ -397,9 +377,46 @@ fn make_rootfs(root: &Path) {
         &skip,
         &mut elves,
     );
-    // Shared libraries (and the loader) of every program and module.
+    copy_libraries(&elves, root);
+}
+
+/// The directories, links, users and groups of the stack.
+fn make_skeleton(root: &Path) {
+    for d in [
+        "usr/bin",
+        "usr/local/bin",
+        "usr/lib",
+        "usr/lib64",
+        "usr/sbin",
+        "etc",
+        "tmp",
+        "app",
+    ] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    for (link, target) in [
+        ("bin", "usr/bin"),
+        ("lib", "usr/lib"),
+        ("lib64", "usr/lib64"),
+        ("sbin", "usr/sbin"),
+    ] {
+        std::os::unix::fs::symlink(target, root.join(link)).unwrap();
+    }
+    std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    nix::unistd::chown(&root.join("app"), Some(1000.into()), Some(1000.into())).unwrap();
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/bash\nslug:x:1000:1000::/app:/bin/bash\n",
+    )
+    .unwrap();
+    std::fs::write(root.join("etc/group"), "root:x:0:\nslug:x:1000:\n").unwrap();
+}
+
+/// The shared libraries (and the loader) of every program and module in
+/// `elves`, at their canonical places under `root`.
+fn copy_libraries(elves: &[PathBuf], root: &Path) {
     let mut libs = BTreeSet::new();
-    for elf in &elves {
+    for elf in elves {
         let out = Command::new("ldd").arg(elf).output().unwrap();
         for word in String::from_utf8_lossy(&out.stdout).split_whitespace() {
             if word.starts_with('/') {
