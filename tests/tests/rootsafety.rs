@@ -165,6 +165,25 @@ fn build_dir_in(work: &Path) -> PathBuf {
         .join("build")
 }
 
+/// A round either packed a slug without the secret, or failed saying why
+/// and left no slug.
+fn assert_nothing_from_outside(round: usize, packed: bool, slug: &Path, log: &str) {
+    if packed {
+        let dump = slug_dump(&std::fs::read(slug).unwrap());
+        assert!(
+            !dump.contains("TOPSECRET"),
+            "round {round}: a root-only file was packed"
+        );
+    } else {
+        assert!(
+            log.contains("changed while it was packed")
+                || log.contains("not readable by the build user"),
+            "{log}"
+        );
+        assert!(!slug.exists(), "a failed build left a slug");
+    }
+}
+
 /// While the slug is packed, an outside process keeps exchanging a
 /// directory with a link to a root-only directory, and a file with a
 /// FIFO: packing may fail ("changed while it was packed"), never pack the
@@ -228,20 +247,7 @@ fn swaps_during_packing_never_pull_in_a_file_from_outside() {
             status.success() || status.code() == Some(15),
             "round {round}: {status:?}\n{log}"
         );
-        if status.success() {
-            let dump = slug_dump(&std::fs::read(&slug).unwrap());
-            assert!(
-                !dump.contains("TOPSECRET"),
-                "round {round}: a root-only file was packed"
-            );
-        } else {
-            assert!(
-                log.contains("changed while it was packed")
-                    || log.contains("not readable by the build user"),
-                "{log}"
-            );
-            assert!(!slug.exists(), "a failed build left a slug");
-        }
+        assert_nothing_from_outside(round, status.success(), &slug, &log);
         // Without a swap the round tested nothing (a swapper that cannot
         // reach the build dir spins harmlessly).
         assert!(
