@@ -1027,6 +1027,24 @@ fn publish_run_and_rebase_through_a_registry() {
     );
 }
 
+/// `podman load` of the `oci-archive:` output gives the image pulled
+/// from the layout (`from_layout`), named after its tag, and it serves.
+fn load_archive_of_the_same_image(podman: &mut Podman, archive: &Path, from_layout: &str) {
+    let loaded = ok(podman.cmd().args(["load", "-i"]).arg(archive));
+    let name = loaded
+        .lines()
+        .find_map(|l| l.strip_prefix("Loaded image: "))
+        .unwrap_or_else(|| panic!("podman load said {loaded:?}"))
+        .trim()
+        .to_string();
+    assert_eq!(name, "localhost/hello:latest", "named after the tag");
+    let loaded_id = ok(podman
+        .cmd()
+        .args(["image", "inspect", "--format", "{{.Id}}", &name]));
+    assert_eq!(loaded_id.trim(), from_layout, "one image, two containers");
+    podman.serve_and_stop(&name);
+}
+
 /// `oci:` and `oci-archive:` outputs (from a layout and an archive run
 /// image, no registry at all) load into podman and run.
 #[test]
@@ -1087,19 +1105,7 @@ fn layout_and_archive_outputs_load_into_podman_and_run() {
     let mut podman = Podman::new();
     let from_layout = podman.pull(&layout_tag, None);
     podman.serve_and_stop(&from_layout);
-    let loaded = ok(podman.cmd().args(["load", "-i"]).arg(&archive));
-    let name = loaded
-        .lines()
-        .find_map(|l| l.strip_prefix("Loaded image: "))
-        .unwrap_or_else(|| panic!("podman load said {loaded:?}"))
-        .trim()
-        .to_string();
-    assert_eq!(name, "localhost/hello:latest", "named after the tag");
-    let loaded_id = ok(podman
-        .cmd()
-        .args(["image", "inspect", "--format", "{{.Id}}", &name]));
-    assert_eq!(loaded_id.trim(), from_layout, "one image, two containers");
-    podman.serve_and_stop(&name);
+    load_archive_of_the_same_image(&mut podman, &archive, &from_layout);
 
     // A rebase of the layout image onto run2 (read from the same layout).
     let mut rebase = slugbuilder(home);
@@ -1121,6 +1127,48 @@ fn layout_and_archive_outputs_load_into_podman_and_run() {
         "layout_and_archive_outputs_load_into_podman_and_run: {:.1?}",
         started.elapsed()
     );
+}
+
+/// A build of hello-procfile that publishes it as `app` (on `run:1` of
+/// `host`) with the credentials in `auth`, its slug to `slug`.
+fn build_and_publish(home: &Path, auth: &Path, slug: &Path, app: &str, host: &str) -> Finished {
+    let mut cmd = slugbuilder(home);
+    cmd.env("REGISTRY_AUTH_FILE", auth)
+        .arg("--buildpacks-dir")
+        .arg(repo_root().join("buildpacks"))
+        .arg("-o")
+        .arg(slug)
+        .args([
+            "--image",
+            app,
+            "--run-image",
+            &format!("{host}/stack/run:1"),
+            "--insecure-registry",
+            host,
+        ]);
+    run_with_stdin(
+        &mut cmd,
+        example_tar("hello-procfile"),
+        Duration::from_secs(600),
+    )
+}
+
+/// The digest `app` (a registry reference) points at now.
+fn digest_of_tag(app: &str, auth: &Path) -> String {
+    inspect(&format!("docker://{app}"), auth, "")["Digest"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// No manifest was pushed to `registry` since its request number `before`.
+fn assert_no_manifest_pushed(registry: &Registry, before: usize) {
+    let manifests: Vec<Request> = registry
+        .ours_since(before)
+        .into_iter()
+        .filter(|r| r.method == "PUT" && r.uri.contains("/manifests/"))
+        .collect();
+    assert!(manifests.is_empty(), "{manifests:?}");
 }
 
 /// A wrong password, an unreachable registry and a missing run image:
@@ -1165,13 +1213,7 @@ fn failures_are_one_line_with_their_own_exit_code_and_move_no_tag() {
     };
     let first = publish(&good, &format!("{host}/stack/run:1"), &app);
     assert_eq!(first.code(), Some(0), "{}", first.stderr);
-    let tagged = || {
-        inspect(&format!("docker://{app}"), &good, "")["Digest"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
-    let original = tagged();
+    let original = digest_of_tag(&app, &good);
     let before = registry.requests().len();
 
     // A wrong password: 30.
@@ -1199,35 +1241,12 @@ fn failures_are_one_line_with_their_own_exit_code_and_move_no_tag() {
     assert_one_error_line(&out, 32, "does not exist");
     // A build with --image and a wrong password: no buildpack runs, no slug.
     let no_slug = home.join("none.tgz");
-    let mut cmd = slugbuilder(home);
-    cmd.env("REGISTRY_AUTH_FILE", &wrong)
-        .arg("--buildpacks-dir")
-        .arg(repo_root().join("buildpacks"))
-        .arg("-o")
-        .arg(&no_slug)
-        .args([
-            "--image",
-            &app,
-            "--run-image",
-            &format!("{host}/stack/run:1"),
-            "--insecure-registry",
-            &host,
-        ]);
-    let out = run_with_stdin(
-        &mut cmd,
-        example_tar("hello-procfile"),
-        Duration::from_secs(600),
-    );
+    let out = build_and_publish(home, &wrong, &no_slug, &app, &host);
     assert_one_error_line(&out, 30, "refused the credentials");
     assert!(!no_slug.exists(), "no slug after a failed publish");
 
-    assert_eq!(tagged(), original, "the tag did not move");
-    let manifests: Vec<Request> = registry
-        .ours_since(before)
-        .into_iter()
-        .filter(|r| r.method == "PUT" && r.uri.contains("/manifests/"))
-        .collect();
-    assert!(manifests.is_empty(), "{manifests:?}");
+    assert_eq!(digest_of_tag(&app, &good), original, "the tag did not move");
+    assert_no_manifest_pushed(&registry, before);
     eprintln!(
         "failures_are_one_line_with_their_own_exit_code_and_move_no_tag: {:.1?}",
         started.elapsed()
