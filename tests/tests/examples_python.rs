@@ -500,77 +500,88 @@ fn infer(layout: &Layout) -> String {
     out.stdout.trim_end().to_string()
 }
 
-#[test]
-fn web_process_inference_for_django_flask_fastapi_and_streamlit_layouts() {
-    let manage =
-        "import os\nos.environ.setdefault(\"DJANGO_SETTINGS_MODULE\", \"mysite.settings\")\n";
-    let flask = "from flask import Flask\napp = Flask(__name__)\n";
-    let flask_factory =
-        "from flask import Flask\n\ndef create_app():\n    return Flask(__name__)\n";
-    let fastapi = "from fastapi import FastAPI\napp = FastAPI()\n";
-    let streamlit = "import streamlit as st\nst.title('hi')\n";
-    let none = Layout {
-        files: &[],
-        scripts: &[],
-        dists: &[],
-        flask_app: None,
-    };
-    let cases: &[(&str, Layout, &str)] = &[
+/// `manage.py` of a Django project named mysite.
+const MANAGE_PY: &str =
+    "import os\nos.environ.setdefault(\"DJANGO_SETTINGS_MODULE\", \"mysite.settings\")\n";
+const FLASK_APP_PY: &str = "from flask import Flask\napp = Flask(__name__)\n";
+const FLASK_FACTORY: &str =
+    "from flask import Flask\n\ndef create_app():\n    return Flask(__name__)\n";
+const FASTAPI_APP: &str = "from fastapi import FastAPI\napp = FastAPI()\n";
+const STREAMLIT_APP: &str = "import streamlit as st\nst.title('hi')\n";
+const NO_LAYOUT: Layout<'static> = Layout {
+    files: &[],
+    scripts: &[],
+    dists: &[],
+    flask_app: None,
+};
+
+/// A layout, what it is, and what [`infer`] must print for it.
+type InferenceCase = (&'static str, Layout<'static>, &'static str);
+
+/// Django projects: WSGI or ASGI, by the server installed.
+fn django_cases() -> Vec<InferenceCase> {
+    vec![
         (
             "Django, WSGI and ASGI, gunicorn installed",
             Layout {
                 files: &[
-                    ("manage.py", manage),
+                    ("manage.py", MANAGE_PY),
                     ("mysite/wsgi.py", ""),
                     ("mysite/asgi.py", ""),
                 ],
                 scripts: &["gunicorn", "uvicorn"],
-                ..none
+                ..NO_LAYOUT
             },
             "web\tgunicorn mysite.wsgi --bind 0.0.0.0:$PORT\tmysite/wsgi.py",
         ),
         (
             "Django, ASGI only, uvicorn",
             Layout {
-                files: &[("manage.py", manage), ("mysite/asgi.py", "")],
+                files: &[("manage.py", MANAGE_PY), ("mysite/asgi.py", "")],
                 scripts: &["uvicorn", "gunicorn"],
-                ..none
+                ..NO_LAYOUT
             },
             "web\tuvicorn mysite.asgi:application --host 0.0.0.0 --port $PORT\tmysite/asgi.py",
         ),
         (
             "Django, ASGI only, daphne",
             Layout {
-                files: &[("manage.py", manage), ("mysite/asgi.py", "")],
+                files: &[("manage.py", MANAGE_PY), ("mysite/asgi.py", "")],
                 scripts: &["daphne"],
-                ..none
+                ..NO_LAYOUT
             },
             "web\tdaphne --bind 0.0.0.0 --port $PORT mysite.asgi:application\tmysite/asgi.py",
         ),
         (
             "Django, no server installed",
             Layout {
-                files: &[("manage.py", manage), ("mysite/wsgi.py", "")],
-                ..none
+                files: &[("manage.py", MANAGE_PY), ("mysite/wsgi.py", "")],
+                ..NO_LAYOUT
             },
             "warn\tthe Django project mysite has no server installed to run it: add gunicorn \
-             (or waitress) to the dependencies, or declare web in a Procfile",
+         (or waitress) to the dependencies, or declare web in a Procfile",
         ),
+    ]
+}
+
+/// Flask apps: an app object, a factory, an import from the project, FLASK_APP.
+fn flask_cases() -> Vec<InferenceCase> {
+    vec![
         (
             "Flask app object in app.py",
             Layout {
-                files: &[("app.py", flask)],
+                files: &[("app.py", FLASK_APP_PY)],
                 scripts: &["gunicorn", "flask"],
-                ..none
+                ..NO_LAYOUT
             },
             "web\tgunicorn app:app --bind 0.0.0.0:$PORT\tapp.py",
         ),
         (
             "Flask factory in wsgi.py, waitress",
             Layout {
-                files: &[("wsgi.py", flask_factory)],
+                files: &[("wsgi.py", FLASK_FACTORY)],
                 scripts: &["waitress-serve"],
-                ..none
+                ..NO_LAYOUT
             },
             "web\twaitress-serve --listen=0.0.0.0:$PORT --call wsgi:create_app\twsgi.py",
         ),
@@ -582,105 +593,119 @@ fn web_process_inference_for_django_flask_fastapi_and_streamlit_layouts() {
                         "wsgi.py",
                         "from hello import create_app\napp = create_app()\n",
                     ),
-                    ("hello/__init__.py", flask_factory),
+                    ("hello/__init__.py", FLASK_FACTORY),
                 ],
                 scripts: &["gunicorn"],
                 dists: &["flask"],
-                ..none
+                ..NO_LAYOUT
             },
             "web\tgunicorn wsgi:app --bind 0.0.0.0:$PORT\twsgi.py",
         ),
         (
             "FLASK_APP names a package with a factory",
             Layout {
-                files: &[("hello/__init__.py", flask_factory), ("app.py", fastapi)],
+                files: &[
+                    ("hello/__init__.py", FLASK_FACTORY),
+                    ("app.py", FASTAPI_APP),
+                ],
                 scripts: &["gunicorn", "uvicorn"],
                 flask_app: Some("hello"),
-                ..none
+                ..NO_LAYOUT
             },
             "web\tgunicorn 'hello:create_app()' --bind 0.0.0.0:$PORT\thello/__init__.py, FLASK_APP",
         ),
         (
             "FLASK_APP names a package in src/ (installed from pyproject.toml)",
             Layout {
-                files: &[("src/hello/__init__.py", flask)],
+                files: &[("src/hello/__init__.py", FLASK_APP_PY)],
                 scripts: &["gunicorn"],
                 flask_app: Some("hello"),
-                ..none
+                ..NO_LAYOUT
             },
             "web\tgunicorn hello:app --bind 0.0.0.0:$PORT\tsrc/hello/__init__.py, FLASK_APP",
         ),
         (
             "FLASK_APP calls a factory with arguments",
             Layout {
-                files: &[("hello/__init__.py", flask_factory)],
+                files: &[("hello/__init__.py", FLASK_FACTORY)],
                 scripts: &["gunicorn"],
                 flask_app: Some("hello:create_app('prod')"),
-                ..none
+                ..NO_LAYOUT
             },
             "web\tgunicorn 'hello:create_app('\"'\"'prod'\"'\"')' --bind 0.0.0.0:$PORT\t\
-             hello/__init__.py, FLASK_APP",
+         hello/__init__.py, FLASK_APP",
         ),
+    ]
+}
+
+/// FastAPI and Streamlit apps, and an app with nothing to serve.
+fn asgi_and_streamlit_cases() -> Vec<InferenceCase> {
+    vec![
         (
             "FastAPI in main.py",
             Layout {
-                files: &[("main.py", fastapi)],
+                files: &[("main.py", FASTAPI_APP)],
                 scripts: &["uvicorn"],
-                ..none
+                ..NO_LAYOUT
             },
             "web\tuvicorn main:app --host 0.0.0.0 --port $PORT\tmain.py",
         ),
         (
             "FastAPI in app/main.py, hypercorn",
             Layout {
-                files: &[("app/__init__.py", ""), ("app/main.py", fastapi)],
+                files: &[("app/__init__.py", ""), ("app/main.py", FASTAPI_APP)],
                 scripts: &["hypercorn"],
-                ..none
+                ..NO_LAYOUT
             },
             "web\thypercorn app.main:app --bind 0.0.0.0:$PORT\tapp/main.py",
         ),
         (
             "FastAPI, no server installed",
             Layout {
-                files: &[("main.py", fastapi)],
-                ..none
+                files: &[("main.py", FASTAPI_APP)],
+                ..NO_LAYOUT
             },
             "warn\tthe ASGI app `app` (main.py) has no server installed to run it: add uvicorn \
-             (or hypercorn, daphne) to the dependencies, or declare web in a Procfile",
+         (or hypercorn, daphne) to the dependencies, or declare web in a Procfile",
         ),
         (
             "Streamlit (which installs uvicorn too)",
             Layout {
-                files: &[("streamlit_app.py", streamlit)],
+                files: &[("streamlit_app.py", STREAMLIT_APP)],
                 scripts: &["streamlit", "uvicorn"],
                 dists: &["streamlit", "starlette"],
-                ..none
+                ..NO_LAYOUT
             },
             "web\tstreamlit run streamlit_app.py --server.port $PORT --server.address 0.0.0.0 \
-             --server.headless true\tstreamlit_app.py",
+         --server.headless true\tstreamlit_app.py",
         ),
         (
             "Streamlit in a file of another name",
             Layout {
-                files: &[("dashboard.py", streamlit), ("helpers.py", "X = 1\n")],
+                files: &[("dashboard.py", STREAMLIT_APP), ("helpers.py", "X = 1\n")],
                 scripts: &["streamlit"],
-                ..none
+                ..NO_LAYOUT
             },
             "web\tstreamlit run dashboard.py --server.port $PORT --server.address 0.0.0.0 \
-             --server.headless true\tdashboard.py",
+         --server.headless true\tdashboard.py",
         ),
         (
             "nothing to serve",
             Layout {
                 files: &[("worker.py", "print('working')\n")],
                 scripts: &["gunicorn"],
-                ..none
+                ..NO_LAYOUT
             },
             "",
         ),
-    ];
-    for (what, layout, expected) in cases {
-        assert_eq!(infer(layout), *expected, "{what}");
+    ]
+}
+
+#[test]
+fn web_process_inference_for_django_flask_fastapi_and_streamlit_layouts() {
+    let cases = [django_cases(), flask_cases(), asgi_and_streamlit_cases()];
+    for (what, layout, expected) in cases.into_iter().flatten() {
+        assert_eq!(infer(&layout), expected, "{what}");
     }
 }
 
