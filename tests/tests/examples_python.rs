@@ -797,6 +797,40 @@ fn small_app(files: &[(&str, &str)]) -> Vec<u8> {
     tar_of(empty.path(), files)
 }
 
+/// A small app asking for Python `version` in `.python-version` and
+/// `requires` in pyproject.toml's requires-python (each when given).
+fn version_request_app(version: Option<&str>, requires: Option<&str>) -> Vec<u8> {
+    let pyproject = requires
+        .map(|r| format!("[project]\nname = \"x\"\nversion = \"1\"\nrequires-python = \"{r}\"\n"));
+    let mut files = vec![("requirements.txt", ""), ("app.py", "print('hi')\n")];
+    if let Some(v) = version {
+        files.push((".python-version", v));
+    }
+    if let Some(p) = &pyproject {
+        files.push(("pyproject.toml", p.as_str()));
+    }
+    small_app(&files)
+}
+
+/// The build of `source` fails before anything is installed, writes no
+/// slug, and says each of `expected` (escaped: no raw escape reaches the
+/// log).
+fn fails_before_installing(case: &Case, source: Vec<u8>, expected: &[&str]) {
+    let mut cmd = case.slugbuilder();
+    let out = run_with_stdin(&mut cmd, source, BUILD_TIMEOUT);
+    assert_ne!(out.code(), Some(0), "stderr: {}", out.stderr);
+    assert!(out.stdout.is_empty(), "a slug was written to stdout");
+    for text in expected {
+        assert!(out.stderr.contains(text), "{text:?} in {}", out.stderr);
+    }
+    assert!(!out.stderr.contains("Installing"), "{}", out.stderr);
+    assert!(
+        !out.stderr.contains('\u{1b}'),
+        "a raw escape in {:?}",
+        out.stderr
+    );
+}
+
 /// Version requests as Heroku's buildpack and uv read them (issue 23):
 /// versions never released, end of life or without a version line fail
 /// before anything is installed; `.python-version` specifiers pick the
@@ -806,34 +840,9 @@ fn small_app(files: &[(&str, &str)]) -> Vec<u8> {
 #[test]
 fn python_version_requests_follow_heroku_and_uv_rules() {
     let case = Case::new();
-    let app = |version: Option<&str>, requires: Option<&str>| {
-        let pyproject = requires.map(|r| {
-            format!("[project]\nname = \"x\"\nversion = \"1\"\nrequires-python = \"{r}\"\n")
-        });
-        let mut files = vec![("requirements.txt", ""), ("app.py", "print('hi')\n")];
-        if let Some(v) = version {
-            files.push((".python-version", v));
-        }
-        if let Some(p) = &pyproject {
-            files.push(("pyproject.toml", p.as_str()));
-        }
-        small_app(&files)
-    };
+    let app = version_request_app;
     let fails = |source: Vec<u8>, expected: &[&str]| {
-        let mut cmd = case.slugbuilder();
-        let out = run_with_stdin(&mut cmd, source, BUILD_TIMEOUT);
-        assert_ne!(out.code(), Some(0), "stderr: {}", out.stderr);
-        assert!(out.stdout.is_empty(), "a slug was written to stdout");
-        for text in expected {
-            assert!(out.stderr.contains(text), "{text:?} in {}", out.stderr);
-        }
-        assert!(!out.stderr.contains("Installing"), "{}", out.stderr);
-        assert!(
-            !out.stderr.contains('\u{1b}'),
-            "a raw escape in {:?}",
-            out.stderr
-        );
-        out.stderr
+        fails_before_installing(&case, source, expected);
     };
     fails(
         app(Some("3.99\n"), None),
@@ -943,29 +952,10 @@ fn a_python_app_without_a_package_manager_gets_python_and_unknown_web_programs_w
     );
 }
 
-/// What a shared or leaked cache holds never reaches the slug: a `.pth`
-/// planted in the layer of installed dependencies and in the cached
-/// virtualenv base (it would run at every Python start), a wheel planted in
-/// the wheel cache and a file in pip's cache are noticed by the digests
-/// recorded when the trees were made, the trees are made again, and the
-/// slug is the cold build's, byte for byte. Untouched, the layer is reused
-/// without running pip; a changed requirements.txt installs again, from
-/// the cached wheels plus the one that was added.
-#[test]
-fn files_planted_in_the_python_cache_never_reach_the_slug() {
-    let case = Case::new();
-    let source = |requirements: &str| {
-        small_app(&[
-            ("requirements.txt", requirements),
-            ("app.py", "import six\n"),
-        ])
-    };
-    let first = case.build(source("six==1.17.0\n"));
-    assert!(
-        first.contains("Kept the installed dependencies for the next build (key "),
-        "{first}"
-    );
-    let cold = sha256_of(&case.slug());
+/// Plant a `.pth` in the cached virtualenv base and in the layer of
+/// installed dependencies, a wheel in the wheel cache and a file in pip's
+/// cache (when there is one); returns the cache trees planted in.
+fn plant_in_python_cache(case: &Case) -> Vec<&'static str> {
     let cache = case.cache_dir();
     let site_packages = |venv: PathBuf| {
         std::fs::read_dir(venv.join("lib"))
@@ -1010,6 +1000,33 @@ fn files_planted_in_the_python_cache_never_reach_the_slug() {
         std::fs::write(cache.join("pip/planted"), "x").expect("plant pip cache file");
         planted.push("pip");
     }
+    planted
+}
+
+/// What a shared or leaked cache holds never reaches the slug: a `.pth`
+/// planted in the layer of installed dependencies and in the cached
+/// virtualenv base (it would run at every Python start), a wheel planted in
+/// the wheel cache and a file in pip's cache are noticed by the digests
+/// recorded when the trees were made, the trees are made again, and the
+/// slug is the cold build's, byte for byte. Untouched, the layer is reused
+/// without running pip; a changed requirements.txt installs again, from
+/// the cached wheels plus the one that was added.
+#[test]
+fn files_planted_in_the_python_cache_never_reach_the_slug() {
+    let case = Case::new();
+    let source = |requirements: &str| {
+        small_app(&[
+            ("requirements.txt", requirements),
+            ("app.py", "import six\n"),
+        ])
+    };
+    let first = case.build(source("six==1.17.0\n"));
+    assert!(
+        first.contains("Kept the installed dependencies for the next build (key "),
+        "{first}"
+    );
+    let cold = sha256_of(&case.slug());
+    let planted = plant_in_python_cache(&case);
     let log = case.build(source("six==1.17.0\n"));
     for tree in planted {
         assert!(
