@@ -25,7 +25,8 @@ use nix::unistd::Pid;
 use tokio::io::AsyncReadExt;
 
 use crate::cancel::{Cancel, Stop};
-use crate::sandbox::Sandbox;
+use crate::sandbox::limits::{Counters, DiskWatch};
+use crate::sandbox::{Launch, Sandbox};
 
 /// Largest stdout captured from `bin/detect`, `bin/release` or an export.
 pub const MAX_CAPTURE: usize = 4 << 20;
@@ -210,33 +211,8 @@ impl StepRunner {
             .sandbox
             .command(step.argv.clone(), step.cwd, step.read_only);
         let counters = self.sandbox.cgroup().map(|cg| cg.counters());
-        let mut cmd = tokio::process::Command::new(&launch.program);
-        cmd.args(&launch.args)
-            .env_clear()
-            .current_dir(&launch.cwd)
-            .kill_on_drop(true);
-        if launch.env_as_data {
-            // The helper runs as root: the step's environment (which a
-            // buildpack's `export` shapes) must never be its own, where
-            // ld.so and libc would read it. It reads it from stdin as data,
-            // and starts a session (and group) of its own.
-            cmd.stdin(Stdio::piped());
-        } else {
-            cmd.envs(step.env).stdin(Stdio::null()).process_group(0);
-        }
-        if let Some((uid, gid)) = launch.credentials {
-            cmd.uid(uid).gid(gid);
-        }
-        // One pipe for both streams keeps their relative order; when stdout
-        // is captured it gets a pipe of its own.
-        let (log_read, log_write) = std::io::pipe().map_err(io_err)?;
-        let log_write: OwnedFd = log_write.into();
-        if step.capture_stdout {
-            cmd.stdout(Stdio::piped());
-        } else {
-            cmd.stdout(Stdio::from(log_write.try_clone().map_err(io_err)?));
-        }
-        cmd.stderr(Stdio::from(log_write));
+        let mut cmd = command(&launch, step.env);
+        let log_read = route_output(&mut cmd, step.capture_stdout).map_err(io_err)?;
         let mut child = cmd.spawn().map_err(|source| StepError::Spawn {
             program: program.clone(),
             source,
@@ -244,20 +220,49 @@ impl StepRunner {
         // The command (holding our copy of the write end) must be gone so
         // the log pipe reaches EOF when the step's processes close it.
         drop(cmd);
-        if let Some(mut stdin) = child.stdin.take() {
-            let data = crate::isolate::encode_env(
-                step.env.iter().map(|(k, v)| (k.as_os_str(), v.as_os_str())),
-            );
-            tokio::spawn(async move {
-                use tokio::io::AsyncWriteExt;
-                // A helper that failed early does not read it: nothing to do.
-                let _ = stdin.write_all(&data).await;
-            });
-        }
+        hand_over_env(&mut child, step.env);
         let pgid = child.id().map(|id| id as i32).unwrap_or(0);
         self.cancel.set_running_group(pgid);
+        let watch = self.watch_disk(&launch, pgid);
+
+        let log_task = tokio::spawn(stream_log(OwnedFd::from(log_read)));
+        let stdout_task = child.stdout.take().map(|out| {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut limited = out.take(MAX_CAPTURE as u64 + 1);
+                limited.read_to_end(&mut buf).await.map(|_| buf)
+            })
+        });
+
+        let Some(status) = self
+            .wait_then_kill(&mut child, pgid)
+            .await
+            .map_err(io_err)?
+        else {
+            finish_log(log_task).await;
+            return Err(StepError::Stopped(Stop::TimedOut));
+        };
+        let tail = finish_log(log_task).await;
+        self.cancel.check()?;
+        self.check_limits(watch, status, counters)?;
+        let stdout = match stdout_task {
+            Some(task) => captured(task, program).await?,
+            None => Vec::new(),
+        };
+        Ok(StepOutput {
+            status,
+            stdout,
+            tail,
+        })
+    }
+
+    /// Which directories count towards the build's disk limit while the
+    /// step runs, and a watch over them that kills the step's group when
+    /// they exceed it. Only for steps under the helper (`env_as_data`)
+    /// with a limit set.
+    fn watch_disk(&self, launch: &Launch, pgid: i32) -> Option<DiskWatch> {
         let disk_limit = self.sandbox.limits().disk;
-        let watch = (launch.env_as_data && disk_limit > 0 && pgid > 0).then(|| {
+        (launch.env_as_data && disk_limit > 0 && pgid > 0).then(|| {
             let host = self.sandbox.host();
             // In memory, the workspace's use is the tmpfs's: only the cache
             // (on disk) is walked.
@@ -272,20 +277,19 @@ impl StepRunner {
                     host.buildpacks.clone(),
                 ]);
             }
-            crate::sandbox::limits::DiskWatch::start(dirs, tmpfs, disk_limit, move || {
+            DiskWatch::start(dirs, tmpfs, disk_limit, move || {
                 let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
             })
-        });
+        })
+    }
 
-        let log_task = tokio::spawn(stream_log(OwnedFd::from(log_read)));
-        let stdout_task = child.stdout.take().map(|out| {
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut limited = out.take(MAX_CAPTURE as u64 + 1);
-                limited.read_to_end(&mut buf).await.map(|_| buf)
-            })
-        });
-
+    /// Wait for the step until the build's deadline; `None` when the
+    /// deadline came first.
+    async fn wait_then_kill(
+        &self,
+        child: &mut tokio::process::Child,
+        pgid: i32,
+    ) -> std::io::Result<Option<ExitStatus>> {
         let waited = tokio::time::timeout(self.cancel.remaining(), child.wait()).await;
         // Whatever happened, nothing of this step may keep running: a
         // daemon left behind could still change the build dir while it is
@@ -294,21 +298,28 @@ impl StepRunner {
             let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
         }
         self.cancel.set_running_group(0);
-        let status = match waited {
-            Ok(status) => status.map_err(io_err)?,
+        match waited {
+            Ok(status) => status.map(Some),
             Err(_) => {
                 let _ = child.wait().await;
-                finish_log(log_task).await;
-                return Err(StepError::Stopped(Stop::TimedOut));
+                Ok(None)
             }
-        };
-        let tail = finish_log(log_task).await;
-        self.cancel.check()?;
+        }
+    }
+
+    /// Whether a build limit, rather than the step itself, decided how the
+    /// step ended: then the build fails naming the limit.
+    fn check_limits(
+        &self,
+        watch: Option<DiskWatch>,
+        status: ExitStatus,
+        counters: Option<Counters>,
+    ) -> Result<(), StepError> {
         // Over the disk limit fails the build even when the step itself
         // succeeded: the limit is the build's, not the step's.
         if watch.is_some_and(|w| w.finish(true)) {
             return Err(StepError::LimitReached(crate::sandbox::Hit::Disk(
-                disk_limit,
+                self.sandbox.limits().disk,
             )));
         }
         if !status.success() {
@@ -322,28 +333,86 @@ impl StepRunner {
                 return Err(StepError::LimitReached(hit));
             }
         }
-        let stdout = match stdout_task {
-            Some(task) => {
-                let out = tokio::time::timeout(Duration::from_secs(5), task)
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-                    .transpose()
-                    .map_err(io_err)?
-                    .unwrap_or_default();
-                if out.len() > MAX_CAPTURE {
-                    return Err(StepError::OutputTooLarge { program });
-                }
-                out
-            }
-            None => Vec::new(),
-        };
-        Ok(StepOutput {
-            status,
-            stdout,
-            tail,
-        })
+        Ok(())
     }
+}
+
+/// What the step's process starts with: the helper's command line, and the
+/// step's environment either as data on stdin (under the helper) or as
+/// the process's own (without it).
+fn command(launch: &Launch, env: &Env) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(&launch.program);
+    cmd.args(&launch.args)
+        .env_clear()
+        .current_dir(&launch.cwd)
+        .kill_on_drop(true);
+    if launch.env_as_data {
+        // The helper runs as root: the step's environment (which a
+        // buildpack's `export` shapes) must never be its own, where
+        // ld.so and libc would read it. It reads it from stdin as data,
+        // and starts a session (and group) of its own.
+        cmd.stdin(Stdio::piped());
+    } else {
+        cmd.envs(env).stdin(Stdio::null()).process_group(0);
+    }
+    if let Some((uid, gid)) = launch.credentials {
+        cmd.uid(uid).gid(gid);
+    }
+    cmd
+}
+
+/// Where the step's output goes: one pipe for both streams keeps their
+/// relative order; when stdout is captured it gets a pipe of its own.
+/// Returns the read end of the log pipe.
+fn route_output(
+    cmd: &mut tokio::process::Command,
+    capture_stdout: bool,
+) -> std::io::Result<std::io::PipeReader> {
+    let (log_read, log_write) = std::io::pipe()?;
+    let log_write: OwnedFd = log_write.into();
+    if capture_stdout {
+        cmd.stdout(Stdio::piped());
+    } else {
+        cmd.stdout(Stdio::from(log_write.try_clone()?));
+    }
+    cmd.stderr(Stdio::from(log_write));
+    Ok(log_read)
+}
+
+/// Write the step's environment to the helper's stdin, when it reads it
+/// there (see [`command`]).
+fn hand_over_env(child: &mut tokio::process::Child, env: &Env) {
+    if let Some(mut stdin) = child.stdin.take() {
+        let data =
+            crate::isolate::encode_env(env.iter().map(|(k, v)| (k.as_os_str(), v.as_os_str())));
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            // A helper that failed early does not read it: nothing to do.
+            let _ = stdin.write_all(&data).await;
+        });
+    }
+}
+
+/// The captured stdout, once the step is over: refused when larger than
+/// [`MAX_CAPTURE`].
+async fn captured(
+    task: tokio::task::JoinHandle<std::io::Result<Vec<u8>>>,
+    program: PathBuf,
+) -> Result<Vec<u8>, StepError> {
+    let out = tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .transpose()
+        .map_err(|source| StepError::Io {
+            program: program.clone(),
+            source,
+        })?
+        .unwrap_or_default();
+    if out.len() > MAX_CAPTURE {
+        return Err(StepError::OutputTooLarge { program });
+    }
+    Ok(out)
 }
 
 /// Wait briefly for the log to drain: a process that escaped the group

@@ -284,38 +284,70 @@ pub fn supervise(spec: &ProcessSpec, opts: &SuperviseOptions) -> Result<ChildExi
             }
         }
 
-        let mut wait = Duration::from_secs(1);
-        if main_exit.is_some() {
-            wait = Duration::from_millis(100);
+        let wait = next_look(main_exit.is_some(), kill_at, killed_at, now);
+        wait_for_signals(&sfd, wait)?;
+        forward_signals(&sfd, main, me, &mut kill_at, opts.grace)?;
+    }
+}
+
+/// How long to wait for a signal before looking at the children again:
+/// a second while the app runs, a tenth once its main process is gone,
+/// never past the end of the grace period.
+fn next_look(
+    main_exited: bool,
+    kill_at: Option<Instant>,
+    killed_at: Option<Instant>,
+    now: Instant,
+) -> Duration {
+    let mut wait = Duration::from_secs(1);
+    if main_exited {
+        wait = Duration::from_millis(100);
+    }
+    if let (Some(deadline), None) = (kill_at, killed_at) {
+        wait = wait.min(deadline.saturating_duration_since(now));
+    }
+    wait
+}
+
+/// Sleep until a signal arrives or `wait` has passed.
+fn wait_for_signals(sfd: &SignalFd, wait: Duration) -> Result<(), SuperviseError> {
+    let timeout = PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX);
+    let mut fds = [PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+    match poll(&mut fds, timeout) {
+        Ok(_) | Err(Errno::EINTR) => Ok(()),
+        Err(e) => Err(sig_err("poll")(e)),
+    }
+}
+
+/// Pass the pending signals that are the app's to its process group; a
+/// SIGTERM also to every process of the dyno, and it starts the grace
+/// period (`kill_at`) if nothing has yet.
+fn forward_signals(
+    sfd: &SignalFd,
+    main: Pid,
+    me: Pid,
+    kill_at: &mut Option<Instant>,
+    grace: Duration,
+) -> Result<(), SuperviseError> {
+    while let Some(info) = sfd.read_signal().map_err(sig_err("read(signalfd)"))? {
+        let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else {
+            continue;
+        };
+        if !FORWARDED.contains(&sig) {
+            continue;
         }
-        if let (Some(deadline), None) = (kill_at, killed_at) {
-            wait = wait.min(deadline.saturating_duration_since(now));
-        }
-        let timeout = PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX);
-        let mut fds = [PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, timeout) {
-            Ok(_) | Err(Errno::EINTR) => {}
-            Err(e) => return Err(sig_err("poll")(e)),
-        }
-        while let Some(info) = sfd.read_signal().map_err(sig_err("read(signalfd)"))? {
-            let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else {
-                continue;
-            };
-            if !FORWARDED.contains(&sig) {
-                continue;
-            }
-            tracing::debug!("forwarding {sig} to the app's process group");
-            let _ = killpg(main, sig);
-            if sig == Signal::SIGTERM {
-                // Every process of the dyno gets it, also those that left
-                // the group.
-                proctree::signal_descendants(me, sig);
-                if kill_at.is_none() {
-                    kill_at = Some(Instant::now() + opts.grace);
-                }
+        tracing::debug!("forwarding {sig} to the app's process group");
+        let _ = killpg(main, sig);
+        if sig == Signal::SIGTERM {
+            // Every process of the dyno gets it, also those that left
+            // the group.
+            proctree::signal_descendants(me, sig);
+            if kill_at.is_none() {
+                *kill_at = Some(Instant::now() + grace);
             }
         }
     }
+    Ok(())
 }
 
 /// Reap every exited child; note the main one's status.

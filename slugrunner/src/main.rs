@@ -114,56 +114,13 @@ fn run() -> anyhow::Result<ExitCode> {
     let owner = (current.is_root() && !run_user.is_root()).then_some((run_user.uid, run_user.gid));
     tracing::info!(user = %run_user.name, uid = run_user.uid, gid = run_user.gid, "run user");
 
-    let unpack = UnpackOptions {
-        owner,
-        limits: Limits {
-            max_bytes: args.max_unpacked_bytes,
-            max_entries: args.max_entries,
-            ..Limits::default()
-        },
-        cancel: Some(Arc::clone(&cancel)),
-        ..UnpackOptions::default()
-    };
-    let download = HttpOptions {
-        what: "SLUG_URL",
-        deadline: Some(std::time::Instant::now() + args.download_timeout),
-        cancel: Some(Arc::clone(&cancel)),
-        ..HttpOptions::default()
-    };
-    let installed = runtime::install_slug(
-        &slug_source(&args),
-        &args.app_dir,
-        &unpack,
-        &download,
-        &set_phase,
-    );
-    check_signals(&cancel);
-    if let Some(summary) = installed? {
-        tracing::info!(
-            entries = summary.entries,
-            bytes = summary.bytes,
-            "slug unpacked into {}",
-            args.app_dir.display()
-        );
-    }
+    install(&args, owner, &cancel)?;
     set_phase("reading the slug's .release and Procfile");
     let app_dir = std::fs::canonicalize(&args.app_dir)
         .with_context(|| format!("cannot resolve the app dir {}", args.app_dir.display()))?;
 
     let release = runtime::load_release(&app_dir)?;
-    let (launch, dyno) = match &args.command {
-        Cmd::Start { process_type } => {
-            let types = runtime::load_process_types(&app_dir, &release)?;
-            let command = runtime::find_process_type(&types, process_type)?.to_string();
-            tracing::info!("starting {process_type}: {command}");
-            (Launch::Start { command }, format!("{process_type}.1"))
-        }
-        Cmd::Exec { argv } | Cmd::External(argv) => (
-            Launch::Exec { argv: argv.clone() },
-            runtime::ONE_OFF_DYNO.to_string(),
-        ),
-        Cmd::Bash => (Launch::Shell, runtime::ONE_OFF_DYNO.to_string()),
-    };
+    let (launch, dyno) = what_to_launch(&args.command, &app_dir, &release)?;
     set_phase("preparing the app's environment");
     let sources = EnvSources {
         explicit: explicit_vars,
@@ -176,48 +133,137 @@ fn run() -> anyhow::Result<ExitCode> {
     guard.stop();
     check_signals(&cancel);
     let pid1 = nix::unistd::getpid().as_raw() == 1;
-    let changes_user = current.uid != run_user.uid || current.gid != run_user.gid;
+    let users = Users { run_user, current };
     // An interactive shell keeps the terminal: asked for, or the one a
     // container runtime gave its PID 1 (`docker run -t`).
     let keep_terminal = args.tty || (pid1 && std::io::stdin().is_terminal());
     if args.init || pid1 {
-        // The supervisor keeps its rights: the app cannot kill or trace it.
-        let run_as = changes_user.then_some((run_user.uid, run_user.gid));
-        if run_as.is_some() && !current.is_root() {
-            user::drop_privileges(&run_user)?;
-        }
-        let opts = SuperviseOptions {
-            grace: args.grace_period,
-            subreaper: !pid1,
-            run_as: run_as.filter(|_| current.is_root()),
-            helper: Some(std::path::PathBuf::from("/proc/self/exe")),
-            keep_terminal,
-        };
-        let exit = supervise::supervise(&spec, &opts)?;
-        tracing::info!(?exit, "process ended");
-        Ok(ExitCode::from(exit.exit_code()))
+        supervised(&spec, &users, &args, pid1, keep_terminal)
     } else {
-        // Nothing stands between the platform and the app.
-        let fresh = changes_user && current.is_root();
-        if fresh && !keep_terminal {
-            if let Err(e) = common::isolate::new_session() {
-                // Only a process group leader cannot (a job of an
-                // interactive shell): the seccomp filter still refuses
-                // TIOCSTI; --init gives the app a session of its own.
-                tracing::info!("the app stays in slugrunner's session (setsid: {e})");
-            }
-        }
-        let env: Vec<_> = spec.env.clone().into_iter().collect();
-        let arg0 = spec.arg0();
-        let app = user::AppExec {
-            program: &spec.program,
-            argv0: &arg0,
-            args: &spec.args,
-            env: &env,
-            cwd: &spec.cwd,
-        };
-        Err(user::exec_app(&run_user, fresh, &app).into())
+        Err(exec_directly(&spec, &users, keep_terminal))
     }
+}
+
+/// Install the slug into the app dir (downloaded, unpacked, or the app dir
+/// as it is), its files owned by `owner`.
+fn install(args: &Args, owner: Option<(u32, u32)>, cancel: &Arc<Cancel>) -> anyhow::Result<()> {
+    let unpack = UnpackOptions {
+        owner,
+        limits: Limits {
+            max_bytes: args.max_unpacked_bytes,
+            max_entries: args.max_entries,
+            ..Limits::default()
+        },
+        cancel: Some(Arc::clone(cancel)),
+        ..UnpackOptions::default()
+    };
+    let download = HttpOptions {
+        what: "SLUG_URL",
+        deadline: Some(std::time::Instant::now() + args.download_timeout),
+        cancel: Some(Arc::clone(cancel)),
+        ..HttpOptions::default()
+    };
+    let installed = runtime::install_slug(
+        &slug_source(args),
+        &args.app_dir,
+        &unpack,
+        &download,
+        &set_phase,
+    );
+    check_signals(cancel);
+    if let Some(summary) = installed? {
+        tracing::info!(
+            entries = summary.entries,
+            bytes = summary.bytes,
+            "slug unpacked into {}",
+            args.app_dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// What the command line asks to run, and the dyno name it runs as.
+fn what_to_launch(
+    command: &Cmd,
+    app_dir: &std::path::Path,
+    release: &common::release::Release,
+) -> anyhow::Result<(Launch, String)> {
+    Ok(match command {
+        Cmd::Start { process_type } => {
+            let types = runtime::load_process_types(app_dir, release)?;
+            let command = runtime::find_process_type(&types, process_type)?.to_string();
+            tracing::info!("starting {process_type}: {command}");
+            (Launch::Start { command }, format!("{process_type}.1"))
+        }
+        Cmd::Exec { argv } | Cmd::External(argv) => (
+            Launch::Exec { argv: argv.clone() },
+            runtime::ONE_OFF_DYNO.to_string(),
+        ),
+        Cmd::Bash => (Launch::Shell, runtime::ONE_OFF_DYNO.to_string()),
+    })
+}
+
+/// Who runs the app, and who slugrunner runs as.
+struct Users {
+    run_user: user::RunUser,
+    current: user::RunUser,
+}
+
+impl Users {
+    fn changes_user(&self) -> bool {
+        self.current.uid != self.run_user.uid || self.current.gid != self.run_user.gid
+    }
+}
+
+/// Run the app under slugrunner's supervisor (`--init`, or as PID 1) and
+/// exit as it did.
+fn supervised(
+    spec: &ProcessSpec,
+    users: &Users,
+    args: &Args,
+    pid1: bool,
+    keep_terminal: bool,
+) -> anyhow::Result<ExitCode> {
+    let Users { run_user, current } = users;
+    // The supervisor keeps its rights: the app cannot kill or trace it.
+    let run_as = users.changes_user().then_some((run_user.uid, run_user.gid));
+    if run_as.is_some() && !current.is_root() {
+        user::drop_privileges(run_user)?;
+    }
+    let opts = SuperviseOptions {
+        grace: args.grace_period,
+        subreaper: !pid1,
+        run_as: run_as.filter(|_| current.is_root()),
+        helper: Some(std::path::PathBuf::from("/proc/self/exe")),
+        keep_terminal,
+    };
+    let exit = supervise::supervise(spec, &opts)?;
+    tracing::info!(?exit, "process ended");
+    Ok(ExitCode::from(exit.exit_code()))
+}
+
+/// Become the app: nothing stands between the platform and it. Returns
+/// only when that failed.
+fn exec_directly(spec: &ProcessSpec, users: &Users, keep_terminal: bool) -> anyhow::Error {
+    let fresh = users.changes_user() && users.current.is_root();
+    if fresh && !keep_terminal {
+        if let Err(e) = common::isolate::new_session() {
+            // Only a process group leader cannot (a job of an
+            // interactive shell): the seccomp filter still refuses
+            // TIOCSTI; --init gives the app a session of its own.
+            tracing::info!("the app stays in slugrunner's session (setsid: {e})");
+        }
+    }
+    let env: Vec<_> = spec.env.clone().into_iter().collect();
+    let arg0 = spec.arg0();
+    let app = user::AppExec {
+        program: &spec.program,
+        argv0: &arg0,
+        args: &spec.args,
+        env: &env,
+        cwd: &spec.cwd,
+    };
+    user::exec_app(&users.run_user, fresh, &app).into()
 }
 
 /// How long the work in progress has to notice a stop signal before the

@@ -306,30 +306,16 @@ impl FaultServer {
     }
 }
 
+/// Answer the requests of one connection, each as the next planned fault
+/// says.
 fn handle(conn: TcpStream, state: &Mutex<FaultState>) -> std::io::Result<()> {
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut out = conn;
     loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 {
+        let Some(seen) = read_head(&mut reader)? else {
             return Ok(());
-        }
-        let mut parts = line.split_whitespace();
-        let method = parts.next().unwrap_or("").to_string();
-        let target = parts.next().unwrap_or("").to_string();
-        let mut headers = Vec::new();
-        loop {
-            let mut h = String::new();
-            reader.read_line(&mut h)?;
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                headers.push((k.trim().to_string(), v.trim().to_string()));
-            }
-        }
-        let path = target.split('?').next().unwrap_or("").to_string();
+        };
+        let path = seen.target.split('?').next().unwrap_or("").to_string();
         let fault = {
             let mut st = state.lock().unwrap();
             if st.plan.is_empty() {
@@ -337,16 +323,6 @@ fn handle(conn: TcpStream, state: &Mutex<FaultState>) -> std::io::Result<()> {
             } else {
                 st.plan.remove(0)
             }
-        };
-        let length: Option<usize> = headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-            .and_then(|(_, v)| v.parse().ok());
-        let seen = Seen {
-            method: method.clone(),
-            target: target.clone(),
-            headers,
-            received: 0,
         };
         let record = |seen: Seen| state.lock().unwrap().seen.push(seen);
         match fault {
@@ -365,74 +341,141 @@ fn handle(conn: TcpStream, state: &Mutex<FaultState>) -> std::io::Result<()> {
             }
             _ => {}
         }
-        if method == "PUT" {
-            let Some(length) = length else {
-                // No length (chunked): refused like S3 does.
-                record(seen);
-                write!(out, "HTTP/1.1 411 Length Required\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
-                return Ok(());
-            };
-            // Seen at once, its progress updated as the body arrives.
-            let index = {
-                let mut st = state.lock().unwrap();
-                st.seen.push(seen);
-                st.seen.len() - 1
-            };
-            let limit = match fault {
-                Fault::DropAfter(n) => n.min(length),
-                _ => length,
-            };
-            let mut body = Vec::with_capacity(limit);
-            let mut buf = vec![0u8; 64 << 10];
-            while body.len() < limit {
-                let want = match fault {
-                    Fault::Slow(rate) => (rate / 10).clamp(1, buf.len()),
-                    _ => buf.len(),
-                }
-                .min(limit - body.len());
-                let n = reader.read(&mut buf[..want])?;
-                if n == 0 {
-                    break;
-                }
-                body.extend_from_slice(&buf[..n]);
-                state.lock().unwrap().seen[index].received = body.len();
-                if let Fault::Slow(_) = fault {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            }
-            if body.len() != length {
-                // Cut short (by us or by the client): nothing is stored.
-                return Ok(());
-            }
-            state.lock().unwrap().objects.insert(path, body);
-            write!(out, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")?;
-            continue;
-        }
-        record(seen);
-        let object = state.lock().unwrap().objects.get(&path).cloned();
-        let Some(object) = object else {
-            write!(out, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")?;
-            continue;
+        let keep_going = if seen.method == "PUT" {
+            receive_put(&mut reader, &mut out, state, seen, path, fault)?
+        } else {
+            record(seen);
+            serve_get(&mut out, state, &path, fault)?
         };
-        write!(
-            out,
-            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
-            object.len()
-        )?;
-        match fault {
-            Fault::DropAfter(n) => {
-                out.write_all(&object[..n.min(object.len())])?;
-                return Ok(());
-            }
-            Fault::Slow(rate) => {
-                for chunk in object.chunks((rate / 10).max(1)) {
-                    out.write_all(chunk)?;
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            }
-            _ => out.write_all(&object)?,
+        if !keep_going {
+            return Ok(());
         }
     }
+}
+
+/// The request line and headers of the next request (`received` 0);
+/// `None` at the end of the connection.
+fn read_head(reader: &mut impl BufRead) -> std::io::Result<Option<Seen>> {
+    let mut line = String::new();
+    if reader.read_line(&mut line)? == 0 {
+        return Ok(None);
+    }
+    let mut parts = line.split_whitespace();
+    let method = parts.next().unwrap_or("").to_string();
+    let target = parts.next().unwrap_or("").to_string();
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        reader.read_line(&mut h)?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.push((k.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    Ok(Some(Seen {
+        method,
+        target,
+        headers,
+        received: 0,
+    }))
+}
+
+/// Store a PUT's body at `path` when it all arrives (as `fault` lets it);
+/// returns whether the connection goes on.
+fn receive_put(
+    reader: &mut impl Read,
+    out: &mut TcpStream,
+    state: &Mutex<FaultState>,
+    seen: Seen,
+    path: String,
+    fault: Fault,
+) -> std::io::Result<bool> {
+    let length: Option<usize> = seen
+        .headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse().ok());
+    let Some(length) = length else {
+        // No length (chunked): refused like S3 does.
+        state.lock().unwrap().seen.push(seen);
+        write!(
+            out,
+            "HTTP/1.1 411 Length Required\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )?;
+        return Ok(false);
+    };
+    // Seen at once, its progress updated as the body arrives.
+    let index = {
+        let mut st = state.lock().unwrap();
+        st.seen.push(seen);
+        st.seen.len() - 1
+    };
+    let limit = match fault {
+        Fault::DropAfter(n) => n.min(length),
+        _ => length,
+    };
+    let mut body = Vec::with_capacity(limit);
+    let mut buf = vec![0u8; 64 << 10];
+    while body.len() < limit {
+        let want = match fault {
+            Fault::Slow(rate) => (rate / 10).clamp(1, buf.len()),
+            _ => buf.len(),
+        }
+        .min(limit - body.len());
+        let n = reader.read(&mut buf[..want])?;
+        if n == 0 {
+            break;
+        }
+        body.extend_from_slice(&buf[..n]);
+        state.lock().unwrap().seen[index].received = body.len();
+        if let Fault::Slow(_) = fault {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    if body.len() != length {
+        // Cut short (by us or by the client): nothing is stored.
+        return Ok(false);
+    }
+    state.lock().unwrap().objects.insert(path, body);
+    write!(out, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")?;
+    Ok(true)
+}
+
+/// Send the object stored at `path` (404 if none), as `fault` lets it;
+/// returns whether the connection goes on.
+fn serve_get(
+    out: &mut TcpStream,
+    state: &Mutex<FaultState>,
+    path: &str,
+    fault: Fault,
+) -> std::io::Result<bool> {
+    let object = state.lock().unwrap().objects.get(path).cloned();
+    let Some(object) = object else {
+        write!(out, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")?;
+        return Ok(true);
+    };
+    write!(
+        out,
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+        object.len()
+    )?;
+    match fault {
+        Fault::DropAfter(n) => {
+            out.write_all(&object[..n.min(object.len())])?;
+            return Ok(false);
+        }
+        Fault::Slow(rate) => {
+            for chunk in object.chunks((rate / 10).max(1)) {
+                out.write_all(chunk)?;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        _ => out.write_all(&object)?,
+    }
+    Ok(true)
 }
 
 /// sha256 of a file, hex.

@@ -88,6 +88,46 @@ fn env_map(dump: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// HOME, TMPDIR and the working directory of a step: fixed places inside
+/// the sandbox, else the build's own private directories.
+fn assert_build_places(env: &BTreeMap<String, String>, cwd: &str, sandboxed: bool) {
+    if sandboxed {
+        // Fixed places inside the sandbox, the same for every build.
+        assert_eq!(env["HOME"], "/workspace/home");
+        assert_eq!(env["TMPDIR"], "/tmp");
+        assert_eq!(cwd, "/workspace/build");
+    } else {
+        // The build's own private directories, never the caller's.
+        assert!(
+            env["HOME"].contains("/slugbuilder-") && env["HOME"].ends_with("/home"),
+            "{env:?}"
+        );
+        assert!(
+            env["TMPDIR"].contains("/slugbuilder-") && env["TMPDIR"].ends_with("/tmp"),
+            "{env:?}"
+        );
+        assert!(
+            cwd.contains("/slugbuilder-") && cwd.ends_with("/build"),
+            "{cwd}"
+        );
+    }
+}
+
+/// Buildpacks start with no signal blocked or ignored by slugbuilder
+/// (`signals` holds the `SigBlk:` and `SigIgn:` lines of their status).
+fn assert_no_signal_blocked_or_ignored(signals: &str) {
+    let mask = |name: &str| {
+        signals
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+            .unwrap()
+    };
+    // The standard signals (1-31); the C library reserves 32 and 33.
+    assert_eq!(mask("SigBlk:") & 0x7fff_ffff, 0, "{signals}");
+    assert_eq!(mask("SigIgn:") & 0x7fff_ffff, 0, "{signals}");
+}
+
 #[test]
 fn compile_sees_only_the_documented_environment() {
     let out = Build::new(web_app().tar())
@@ -127,38 +167,8 @@ fn compile_sees_only_the_documented_environment() {
     let sandboxed = stderr(&out).contains("Build sandbox: namespaces")
         || stderr(&out).contains("Build sandbox: user namespace");
     let cwd = text(&files, ".recorded/cwd").trim().to_string();
-    if sandboxed {
-        // Fixed places inside the sandbox, the same for every build.
-        assert_eq!(env["HOME"], "/workspace/home");
-        assert_eq!(env["TMPDIR"], "/tmp");
-        assert_eq!(cwd, "/workspace/build");
-    } else {
-        // The build's own private directories, never the caller's.
-        assert!(
-            env["HOME"].contains("/slugbuilder-") && env["HOME"].ends_with("/home"),
-            "{env:?}"
-        );
-        assert!(
-            env["TMPDIR"].contains("/slugbuilder-") && env["TMPDIR"].ends_with("/tmp"),
-            "{env:?}"
-        );
-        assert!(
-            cwd.contains("/slugbuilder-") && cwd.ends_with("/build"),
-            "{cwd}"
-        );
-    }
-    // Buildpacks start with no signal blocked or ignored by slugbuilder.
-    let signals = text(&files, ".recorded/signals");
-    let mask = |name: &str| {
-        signals
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
-            .unwrap()
-    };
-    // The standard signals (1-31); the C library reserves 32 and 33.
-    assert_eq!(mask("SigBlk:") & 0x7fff_ffff, 0, "{signals}");
-    assert_eq!(mask("SigIgn:") & 0x7fff_ffff, 0, "{signals}");
+    assert_build_places(&env, &cwd, sandboxed);
+    assert_no_signal_blocked_or_ignored(&text(&files, ".recorded/signals"));
     // As root, buildpack code runs unprivileged, as a uid of its own.
     if e2e::slugs::require_root("running buildpacks unprivileged") {
         let id = text(&files, ".recorded/id");

@@ -500,77 +500,88 @@ fn infer(layout: &Layout) -> String {
     out.stdout.trim_end().to_string()
 }
 
-#[test]
-fn web_process_inference_for_django_flask_fastapi_and_streamlit_layouts() {
-    let manage =
-        "import os\nos.environ.setdefault(\"DJANGO_SETTINGS_MODULE\", \"mysite.settings\")\n";
-    let flask = "from flask import Flask\napp = Flask(__name__)\n";
-    let flask_factory =
-        "from flask import Flask\n\ndef create_app():\n    return Flask(__name__)\n";
-    let fastapi = "from fastapi import FastAPI\napp = FastAPI()\n";
-    let streamlit = "import streamlit as st\nst.title('hi')\n";
-    let none = Layout {
-        files: &[],
-        scripts: &[],
-        dists: &[],
-        flask_app: None,
-    };
-    let cases: &[(&str, Layout, &str)] = &[
+/// `manage.py` of a Django project named mysite.
+const MANAGE_PY: &str =
+    "import os\nos.environ.setdefault(\"DJANGO_SETTINGS_MODULE\", \"mysite.settings\")\n";
+const FLASK_APP_PY: &str = "from flask import Flask\napp = Flask(__name__)\n";
+const FLASK_FACTORY: &str =
+    "from flask import Flask\n\ndef create_app():\n    return Flask(__name__)\n";
+const FASTAPI_APP: &str = "from fastapi import FastAPI\napp = FastAPI()\n";
+const STREAMLIT_APP: &str = "import streamlit as st\nst.title('hi')\n";
+const NO_LAYOUT: Layout<'static> = Layout {
+    files: &[],
+    scripts: &[],
+    dists: &[],
+    flask_app: None,
+};
+
+/// A layout, what it is, and what [`infer`] must print for it.
+type InferenceCase = (&'static str, Layout<'static>, &'static str);
+
+/// Django projects: WSGI or ASGI, by the server installed.
+fn django_cases() -> Vec<InferenceCase> {
+    vec![
         (
             "Django, WSGI and ASGI, gunicorn installed",
             Layout {
                 files: &[
-                    ("manage.py", manage),
+                    ("manage.py", MANAGE_PY),
                     ("mysite/wsgi.py", ""),
                     ("mysite/asgi.py", ""),
                 ],
                 scripts: &["gunicorn", "uvicorn"],
-                ..none
+                ..NO_LAYOUT
             },
             "web\tgunicorn mysite.wsgi --bind 0.0.0.0:$PORT\tmysite/wsgi.py",
         ),
         (
             "Django, ASGI only, uvicorn",
             Layout {
-                files: &[("manage.py", manage), ("mysite/asgi.py", "")],
+                files: &[("manage.py", MANAGE_PY), ("mysite/asgi.py", "")],
                 scripts: &["uvicorn", "gunicorn"],
-                ..none
+                ..NO_LAYOUT
             },
             "web\tuvicorn mysite.asgi:application --host 0.0.0.0 --port $PORT\tmysite/asgi.py",
         ),
         (
             "Django, ASGI only, daphne",
             Layout {
-                files: &[("manage.py", manage), ("mysite/asgi.py", "")],
+                files: &[("manage.py", MANAGE_PY), ("mysite/asgi.py", "")],
                 scripts: &["daphne"],
-                ..none
+                ..NO_LAYOUT
             },
             "web\tdaphne --bind 0.0.0.0 --port $PORT mysite.asgi:application\tmysite/asgi.py",
         ),
         (
             "Django, no server installed",
             Layout {
-                files: &[("manage.py", manage), ("mysite/wsgi.py", "")],
-                ..none
+                files: &[("manage.py", MANAGE_PY), ("mysite/wsgi.py", "")],
+                ..NO_LAYOUT
             },
             "warn\tthe Django project mysite has no server installed to run it: add gunicorn \
-             (or waitress) to the dependencies, or declare web in a Procfile",
+         (or waitress) to the dependencies, or declare web in a Procfile",
         ),
+    ]
+}
+
+/// Flask apps: an app object, a factory, an import from the project, FLASK_APP.
+fn flask_cases() -> Vec<InferenceCase> {
+    vec![
         (
             "Flask app object in app.py",
             Layout {
-                files: &[("app.py", flask)],
+                files: &[("app.py", FLASK_APP_PY)],
                 scripts: &["gunicorn", "flask"],
-                ..none
+                ..NO_LAYOUT
             },
             "web\tgunicorn app:app --bind 0.0.0.0:$PORT\tapp.py",
         ),
         (
             "Flask factory in wsgi.py, waitress",
             Layout {
-                files: &[("wsgi.py", flask_factory)],
+                files: &[("wsgi.py", FLASK_FACTORY)],
                 scripts: &["waitress-serve"],
-                ..none
+                ..NO_LAYOUT
             },
             "web\twaitress-serve --listen=0.0.0.0:$PORT --call wsgi:create_app\twsgi.py",
         ),
@@ -582,105 +593,119 @@ fn web_process_inference_for_django_flask_fastapi_and_streamlit_layouts() {
                         "wsgi.py",
                         "from hello import create_app\napp = create_app()\n",
                     ),
-                    ("hello/__init__.py", flask_factory),
+                    ("hello/__init__.py", FLASK_FACTORY),
                 ],
                 scripts: &["gunicorn"],
                 dists: &["flask"],
-                ..none
+                ..NO_LAYOUT
             },
             "web\tgunicorn wsgi:app --bind 0.0.0.0:$PORT\twsgi.py",
         ),
         (
             "FLASK_APP names a package with a factory",
             Layout {
-                files: &[("hello/__init__.py", flask_factory), ("app.py", fastapi)],
+                files: &[
+                    ("hello/__init__.py", FLASK_FACTORY),
+                    ("app.py", FASTAPI_APP),
+                ],
                 scripts: &["gunicorn", "uvicorn"],
                 flask_app: Some("hello"),
-                ..none
+                ..NO_LAYOUT
             },
             "web\tgunicorn 'hello:create_app()' --bind 0.0.0.0:$PORT\thello/__init__.py, FLASK_APP",
         ),
         (
             "FLASK_APP names a package in src/ (installed from pyproject.toml)",
             Layout {
-                files: &[("src/hello/__init__.py", flask)],
+                files: &[("src/hello/__init__.py", FLASK_APP_PY)],
                 scripts: &["gunicorn"],
                 flask_app: Some("hello"),
-                ..none
+                ..NO_LAYOUT
             },
             "web\tgunicorn hello:app --bind 0.0.0.0:$PORT\tsrc/hello/__init__.py, FLASK_APP",
         ),
         (
             "FLASK_APP calls a factory with arguments",
             Layout {
-                files: &[("hello/__init__.py", flask_factory)],
+                files: &[("hello/__init__.py", FLASK_FACTORY)],
                 scripts: &["gunicorn"],
                 flask_app: Some("hello:create_app('prod')"),
-                ..none
+                ..NO_LAYOUT
             },
             "web\tgunicorn 'hello:create_app('\"'\"'prod'\"'\"')' --bind 0.0.0.0:$PORT\t\
-             hello/__init__.py, FLASK_APP",
+         hello/__init__.py, FLASK_APP",
         ),
+    ]
+}
+
+/// FastAPI and Streamlit apps, and an app with nothing to serve.
+fn asgi_and_streamlit_cases() -> Vec<InferenceCase> {
+    vec![
         (
             "FastAPI in main.py",
             Layout {
-                files: &[("main.py", fastapi)],
+                files: &[("main.py", FASTAPI_APP)],
                 scripts: &["uvicorn"],
-                ..none
+                ..NO_LAYOUT
             },
             "web\tuvicorn main:app --host 0.0.0.0 --port $PORT\tmain.py",
         ),
         (
             "FastAPI in app/main.py, hypercorn",
             Layout {
-                files: &[("app/__init__.py", ""), ("app/main.py", fastapi)],
+                files: &[("app/__init__.py", ""), ("app/main.py", FASTAPI_APP)],
                 scripts: &["hypercorn"],
-                ..none
+                ..NO_LAYOUT
             },
             "web\thypercorn app.main:app --bind 0.0.0.0:$PORT\tapp/main.py",
         ),
         (
             "FastAPI, no server installed",
             Layout {
-                files: &[("main.py", fastapi)],
-                ..none
+                files: &[("main.py", FASTAPI_APP)],
+                ..NO_LAYOUT
             },
             "warn\tthe ASGI app `app` (main.py) has no server installed to run it: add uvicorn \
-             (or hypercorn, daphne) to the dependencies, or declare web in a Procfile",
+         (or hypercorn, daphne) to the dependencies, or declare web in a Procfile",
         ),
         (
             "Streamlit (which installs uvicorn too)",
             Layout {
-                files: &[("streamlit_app.py", streamlit)],
+                files: &[("streamlit_app.py", STREAMLIT_APP)],
                 scripts: &["streamlit", "uvicorn"],
                 dists: &["streamlit", "starlette"],
-                ..none
+                ..NO_LAYOUT
             },
             "web\tstreamlit run streamlit_app.py --server.port $PORT --server.address 0.0.0.0 \
-             --server.headless true\tstreamlit_app.py",
+         --server.headless true\tstreamlit_app.py",
         ),
         (
             "Streamlit in a file of another name",
             Layout {
-                files: &[("dashboard.py", streamlit), ("helpers.py", "X = 1\n")],
+                files: &[("dashboard.py", STREAMLIT_APP), ("helpers.py", "X = 1\n")],
                 scripts: &["streamlit"],
-                ..none
+                ..NO_LAYOUT
             },
             "web\tstreamlit run dashboard.py --server.port $PORT --server.address 0.0.0.0 \
-             --server.headless true\tdashboard.py",
+         --server.headless true\tdashboard.py",
         ),
         (
             "nothing to serve",
             Layout {
                 files: &[("worker.py", "print('working')\n")],
                 scripts: &["gunicorn"],
-                ..none
+                ..NO_LAYOUT
             },
             "",
         ),
-    ];
-    for (what, layout, expected) in cases {
-        assert_eq!(infer(layout), *expected, "{what}");
+    ]
+}
+
+#[test]
+fn web_process_inference_for_django_flask_fastapi_and_streamlit_layouts() {
+    let cases = [django_cases(), flask_cases(), asgi_and_streamlit_cases()];
+    for (what, layout, expected) in cases.into_iter().flatten() {
+        assert_eq!(infer(&layout), expected, "{what}");
     }
 }
 
@@ -772,6 +797,40 @@ fn small_app(files: &[(&str, &str)]) -> Vec<u8> {
     tar_of(empty.path(), files)
 }
 
+/// A small app asking for Python `version` in `.python-version` and
+/// `requires` in pyproject.toml's requires-python (each when given).
+fn version_request_app(version: Option<&str>, requires: Option<&str>) -> Vec<u8> {
+    let pyproject = requires
+        .map(|r| format!("[project]\nname = \"x\"\nversion = \"1\"\nrequires-python = \"{r}\"\n"));
+    let mut files = vec![("requirements.txt", ""), ("app.py", "print('hi')\n")];
+    if let Some(v) = version {
+        files.push((".python-version", v));
+    }
+    if let Some(p) = &pyproject {
+        files.push(("pyproject.toml", p.as_str()));
+    }
+    small_app(&files)
+}
+
+/// The build of `source` fails before anything is installed, writes no
+/// slug, and says each of `expected` (escaped: no raw escape reaches the
+/// log).
+fn fails_before_installing(case: &Case, source: Vec<u8>, expected: &[&str]) {
+    let mut cmd = case.slugbuilder();
+    let out = run_with_stdin(&mut cmd, source, BUILD_TIMEOUT);
+    assert_ne!(out.code(), Some(0), "stderr: {}", out.stderr);
+    assert!(out.stdout.is_empty(), "a slug was written to stdout");
+    for text in expected {
+        assert!(out.stderr.contains(text), "{text:?} in {}", out.stderr);
+    }
+    assert!(!out.stderr.contains("Installing"), "{}", out.stderr);
+    assert!(
+        !out.stderr.contains('\u{1b}'),
+        "a raw escape in {:?}",
+        out.stderr
+    );
+}
+
 /// Version requests as Heroku's buildpack and uv read them (issue 23):
 /// versions never released, end of life or without a version line fail
 /// before anything is installed; `.python-version` specifiers pick the
@@ -781,34 +840,9 @@ fn small_app(files: &[(&str, &str)]) -> Vec<u8> {
 #[test]
 fn python_version_requests_follow_heroku_and_uv_rules() {
     let case = Case::new();
-    let app = |version: Option<&str>, requires: Option<&str>| {
-        let pyproject = requires.map(|r| {
-            format!("[project]\nname = \"x\"\nversion = \"1\"\nrequires-python = \"{r}\"\n")
-        });
-        let mut files = vec![("requirements.txt", ""), ("app.py", "print('hi')\n")];
-        if let Some(v) = version {
-            files.push((".python-version", v));
-        }
-        if let Some(p) = &pyproject {
-            files.push(("pyproject.toml", p.as_str()));
-        }
-        small_app(&files)
-    };
+    let app = version_request_app;
     let fails = |source: Vec<u8>, expected: &[&str]| {
-        let mut cmd = case.slugbuilder();
-        let out = run_with_stdin(&mut cmd, source, BUILD_TIMEOUT);
-        assert_ne!(out.code(), Some(0), "stderr: {}", out.stderr);
-        assert!(out.stdout.is_empty(), "a slug was written to stdout");
-        for text in expected {
-            assert!(out.stderr.contains(text), "{text:?} in {}", out.stderr);
-        }
-        assert!(!out.stderr.contains("Installing"), "{}", out.stderr);
-        assert!(
-            !out.stderr.contains('\u{1b}'),
-            "a raw escape in {:?}",
-            out.stderr
-        );
-        out.stderr
+        fails_before_installing(&case, source, expected);
     };
     fails(
         app(Some("3.99\n"), None),
@@ -918,29 +952,10 @@ fn a_python_app_without_a_package_manager_gets_python_and_unknown_web_programs_w
     );
 }
 
-/// What a shared or leaked cache holds never reaches the slug: a `.pth`
-/// planted in the layer of installed dependencies and in the cached
-/// virtualenv base (it would run at every Python start), a wheel planted in
-/// the wheel cache and a file in pip's cache are noticed by the digests
-/// recorded when the trees were made, the trees are made again, and the
-/// slug is the cold build's, byte for byte. Untouched, the layer is reused
-/// without running pip; a changed requirements.txt installs again, from
-/// the cached wheels plus the one that was added.
-#[test]
-fn files_planted_in_the_python_cache_never_reach_the_slug() {
-    let case = Case::new();
-    let source = |requirements: &str| {
-        small_app(&[
-            ("requirements.txt", requirements),
-            ("app.py", "import six\n"),
-        ])
-    };
-    let first = case.build(source("six==1.17.0\n"));
-    assert!(
-        first.contains("Kept the installed dependencies for the next build (key "),
-        "{first}"
-    );
-    let cold = sha256_of(&case.slug());
+/// Plant a `.pth` in the cached virtualenv base and in the layer of
+/// installed dependencies, a wheel in the wheel cache and a file in pip's
+/// cache (when there is one); returns the cache trees planted in.
+fn plant_in_python_cache(case: &Case) -> Vec<&'static str> {
     let cache = case.cache_dir();
     let site_packages = |venv: PathBuf| {
         std::fs::read_dir(venv.join("lib"))
@@ -985,6 +1000,33 @@ fn files_planted_in_the_python_cache_never_reach_the_slug() {
         std::fs::write(cache.join("pip/planted"), "x").expect("plant pip cache file");
         planted.push("pip");
     }
+    planted
+}
+
+/// What a shared or leaked cache holds never reaches the slug: a `.pth`
+/// planted in the layer of installed dependencies and in the cached
+/// virtualenv base (it would run at every Python start), a wheel planted in
+/// the wheel cache and a file in pip's cache are noticed by the digests
+/// recorded when the trees were made, the trees are made again, and the
+/// slug is the cold build's, byte for byte. Untouched, the layer is reused
+/// without running pip; a changed requirements.txt installs again, from
+/// the cached wheels plus the one that was added.
+#[test]
+fn files_planted_in_the_python_cache_never_reach_the_slug() {
+    let case = Case::new();
+    let source = |requirements: &str| {
+        small_app(&[
+            ("requirements.txt", requirements),
+            ("app.py", "import six\n"),
+        ])
+    };
+    let first = case.build(source("six==1.17.0\n"));
+    assert!(
+        first.contains("Kept the installed dependencies for the next build (key "),
+        "{first}"
+    );
+    let cold = sha256_of(&case.slug());
+    let planted = plant_in_python_cache(&case);
     let log = case.build(source("six==1.17.0\n"));
     for tree in planted {
         assert!(

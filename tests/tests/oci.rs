@@ -232,19 +232,7 @@ fn run_images() -> &'static RunImages {
     static IMAGES: OnceLock<RunImages> = OnceLock::new();
     IMAGES.get_or_init(|| {
         let started = Instant::now();
-        let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("oci-run-images");
-        // Earlier runs' fixtures, unless their process is still alive.
-        if let Ok(entries) = std::fs::read_dir(&base) {
-            for e in entries.flatten() {
-                let pid = e.file_name().to_string_lossy().parse::<i32>().unwrap_or(0);
-                if pid > 0 && !Path::new(&format!("/proc/{pid}")).exists() {
-                    let _ = std::fs::remove_dir_all(e.path());
-                }
-            }
-        }
-        let dir = base.join(std::process::id().to_string());
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = fresh_fixture_dir();
         let layout = dir.join("runimages");
         let bundle = dir.join("bundle");
         let layout_s = layout.display().to_string();
@@ -286,21 +274,9 @@ fn run_images() -> &'static RunImages {
             "--config.label",
             "org.opencontainers.image.title=e2e-run-stack",
         ]));
-        // run2: a stack update (one more layer) whose user is a name. The
-        // layer is written here: umoci 0.4.7's `insert` writes a tar
-        // without its padding and end-of-archive marker.
+        // run2: a stack update (one more layer) whose user is a name.
         let update = dir.join("stack-update.tar");
-        {
-            let mut b = tar::Builder::new(std::fs::File::create(&update).unwrap());
-            let data = b"stack-2\n";
-            let mut h = tar::Header::new_ustar();
-            h.set_size(data.len() as u64);
-            h.set_mode(0o644);
-            h.set_mtime(1_700_000_000);
-            b.append_data(&mut h, "etc/stack-version", &data[..])
-                .unwrap();
-            b.into_inner().unwrap();
-        }
+        write_stack_update(&update);
         ok(Command::new("umoci")
             .args([
                 "raw",
@@ -324,38 +300,42 @@ fn run_images() -> &'static RunImages {
     })
 }
 
+/// This test process's directory for its run images, empty; earlier
+/// runs' directories are removed unless their process is still alive.
+fn fresh_fixture_dir() -> PathBuf {
+    let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("oci-run-images");
+    if let Ok(entries) = std::fs::read_dir(&base) {
+        for e in entries.flatten() {
+            let pid = e.file_name().to_string_lossy().parse::<i32>().unwrap_or(0);
+            if pid > 0 && !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    let dir = base.join(std::process::id().to_string());
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// run2's extra layer, written here: umoci 0.4.7's `insert` writes a tar
+/// without its padding and end-of-archive marker.
+fn write_stack_update(path: &Path) {
+    let mut b = tar::Builder::new(std::fs::File::create(path).unwrap());
+    let data = b"stack-2\n";
+    let mut h = tar::Header::new_ustar();
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_mtime(1_700_000_000);
+    b.append_data(&mut h, "etc/stack-version", &data[..])
+        .unwrap();
+    b.into_inner().unwrap();
+}
+
 /// A tiny stack: bash, env, cat, python3 with its standard library, the
 /// libraries they link, the user `slug` (1000) owning /app, slugrunner.
 fn make_rootfs(root: &Path) {
-    for d in [
-        "usr/bin",
-        "usr/local/bin",
-        "usr/lib",
-        "usr/lib64",
-        "usr/sbin",
-        "etc",
-        "tmp",
-        "app",
-    ] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    for (link, target) in [
-        ("bin", "usr/bin"),
-        ("lib", "usr/lib"),
-        ("lib64", "usr/lib64"),
-        ("sbin", "usr/sbin"),
-    ] {
-        std::os::unix::fs::symlink(target, root.join(link)).unwrap();
-    }
-    std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
-    nix::unistd::chown(&root.join("app"), Some(1000.into()), Some(1000.into())).unwrap();
-    std::fs::write(
-        root.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/bash\nslug:x:1000:1000::/app:/bin/bash\n",
-    )
-    .unwrap();
-    std::fs::write(root.join("etc/group"), "root:x:0:\nslug:x:1000:\n").unwrap();
-
+    make_skeleton(root);
     let mut elves: Vec<PathBuf> = Vec::new();
     for tool in ["bash", "env", "cat", "python3.11"] {
         let src = Path::new("/usr/bin").join(tool);
@@ -389,9 +369,46 @@ fn make_rootfs(root: &Path) {
         &skip,
         &mut elves,
     );
-    // Shared libraries (and the loader) of every program and module.
+    copy_libraries(&elves, root);
+}
+
+/// The directories, links, users and groups of the stack.
+fn make_skeleton(root: &Path) {
+    for d in [
+        "usr/bin",
+        "usr/local/bin",
+        "usr/lib",
+        "usr/lib64",
+        "usr/sbin",
+        "etc",
+        "tmp",
+        "app",
+    ] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    for (link, target) in [
+        ("bin", "usr/bin"),
+        ("lib", "usr/lib"),
+        ("lib64", "usr/lib64"),
+        ("sbin", "usr/sbin"),
+    ] {
+        std::os::unix::fs::symlink(target, root.join(link)).unwrap();
+    }
+    std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    nix::unistd::chown(&root.join("app"), Some(1000.into()), Some(1000.into())).unwrap();
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/bash\nslug:x:1000:1000::/app:/bin/bash\n",
+    )
+    .unwrap();
+    std::fs::write(root.join("etc/group"), "root:x:0:\nslug:x:1000:\n").unwrap();
+}
+
+/// The shared libraries (and the loader) of every program and module in
+/// `elves`, at their canonical places under `root`.
+fn copy_libraries(elves: &[PathBuf], root: &Path) {
     let mut libs = BTreeSet::new();
-    for elf in &elves {
+    for elf in elves {
         let out = Command::new("ldd").arg(elf).output().unwrap();
         for word in String::from_utf8_lossy(&out.stdout).split_whitespace() {
             if word.starts_with('/') {
@@ -746,36 +763,132 @@ fn publish_run_and_rebase_through_a_registry() {
         push_run_image("run1", &format!("{host}/stack/run:1"), &auth);
         push_run_image("run2", &format!("{host}/stack/run:2"), &auth);
     });
-    let run1 = inspect(&format!("docker://{host}/stack/run:1"), &auth, "--raw");
-    let run1_digest = inspect(&format!("docker://{host}/stack/run:1"), &auth, "")["Digest"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let run1_layers = layer_digests(&run1);
+    let flow = Flow {
+        home,
+        registry: &registry,
+        app: format!("{host}/apps/hello:1"),
+        slug: home.join("slug.tgz"),
+        host,
+        auth,
+    };
+    // 1. and 2.
+    let published = build_and_publish_the_app(&flow);
+    // 3.
+    same_inputs_give_the_same_digest(&flow, &published);
+    // 4. podman pulls it and runs it; podman stop ends it at once.
+    let mut podman = Podman::new();
+    let image = timed("podman pull", || {
+        podman.pull(&format!("docker://{}", flow.app), Some(&flow.auth))
+    });
+    let body = timed("run, HTTP, stop", || podman.serve_and_stop(&image));
+    assert_eq!(body, "Hello from web.1!\n");
+    // /app belongs to the run user: the app can write there, no chown at boot.
+    assert_eq!(
+        podman.run_once(
+            &image,
+            &["exec", "bash", "-c", ": > /app/written && echo writable"]
+        ),
+        "writable\n"
+    );
+    // 5.
+    rebase_onto_run2(&flow, &published);
+    let image = podman.pull(&format!("docker://{}", flow.app), Some(&flow.auth));
+    assert_eq!(
+        podman.run_once(&image, &["exec", "cat", "/etc/stack-version"]),
+        "stack-2\n"
+    );
+    podman.serve_and_stop(&image);
+    eprintln!(
+        "publish_run_and_rebase_through_a_registry: {:.1?}",
+        started.elapsed()
+    );
+}
 
-    // 1. A build publishes the image too; the slug still goes to -o.
-    let app = format!("{host}/apps/hello:1");
-    let slug = home.join("slug.tgz");
-    let before = registry.requests().len();
-    let out = timed("build + publish", || {
+/// What every step of the registry flow shares.
+struct Flow<'a> {
+    home: &'a Path,
+    registry: &'a Registry,
+    host: String,
+    auth: PathBuf,
+    /// The app image's tag.
+    app: String,
+    slug: PathBuf,
+}
+
+/// What the first publish gave.
+struct Published {
+    digest: String,
+    slug_layer: String,
+    buildpacks: Vec<String>,
+}
+
+impl Flow<'_> {
+    fn run_image(&self, n: u32) -> String {
+        format!("{}/stack/run:{n}", self.host)
+    }
+
+    /// A build of hello that also publishes it as `image` on run:1.
+    fn build_and_publish(&self, slug: &Path, image: &str) -> Finished {
         build_hello(
-            home,
-            Some(&auth),
-            &slug,
+            self.home,
+            Some(&self.auth),
+            slug,
             &[
                 "--image",
-                &app,
+                image,
                 "--run-image",
-                &format!("{host}/stack/run:1"),
+                &self.run_image(1),
                 "--insecure-registry",
-                &host,
+                &self.host,
                 "--source-date-epoch",
                 "1700000000",
             ],
         )
+    }
+
+    /// `slugbuilder image` of the slug as `tag` on `run_image`, with the
+    /// metadata the build gave it.
+    fn publish_slug(&self, tag: &str, run_image: &str, buildpacks: &[String]) -> Finished {
+        let mut cmd = slugbuilder(self.home);
+        cmd.env("REGISTRY_AUTH_FILE", &self.auth)
+            .args(["image", "--slug"])
+            .arg(&self.slug)
+            .args([
+                "--tag",
+                tag,
+                "--run-image",
+                run_image,
+                "--insecure-registry",
+                &self.host,
+                "--source-date-epoch",
+                "1700000000",
+                "--source-version",
+                REVISION,
+            ]);
+        for bp in buildpacks {
+            cmd.args(["--buildpack", bp]);
+        }
+        run(&mut cmd)
+    }
+}
+
+/// Steps 1 and 2: a build publishes the image too (the slug still goes
+/// to -o), moving only the slug layer, the config and the manifest; then
+/// what skopeo sees.
+fn build_and_publish_the_app(flow: &Flow) -> Published {
+    let (auth, host) = (&flow.auth, &flow.host);
+    let run1 = inspect(&format!("docker://{host}/stack/run:1"), auth, "--raw");
+    let run1_digest = inspect(&format!("docker://{host}/stack/run:1"), auth, "")["Digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let run1_layers = layer_digests(&run1);
+    let before = flow.registry.requests().len();
+    let out = timed("build + publish", || {
+        flow.build_and_publish(&flow.slug, &flow.app)
     });
     assert_eq!(out.code(), Some(0), "{}", out.stderr);
-    assert!(slug.is_file(), "the slug is delivered as well");
+    assert!(flow.slug.is_file(), "the slug is delivered as well");
     assert!(!out.stderr.contains(PASSWORD));
     let digest = reported_digest(&out.stderr);
     eprintln!(
@@ -786,12 +899,26 @@ fn publish_run_and_rebase_through_a_registry() {
             .collect::<Vec<_>>()
             .join("\n")
     );
+    assert_only_the_app_moved(&flow.registry.ours_since(before), &run1_layers);
+    let config = inspect(&format!("docker://{}", flow.app), auth, "--config");
+    assert_app_config(&config, host, &run1_digest);
+    let manifest = inspect(&format!("docker://{}", flow.app), auth, "--raw");
+    let layers = layer_digests(&manifest);
+    assert_eq!(&layers[..layers.len() - 1], &run1_layers[..]);
+    let labels = &config["config"]["Labels"];
+    Published {
+        digest,
+        slug_layer: layers.last().unwrap().clone(),
+        buildpacks: serde_json::from_str(labels["io.slugbuilder.buildpacks"].as_str().unwrap())
+            .unwrap(),
+    }
+}
 
-    // Only the slug layer, the config and the manifest moved: the run
-    // image's layers were mounted from stack/run, never downloaded or
-    // uploaded.
-    let ours = registry.ours_since(before);
-    for layer in &run1_layers {
+/// Only the slug layer, the config and the manifest moved: the run
+/// image's layers were mounted from stack/run, never downloaded or
+/// uploaded.
+fn assert_only_the_app_moved(ours: &[Request], run1_layers: &[String]) {
+    for layer in run1_layers {
         let hex = layer.trim_start_matches("sha256:");
         let moved: Vec<&Request> = ours
             .iter()
@@ -816,19 +943,18 @@ fn publish_run_and_rebase_through_a_registry() {
         .filter(|r| r.method == "POST" && r.uri.contains("mount=") && r.status == 201)
         .count();
     assert_eq!(mounts, run1_layers.len(), "{ours:?}");
+}
 
-    // 2. What skopeo sees.
-    let config = inspect(&format!("docker://{app}"), &auth, "--config");
+/// The app image's config as skopeo sees it: the run image's, with the
+/// app's labels, user, command and creation time.
+fn assert_app_config(config: &serde_json::Value, host: &str, run1_digest: &str) {
     let labels = &config["config"]["Labels"];
     assert_eq!(
         labels["io.slugbuilder.process.web"], "./bin/web",
         "{config}"
     );
     assert_eq!(labels["org.opencontainers.image.revision"], REVISION);
-    assert_eq!(
-        labels["org.opencontainers.image.base.digest"],
-        run1_digest.as_str()
-    );
+    assert_eq!(labels["org.opencontainers.image.base.digest"], run1_digest);
     assert_eq!(
         labels["org.opencontainers.image.base.name"],
         format!("{host}/stack/run:1")
@@ -846,110 +972,70 @@ fn publish_run_and_rebase_through_a_registry() {
     );
     assert_eq!(config["config"]["WorkingDir"], "/app");
     assert_eq!(config["created"], "2023-11-14T22:13:20Z");
-    let manifest = inspect(&format!("docker://{app}"), &auth, "--raw");
-    let layers = layer_digests(&manifest);
-    assert_eq!(&layers[..layers.len() - 1], &run1_layers[..]);
-    let slug_layer = layers.last().unwrap().clone();
+}
 
-    // 3. The same slug, run image and epoch give the same digest: a second
-    // build, and the existing slug published by `slugbuilder image`.
-    let before = registry.requests().len();
-    let again = build_hello(
-        home,
-        Some(&auth),
-        &home.join("slug2.tgz"),
-        &[
-            "--image",
-            &format!("{host}/apps/hello:again"),
-            "--run-image",
-            &format!("{host}/stack/run:1"),
-            "--insecure-registry",
-            &host,
-            "--source-date-epoch",
-            "1700000000",
-        ],
-    );
+/// Step 3: the same slug, run image and epoch give the same digest: a
+/// second build, and the existing slug published by `slugbuilder image`.
+fn same_inputs_give_the_same_digest(flow: &Flow, published: &Published) {
+    let (home, host) = (flow.home, &flow.host);
+    let before = flow.registry.requests().len();
+    let again =
+        flow.build_and_publish(&home.join("slug2.tgz"), &format!("{host}/apps/hello:again"));
     assert_eq!(again.code(), Some(0), "{}", again.stderr);
     assert_eq!(
         reported_digest(&again.stderr),
-        digest,
+        published.digest,
         "two builds, one digest"
     );
     assert_eq!(
-        std::fs::read(&slug).unwrap(),
+        std::fs::read(&flow.slug).unwrap(),
         std::fs::read(home.join("slug2.tgz")).unwrap()
     );
-    let uploads = registry
+    let uploads = flow
+        .registry
         .ours_since(before)
         .into_iter()
         .filter(|r| r.method == "PUT" && r.uri.contains("/blobs/"))
         .count();
     assert_eq!(uploads, 0, "everything was there already");
-    let buildpacks: Vec<String> =
-        serde_json::from_str(labels["io.slugbuilder.buildpacks"].as_str().unwrap()).unwrap();
-    let mut image_cmd = slugbuilder(home);
-    image_cmd
-        .env("REGISTRY_AUTH_FILE", &auth)
-        .args(["image", "--slug"])
-        .arg(&slug)
-        .args([
-            "--tag",
-            &format!("{host}/apps/hello:from-slug"),
-            "--run-image",
-            &format!("{host}/stack/run:1"),
-            "--insecure-registry",
-            &host,
-            "--source-date-epoch",
-            "1700000000",
-            "--source-version",
-            REVISION,
-        ]);
-    for bp in &buildpacks {
-        image_cmd.args(["--buildpack", bp]);
-    }
-    let out = run(&mut image_cmd);
-    assert_eq!(out.code(), Some(0), "{}", out.stderr);
-    assert_eq!(out.stdout.trim(), format!("{host}/apps/hello@{digest}"));
-
-    // 4. podman pulls it and runs it; podman stop ends it at once.
-    let mut podman = Podman::new();
-    let image = timed("podman pull", || {
-        podman.pull(&format!("docker://{app}"), Some(&auth))
-    });
-    let body = timed("run, HTTP, stop", || podman.serve_and_stop(&image));
-    assert_eq!(body, "Hello from web.1!\n");
-    // /app belongs to the run user: the app can write there, no chown at boot.
-    assert_eq!(
-        podman.run_once(
-            &image,
-            &["exec", "bash", "-c", ": > /app/written && echo writable"]
-        ),
-        "writable\n"
+    let out = flow.publish_slug(
+        &format!("{host}/apps/hello:from-slug"),
+        &flow.run_image(1),
+        &published.buildpacks,
     );
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    assert_eq!(
+        out.stdout.trim(),
+        format!("{host}/apps/hello@{}", published.digest)
+    );
+}
 
-    // 5. Rebase onto run:2: the slug layer stays, the base changes.
-    let run2 = inspect(&format!("docker://{host}/stack/run:2"), &auth, "--raw");
+/// Step 5, a rebase onto run:2: the slug layer stays, the base changes,
+/// and the result is what a fresh publish on run:2 gives.
+fn rebase_onto_run2(flow: &Flow, published: &Published) {
+    let (auth, host, app) = (&flow.auth, &flow.host, &flow.app);
+    let run2 = inspect(&format!("docker://{host}/stack/run:2"), auth, "--raw");
     let run2_layers = layer_digests(&run2);
-    let mut rebase = slugbuilder(home);
-    rebase.env("REGISTRY_AUTH_FILE", &auth).args([
+    let mut rebase = slugbuilder(flow.home);
+    rebase.env("REGISTRY_AUTH_FILE", auth).args([
         "rebase",
         "--tag",
-        &app,
+        app,
         "--run-image",
-        &format!("{host}/stack/run:2"),
+        &flow.run_image(2),
         "--insecure-registry",
-        &host,
+        host,
     ]);
     let t = Instant::now();
     let out = run(&mut rebase);
     let rebase_secs = t.elapsed().as_secs_f64();
     assert_eq!(out.code(), Some(0), "{}", out.stderr);
     eprintln!("rebase: {rebase_secs:.2}s\n{}", out.stderr);
-    let rebased = inspect(&format!("docker://{app}"), &auth, "--raw");
+    let rebased = inspect(&format!("docker://{app}"), auth, "--raw");
     let rebased_layers = layer_digests(&rebased);
     assert_eq!(
         rebased_layers.last().unwrap(),
-        &slug_layer,
+        &published.slug_layer,
         "the slug layer is kept"
     );
     assert_eq!(
@@ -957,50 +1043,41 @@ fn publish_run_and_rebase_through_a_registry() {
         &run2_layers[..]
     );
     let rebased_digest = out.stdout.trim().rsplit('@').next().unwrap().to_string();
-    assert_ne!(rebased_digest, digest);
-    let rebased_config = inspect(&format!("docker://{app}"), &auth, "--config");
+    assert_ne!(rebased_digest, published.digest);
+    let rebased_config = inspect(&format!("docker://{app}"), auth, "--config");
     assert_eq!(
         rebased_config["config"]["Labels"]["io.slugbuilder.process.web"],
         "./bin/web"
     );
     // A rebase gives what a fresh publish on run:2 gives.
-    let mut fresh = slugbuilder(home);
-    fresh
-        .env("REGISTRY_AUTH_FILE", &auth)
-        .args(["image", "--slug"])
-        .arg(&slug)
-        .args([
-            "--tag",
-            &format!("{host}/apps/hello:fresh"),
-            "--run-image",
-            &format!("{host}/stack/run:2"),
-            "--insecure-registry",
-            &host,
-            "--source-date-epoch",
-            "1700000000",
-            "--source-version",
-            REVISION,
-        ]);
-    for bp in &buildpacks {
-        fresh.args(["--buildpack", bp]);
-    }
-    let out = run(&mut fresh);
+    let out = flow.publish_slug(
+        &format!("{host}/apps/hello:fresh"),
+        &flow.run_image(2),
+        &published.buildpacks,
+    );
     assert_eq!(out.code(), Some(0), "{}", out.stderr);
     assert_eq!(
         out.stdout.trim().rsplit('@').next().unwrap(),
         rebased_digest
     );
+}
 
-    let image = podman.pull(&format!("docker://{app}"), Some(&auth));
-    assert_eq!(
-        podman.run_once(&image, &["exec", "cat", "/etc/stack-version"]),
-        "stack-2\n"
-    );
-    podman.serve_and_stop(&image);
-    eprintln!(
-        "publish_run_and_rebase_through_a_registry: {:.1?}",
-        started.elapsed()
-    );
+/// `podman load` of the `oci-archive:` output gives the image pulled
+/// from the layout (`from_layout`), named after its tag, and it serves.
+fn load_archive_of_the_same_image(podman: &mut Podman, archive: &Path, from_layout: &str) {
+    let loaded = ok(podman.cmd().args(["load", "-i"]).arg(archive));
+    let name = loaded
+        .lines()
+        .find_map(|l| l.strip_prefix("Loaded image: "))
+        .unwrap_or_else(|| panic!("podman load said {loaded:?}"))
+        .trim()
+        .to_string();
+    assert_eq!(name, "localhost/hello:latest", "named after the tag");
+    let loaded_id = ok(podman
+        .cmd()
+        .args(["image", "inspect", "--format", "{{.Id}}", &name]));
+    assert_eq!(loaded_id.trim(), from_layout, "one image, two containers");
+    podman.serve_and_stop(&name);
 }
 
 /// `oci:` and `oci-archive:` outputs (from a layout and an archive run
@@ -1063,19 +1140,7 @@ fn layout_and_archive_outputs_load_into_podman_and_run() {
     let mut podman = Podman::new();
     let from_layout = podman.pull(&layout_tag, None);
     podman.serve_and_stop(&from_layout);
-    let loaded = ok(podman.cmd().args(["load", "-i"]).arg(&archive));
-    let name = loaded
-        .lines()
-        .find_map(|l| l.strip_prefix("Loaded image: "))
-        .unwrap_or_else(|| panic!("podman load said {loaded:?}"))
-        .trim()
-        .to_string();
-    assert_eq!(name, "localhost/hello:latest", "named after the tag");
-    let loaded_id = ok(podman
-        .cmd()
-        .args(["image", "inspect", "--format", "{{.Id}}", &name]));
-    assert_eq!(loaded_id.trim(), from_layout, "one image, two containers");
-    podman.serve_and_stop(&name);
+    load_archive_of_the_same_image(&mut podman, &archive, &from_layout);
 
     // A rebase of the layout image onto run2 (read from the same layout).
     let mut rebase = slugbuilder(home);
@@ -1097,6 +1162,48 @@ fn layout_and_archive_outputs_load_into_podman_and_run() {
         "layout_and_archive_outputs_load_into_podman_and_run: {:.1?}",
         started.elapsed()
     );
+}
+
+/// A build of hello-procfile that publishes it as `app` (on `run:1` of
+/// `host`) with the credentials in `auth`, its slug to `slug`.
+fn build_and_publish(home: &Path, auth: &Path, slug: &Path, app: &str, host: &str) -> Finished {
+    let mut cmd = slugbuilder(home);
+    cmd.env("REGISTRY_AUTH_FILE", auth)
+        .arg("--buildpacks-dir")
+        .arg(repo_root().join("buildpacks"))
+        .arg("-o")
+        .arg(slug)
+        .args([
+            "--image",
+            app,
+            "--run-image",
+            &format!("{host}/stack/run:1"),
+            "--insecure-registry",
+            host,
+        ]);
+    run_with_stdin(
+        &mut cmd,
+        example_tar("hello-procfile"),
+        Duration::from_secs(600),
+    )
+}
+
+/// The digest `app` (a registry reference) points at now.
+fn digest_of_tag(app: &str, auth: &Path) -> String {
+    inspect(&format!("docker://{app}"), auth, "")["Digest"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// No manifest was pushed to `registry` since its request number `before`.
+fn assert_no_manifest_pushed(registry: &Registry, before: usize) {
+    let manifests: Vec<Request> = registry
+        .ours_since(before)
+        .into_iter()
+        .filter(|r| r.method == "PUT" && r.uri.contains("/manifests/"))
+        .collect();
+    assert!(manifests.is_empty(), "{manifests:?}");
 }
 
 /// A wrong password, an unreachable registry and a missing run image:
@@ -1141,13 +1248,7 @@ fn failures_are_one_line_with_their_own_exit_code_and_move_no_tag() {
     };
     let first = publish(&good, &format!("{host}/stack/run:1"), &app);
     assert_eq!(first.code(), Some(0), "{}", first.stderr);
-    let tagged = || {
-        inspect(&format!("docker://{app}"), &good, "")["Digest"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
-    let original = tagged();
+    let original = digest_of_tag(&app, &good);
     let before = registry.requests().len();
 
     // A wrong password: 30.
@@ -1175,35 +1276,12 @@ fn failures_are_one_line_with_their_own_exit_code_and_move_no_tag() {
     assert_one_error_line(&out, 32, "does not exist");
     // A build with --image and a wrong password: no buildpack runs, no slug.
     let no_slug = home.join("none.tgz");
-    let mut cmd = slugbuilder(home);
-    cmd.env("REGISTRY_AUTH_FILE", &wrong)
-        .arg("--buildpacks-dir")
-        .arg(repo_root().join("buildpacks"))
-        .arg("-o")
-        .arg(&no_slug)
-        .args([
-            "--image",
-            &app,
-            "--run-image",
-            &format!("{host}/stack/run:1"),
-            "--insecure-registry",
-            &host,
-        ]);
-    let out = run_with_stdin(
-        &mut cmd,
-        example_tar("hello-procfile"),
-        Duration::from_secs(600),
-    );
+    let out = build_and_publish(home, &wrong, &no_slug, &app, &host);
     assert_one_error_line(&out, 30, "refused the credentials");
     assert!(!no_slug.exists(), "no slug after a failed publish");
 
-    assert_eq!(tagged(), original, "the tag did not move");
-    let manifests: Vec<Request> = registry
-        .ours_since(before)
-        .into_iter()
-        .filter(|r| r.method == "PUT" && r.uri.contains("/manifests/"))
-        .collect();
-    assert!(manifests.is_empty(), "{manifests:?}");
+    assert_eq!(digest_of_tag(&app, &good), original, "the tag did not move");
+    assert_no_manifest_pushed(&registry, before);
     eprintln!(
         "failures_are_one_line_with_their_own_exit_code_and_move_no_tag: {:.1?}",
         started.elapsed()

@@ -443,6 +443,84 @@ fn a_broken_cache_means_a_cold_build() {
     cold_build();
 }
 
+/// `object` has exactly the keys `want`. serde_json's map is sorted:
+/// compare as sets.
+fn assert_same_keys(object: &Value, want: &[&str]) {
+    let mut keys: Vec<&str> = object
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    let mut want = want.to_vec();
+    want.sort_unstable();
+    assert_eq!(keys, want);
+}
+
+/// Every phase of a build without a remote cache is timed, the cache's
+/// are `null`, and the build's duration covers them.
+fn assert_phases_of_a_build_without_cache(json: &Value) {
+    let phases = json["phases"].as_object().unwrap();
+    assert_same_keys(
+        &json["phases"],
+        &[
+            "prepare",
+            "source",
+            "cache_restore",
+            "buildpacks",
+            "release",
+            "pack",
+            "cache_save",
+            "deliver",
+        ],
+    );
+    for name in [
+        "prepare",
+        "source",
+        "buildpacks",
+        "release",
+        "pack",
+        "deliver",
+    ] {
+        assert!(phases[name].as_f64().unwrap() >= 0.0, "{name}");
+    }
+    assert!(phases["cache_restore"].is_null() && phases["cache_save"].is_null());
+    let total = json["duration"].as_f64().unwrap();
+    let sum: f64 = phases.values().filter_map(Value::as_f64).sum();
+    assert!(total >= sum - 0.01, "{total} < {sum}");
+}
+
+/// A failing compile: the report is still written, with the error.
+fn assert_a_failing_compile_is_reported(report: &Path) {
+    let out = Build::new(app().tar())
+        .buildpack("failing-compile")
+        .args(["--report"])
+        .arg(report)
+        .run();
+    assert_eq!(out.status.code(), Some(13), "{}", stderr(&out));
+    let json = read_report(report);
+    assert_eq!(json["result"], "failed");
+    assert_eq!(json["exit_code"], 13);
+    assert!(
+        json["error"]
+            .as_str()
+            .unwrap()
+            .contains("bin/compile failed"),
+        "{json}"
+    );
+    assert!(json["slug"].is_null());
+    assert!(json["phases"]["pack"].is_null());
+    assert!(json["phases"]["buildpacks"].is_number());
+    assert!(json["buildpacks"][0]["steps"]["compile"].is_number());
+    assert!(json["buildpacks"][0]["steps"]["release"].is_null());
+    let warnings = json["warnings"].to_string();
+    assert!(
+        warnings.contains("Something is wrong with this app"),
+        "{warnings}"
+    );
+}
+
 /// Every field of the report, on success and on failure.
 #[test]
 fn the_report_has_every_field() {
@@ -461,33 +539,26 @@ fn the_report_has_every_field() {
         .run();
     assert_ok(&out);
     let json = read_report(&report);
-    // serde_json's map is sorted: compare as sets (the order in the file
-    // is the README's).
-    let mut keys: Vec<&str> = json
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(String::as_str)
-        .collect();
-    keys.sort_unstable();
-    let mut want = vec![
-        "schema_version",
-        "result",
-        "exit_code",
-        "error",
-        "stack",
-        "request_id",
-        "source_version",
-        "buildpacks",
-        "process_types",
-        "slug",
-        "image",
-        "warnings",
-        "phases",
-        "duration",
-    ];
-    want.sort_unstable();
-    assert_eq!(keys, want);
+    // In the order of the README.
+    assert_same_keys(
+        &json,
+        &[
+            "schema_version",
+            "result",
+            "exit_code",
+            "error",
+            "stack",
+            "request_id",
+            "source_version",
+            "buildpacks",
+            "process_types",
+            "slug",
+            "image",
+            "warnings",
+            "phases",
+            "duration",
+        ],
+    );
     assert_eq!(json["schema_version"], 1);
     assert_eq!(json["result"], "succeeded");
     assert_eq!(json["exit_code"], 0);
@@ -519,63 +590,9 @@ fn the_report_has_every_field() {
         .map(|w| w.as_str().unwrap())
         .collect();
     assert!(warnings.contains(&"counter warning 1"), "{warnings:?}");
-    let phases = json["phases"].as_object().unwrap();
-    let mut names = phases.keys().map(String::as_str).collect::<Vec<_>>();
-    names.sort_unstable();
-    let mut want = vec![
-        "prepare",
-        "source",
-        "cache_restore",
-        "buildpacks",
-        "release",
-        "pack",
-        "cache_save",
-        "deliver",
-    ];
-    want.sort_unstable();
-    assert_eq!(names, want);
-    for name in [
-        "prepare",
-        "source",
-        "buildpacks",
-        "release",
-        "pack",
-        "deliver",
-    ] {
-        assert!(phases[name].as_f64().unwrap() >= 0.0, "{name}");
-    }
-    assert!(phases["cache_restore"].is_null() && phases["cache_save"].is_null());
-    let total = json["duration"].as_f64().unwrap();
-    let sum: f64 = phases.values().filter_map(Value::as_f64).sum();
-    assert!(total >= sum - 0.01, "{total} < {sum}");
+    assert_phases_of_a_build_without_cache(&json);
 
-    // A failing compile: the report is still written, with the error.
-    let out = Build::new(app().tar())
-        .buildpack("failing-compile")
-        .args(["--report"])
-        .arg(&report)
-        .run();
-    assert_eq!(out.status.code(), Some(13), "{}", stderr(&out));
-    let json = read_report(&report);
-    assert_eq!(json["result"], "failed");
-    assert_eq!(json["exit_code"], 13);
-    assert!(
-        json["error"]
-            .as_str()
-            .unwrap()
-            .contains("bin/compile failed"),
-        "{json}"
-    );
-    assert!(json["slug"].is_null());
-    assert!(json["phases"]["pack"].is_null());
-    assert!(json["phases"]["buildpacks"].is_number());
-    assert!(json["buildpacks"][0]["steps"]["compile"].is_number());
-    assert!(json["buildpacks"][0]["steps"]["release"].is_null());
-    let warnings = json["warnings"].to_string();
-    assert!(
-        warnings.contains("Something is wrong with this app"),
-        "{warnings}"
-    );
+    assert_a_failing_compile_is_reported(&report);
 }
 
 /// A git buildpack's resolved commit is in the report.

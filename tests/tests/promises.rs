@@ -463,3 +463,330 @@ fn the_buildpacks_copies_of_the_cache_digest_helper_are_the_same() {
 fn the_buildpacks_copies_of_the_shell_helpers_are_the_same() {
     assert_same_copies("lib/common.sh", &["nodejs", "python", "rust"]);
 }
+
+/// Functions other helpers are shortening right now (issue 26, item 3),
+/// by file and name. This list must only shrink: nothing is added to it,
+/// and an entry goes once its function is short (the lead empties it
+/// after merging their work).
+const LONG_FUNCTIONS_BEING_SPLIT: &[(&str, &str)] = &[
+    ("common/src/archive/unpack.rs", "unpack_tar"),
+    ("common/src/archive/pack.rs", "append_file"),
+    ("common/src/oci/layer.rs", "run"),
+    ("common/src/oci/layer.rs", "entry"),
+    ("common/src/oci/layer.rs", "transform"),
+    ("common/src/http.rs", "exchange"),
+    ("slugbuilder/src/main.rs", "run"),
+];
+
+/// Longest function (in lines, signature to closing brace) the code keeps.
+const MAX_FUNCTION_LINES: usize = 80;
+
+/// house-style.md, issue 26: "no function longer than a screen", and no
+/// `too_many_arguments` allowance (arguments that go together are a
+/// struct that names them). Test code is not held to it.
+#[test]
+fn functions_are_short_and_take_few_arguments() {
+    let root = e2e::repo_root();
+    let mut broken = Vec::new();
+    for crate_dir in ["common/src", "slugbuilder/src", "slugrunner/src"] {
+        for path in rust_files(&root.join(crate_dir)) {
+            let rel = path
+                .strip_prefix(&root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let allowed = |name: &str| LONG_FUNCTIONS_BEING_SPLIT.contains(&(rel.as_str(), name));
+            for f in code_shape::functions(&text) {
+                if f.lines > MAX_FUNCTION_LINES && !allowed(&f.name) {
+                    broken.push(format!("{rel}:{} {} is {} lines", f.line, f.name, f.lines));
+                }
+                if f.allows_too_many_arguments && !allowed(&f.name) {
+                    broken.push(format!(
+                        "{rel}:{} {} allows too_many_arguments",
+                        f.line, f.name
+                    ));
+                }
+            }
+            if code_shape::allows_too_many_arguments_module_wide(&text) {
+                broken.push(format!("{rel}: allows too_many_arguments module-wide"));
+            }
+        }
+    }
+    for config in [
+        "Cargo.toml",
+        "common/Cargo.toml",
+        "slugbuilder/Cargo.toml",
+        "slugrunner/Cargo.toml",
+        "clippy.toml",
+        ".clippy.toml",
+    ] {
+        let text = std::fs::read_to_string(root.join(config)).unwrap_or_default();
+        if text.contains("too_many_arguments") || text.contains("too-many-arguments") {
+            broken.push(format!("{config} relaxes too_many_arguments"));
+        }
+    }
+    assert!(
+        broken.is_empty(),
+        "split these by what each part decides (at most {MAX_FUNCTION_LINES} lines, \
+         arguments that go together in a struct):\n{}",
+        broken.join("\n")
+    );
+}
+
+/// The shape check above finds what it should: a long function, one
+/// allowing too many arguments, and not braces in strings, comments or
+/// test code.
+#[test]
+fn the_function_length_check_can_fail() {
+    let body = ["    x += 1;"; MAX_FUNCTION_LINES - 1].join("\n");
+    // One line each, quoted so that no line of this file starts an item.
+    let src = [
+        "fn short() { let s = \"}}\"; let c = '{'; }",
+        "// fn commented() {",
+        "#[allow(clippy::too_many_arguments)]",
+        "pub(crate) fn many<'a>(a: &'a str) {",
+        "    let r = r#\"{\"#;",
+        "}",
+        "fn long() {",
+        body.as_str(),
+        "}",
+        "trait T {",
+        "    fn declared(&self);",
+        "}",
+        "#[cfg(test)]",
+        "mod tests {",
+        "    fn long_test() {",
+        body.as_str(),
+        "    }",
+        "}",
+    ]
+    .join("\n");
+    let found = code_shape::functions(&src);
+    let shape: Vec<(&str, usize, bool)> = found
+        .iter()
+        .map(|f| (f.name.as_str(), f.lines, f.allows_too_many_arguments))
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            ("short", 1, false),
+            ("many", 3, true),
+            ("long", MAX_FUNCTION_LINES + 1, false),
+        ]
+    );
+    assert!(code_shape::allows_too_many_arguments_module_wide(
+        "#![allow(clippy::too_many_arguments)]\n"
+    ));
+}
+
+fn rust_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(rust_files(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Just enough of Rust's lexical shape to measure functions: strings,
+/// characters and comments blanked out, then braces counted.
+mod code_shape {
+    pub struct Function {
+        pub name: String,
+        /// 1-based line of its signature.
+        pub line: usize,
+        pub lines: usize,
+        pub allows_too_many_arguments: bool,
+    }
+
+    /// Every function with a body outside test code (items under
+    /// `#[cfg(test)]` or `#[test]`), nested ones included.
+    pub fn functions(text: &str) -> Vec<Function> {
+        let code = blank_literals(text);
+        let lines: Vec<&str> = code.lines().collect();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < lines.len() {
+            let trimmed = lines[i].trim();
+            if trimmed == "#[cfg(test)]" || trimmed == "#[test]" {
+                i = item_end(&lines, i + 1) + 1;
+                continue;
+            }
+            if let Some(name) = fn_name(trimmed) {
+                let end = item_end(&lines, i);
+                if lines[i..=end].iter().any(|l| l.contains('{')) {
+                    // Its attributes (comments are blank lines by now).
+                    let attrs = lines[..i].iter().rev().take_while(|l| {
+                        let l = l.trim();
+                        l.starts_with("#[") || l.is_empty()
+                    });
+                    out.push(Function {
+                        name,
+                        line: i + 1,
+                        lines: end - i + 1,
+                        allows_too_many_arguments: attrs
+                            .into_iter()
+                            .any(|l| l.contains("too_many_arguments")),
+                    });
+                }
+            }
+            i += 1;
+        }
+        out
+    }
+
+    pub fn allows_too_many_arguments_module_wide(text: &str) -> bool {
+        blank_literals(text)
+            .lines()
+            .any(|l| l.trim_start().starts_with("#![") && l.contains("too_many_arguments"))
+    }
+
+    /// The name of the function a line declares, if it does.
+    fn fn_name(line: &str) -> Option<String> {
+        let mut words = line.split_whitespace().skip_while(|w| {
+            w.starts_with("pub")
+                || w.starts_with('"')
+                || ["const", "async", "unsafe", "extern", "default"].contains(w)
+        });
+        if words.next()? != "fn" {
+            return None;
+        }
+        let name: String = words
+            .next()?
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
+        (!name.is_empty()).then_some(name)
+    }
+
+    /// The last line of the item starting at `start`: where its braces
+    /// close, or where it ends with `;` before any brace opens.
+    fn item_end(lines: &[&str], start: usize) -> usize {
+        let mut depth = 0i64;
+        let mut opened = false;
+        for (j, line) in lines.iter().enumerate().skip(start) {
+            if !opened && line.contains(';') && !line.contains('{') {
+                return j;
+            }
+            for c in line.chars() {
+                match c {
+                    '{' => {
+                        depth += 1;
+                        opened = true;
+                    }
+                    '}' => depth -= 1,
+                    _ => {}
+                }
+            }
+            if opened && depth <= 0 {
+                return j;
+            }
+        }
+        lines.len().saturating_sub(1)
+    }
+
+    /// `text` with the insides of comments, strings (raw and byte ones
+    /// too) and character literals replaced by spaces; lines are kept.
+    fn blank_literals(text: &str) -> String {
+        let chars: Vec<char> = text.chars().collect();
+        let mut out = String::with_capacity(text.len());
+        let mut i = 0;
+        let blank = |out: &mut String, c: char| out.push(if c == '\n' { '\n' } else { ' ' });
+        while i < chars.len() {
+            let c = chars[i];
+            let next = chars.get(i + 1).copied();
+            if c == '/' && next == Some('/') {
+                while i < chars.len() && chars[i] != '\n' {
+                    i += 1;
+                }
+            } else if c == '/' && next == Some('*') {
+                let mut depth = 0;
+                while i < chars.len() {
+                    if chars[i] == '/' && chars.get(i + 1) == Some(&'*') {
+                        depth += 1;
+                        i += 2;
+                    } else if chars[i] == '*' && chars.get(i + 1) == Some(&'/') {
+                        depth -= 1;
+                        i += 2;
+                        if depth == 0 {
+                            break;
+                        }
+                    } else {
+                        blank(&mut out, chars[i]);
+                        i += 1;
+                    }
+                }
+            } else if let Some(hashes) = raw_string_start(&chars, i) {
+                // r"..", r#".."#, br".." : no escapes inside.
+                while chars[i] != '"' {
+                    i += 1;
+                }
+                i += 1;
+                out.push('"');
+                let close: Vec<char> = format!("\"{}", "#".repeat(hashes)).chars().collect();
+                while i < chars.len() && !chars[i..].starts_with(&close) {
+                    blank(&mut out, chars[i]);
+                    i += 1;
+                }
+                i += close.len();
+                out.push('"');
+            } else if c == '"' {
+                out.push('"');
+                i += 1;
+                while i < chars.len() && chars[i] != '"' {
+                    if chars[i] == '\\' {
+                        blank(&mut out, chars[i]);
+                        i += 1;
+                    }
+                    if let Some(&ch) = chars.get(i) {
+                        blank(&mut out, ch);
+                    }
+                    i += 1;
+                }
+                out.push('"');
+                i += 1;
+            } else if c == '\'' && (next == Some('\\') || chars.get(i + 2) == Some(&'\'')) {
+                // A character literal ('x', '\n', '\u{7f}'), not a lifetime.
+                i += 1;
+                if chars.get(i) == Some(&'\\') {
+                    i += 1;
+                }
+                i += 1;
+                while i < chars.len() && chars[i] != '\'' {
+                    i += 1;
+                }
+                i += 1;
+                out.push_str("' '");
+            } else {
+                out.push(c);
+                i += 1;
+            }
+        }
+        out
+    }
+
+    /// At `i`, the start of a raw string (`r"`, `r#"`, `br"`...): how many
+    /// `#` it uses.
+    fn raw_string_start(chars: &[char], i: usize) -> Option<usize> {
+        let prev_is_ident = i > 0 && (chars[i - 1].is_alphanumeric() || chars[i - 1] == '_');
+        if prev_is_ident {
+            return None;
+        }
+        let mut j = i;
+        if chars.get(j) == Some(&'b') {
+            j += 1;
+        }
+        if chars.get(j) != Some(&'r') {
+            return None;
+        }
+        j += 1;
+        let hashes = chars[j..].iter().take_while(|&&c| c == '#').count();
+        (chars.get(j + hashes) == Some(&'"')).then_some(hashes)
+    }
+}

@@ -6,7 +6,7 @@
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -133,6 +133,57 @@ fn swapper(
     })
 }
 
+/// The build's log up to the buildpack's "ready" line (or its end).
+fn log_until_ready(stderr: &mut impl BufRead) -> String {
+    let mut log = String::new();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        log.push_str(&line);
+        if line.contains("ready") {
+            break;
+        }
+    }
+    log
+}
+
+/// The build dir of the one workspace in `work` (`--work-dir`).
+fn build_dir_in(work: &Path) -> PathBuf {
+    std::fs::read_dir(work)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("slugbuilder-")
+        })
+        .expect("a workspace")
+        .join("build")
+}
+
+/// A round either packed a slug without the secret, or failed saying why
+/// and left no slug.
+fn assert_nothing_from_outside(round: usize, packed: bool, slug: &Path, log: &str) {
+    if packed {
+        let dump = slug_dump(&std::fs::read(slug).unwrap());
+        assert!(
+            !dump.contains("TOPSECRET"),
+            "round {round}: a root-only file was packed"
+        );
+    } else {
+        assert!(
+            log.contains("changed while it was packed")
+                || log.contains("not readable by the build user"),
+            "{log}"
+        );
+        assert!(!slug.exists(), "a failed build left a slug");
+    }
+}
+
 /// While the slug is packed, an outside process keeps exchanging a
 /// directory with a link to a root-only directory, and a file with a
 /// FIFO: packing may fail ("changed while it was packed"), never pack the
@@ -167,30 +218,9 @@ fn swaps_during_packing_never_pull_in_a_file_from_outside() {
             .unwrap();
         let mut stderr = BufReader::new(child.stderr.take().unwrap());
         let child = Guarded::new(child);
-        let mut log = String::new();
         // Start swapping once the buildpack is done: packing follows.
-        let mut line = String::new();
-        loop {
-            line.clear();
-            if stderr.read_line(&mut line).unwrap() == 0 {
-                break;
-            }
-            log.push_str(&line);
-            if line.contains("ready") {
-                break;
-            }
-        }
-        let build = std::fs::read_dir(work.path())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| {
-                p.file_name()
-                    .unwrap()
-                    .to_string_lossy()
-                    .starts_with("slugbuilder-")
-            })
-            .expect("a workspace")
-            .join("build");
+        let mut log = log_until_ready(&mut stderr);
+        let build = build_dir_in(work.path());
         assert!(
             build.join("a").is_dir() && build.join("p").exists(),
             "round {round}: the buildpack's tree is not at {build:?}: the swapper would swap nothing\n{log}"
@@ -217,20 +247,7 @@ fn swaps_during_packing_never_pull_in_a_file_from_outside() {
             status.success() || status.code() == Some(15),
             "round {round}: {status:?}\n{log}"
         );
-        if status.success() {
-            let dump = slug_dump(&std::fs::read(&slug).unwrap());
-            assert!(
-                !dump.contains("TOPSECRET"),
-                "round {round}: a root-only file was packed"
-            );
-        } else {
-            assert!(
-                log.contains("changed while it was packed")
-                    || log.contains("not readable by the build user"),
-                "{log}"
-            );
-            assert!(!slug.exists(), "a failed build left a slug");
-        }
+        assert_nothing_from_outside(round, status.success(), &slug, &log);
         // Without a swap the round tested nothing (a swapper that cannot
         // reach the build dir spins harmlessly).
         assert!(

@@ -386,19 +386,7 @@ pub fn build(
 
     // 4. Slug.
     let epoch = cfg.source_date_epoch.unwrap_or(DEFAULT_EPOCH);
-    let (slug_bytes, sha256) = rec.phase(PhaseName::Pack, || {
-        log::header("Compressing...");
-        slug::pack(cfg, &ws, &staging, epoch, owner, &cancel)
-    })?;
-    cancel.check()?;
-    log::info(format!("Done: {}", log::human_size(slug_bytes)));
-    rec.update(|r| {
-        r.slug = Some(SlugReport {
-            size: slug_bytes,
-            sha256: sha256.clone(),
-            uploaded: false,
-        })
-    });
+    let (slug_bytes, sha256) = pack_slug(cfg, &ws, &staging, epoch, owner, &cancel, rec)?;
 
     // 5. The cache, before the slug goes out: a build stopped now still
     // leaves no slug behind.
@@ -409,20 +397,7 @@ pub fn build(
     }
 
     // 6. Delivery: the upload, then the local destination.
-    rec.phase(PhaseName::Deliver, || {
-        if let Some(url) = &cfg.put_url {
-            log::header("Uploading the slug");
-            let up = remote::put(url.expose(), "PUT_URL", staging.file(), &cancel)?;
-            log::info(format!("Uploaded {}", log::human_size(up.bytes)));
-            rec.update(|r| {
-                if let Some(slug) = &mut r.slug {
-                    slug.uploaded = true;
-                }
-            });
-        }
-        cancel.check()?;
-        staging.deliver()
-    })?;
+    deliver(cfg, staging, &cancel, rec)?;
     log::header(format!(
         "Compiled slug size is {}",
         log::human_size(slug_bytes)
@@ -437,6 +412,58 @@ pub fn build(
         sandbox: sandbox.describe(),
         source_version,
         epoch,
+    })
+}
+
+/// The slug packed into the staging file and recorded as not yet uploaded;
+/// returns its size and sha256.
+fn pack_slug(
+    cfg: &BuildConfig,
+    ws: &workspace::Workspace,
+    staging: &slug::Staging,
+    epoch: u64,
+    owner: Option<(u32, u32)>,
+    cancel: &Arc<Cancel>,
+    rec: &Recorder,
+) -> Result<(u64, String), BuildError> {
+    let (slug_bytes, sha256) = rec.phase(PhaseName::Pack, || {
+        log::header("Compressing...");
+        slug::pack(cfg, ws, staging, epoch, owner, cancel)
+    })?;
+    cancel.check()?;
+    log::info(format!("Done: {}", log::human_size(slug_bytes)));
+    rec.update(|r| {
+        r.slug = Some(SlugReport {
+            size: slug_bytes,
+            sha256: sha256.clone(),
+            uploaded: false,
+        })
+    });
+    Ok((slug_bytes, sha256))
+}
+
+/// The slug sent to `cfg.put_url` (when given), then moved to its local
+/// destination: the last thing a build does, so that a build stopped
+/// before leaves no slug behind.
+fn deliver(
+    cfg: &BuildConfig,
+    staging: slug::Staging,
+    cancel: &Arc<Cancel>,
+    rec: &Recorder,
+) -> Result<(), BuildError> {
+    rec.phase(PhaseName::Deliver, || {
+        if let Some(url) = &cfg.put_url {
+            log::header("Uploading the slug");
+            let up = remote::put(url.expose(), "PUT_URL", staging.file(), cancel)?;
+            log::info(format!("Uploaded {}", log::human_size(up.bytes)));
+            rec.update(|r| {
+                if let Some(slug) = &mut r.slug {
+                    slug.uploaded = true;
+                }
+            });
+        }
+        cancel.check()?;
+        staging.deliver()
     })
 }
 

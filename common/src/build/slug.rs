@@ -201,19 +201,7 @@ pub fn pack(
         io::BufWriter::with_capacity(1 << 20, file),
         cfg.max_slug_size,
     );
-    // The last slug's compressed blocks, kept beside a persistent cache dir.
-    let blocks = cfg
-        .cache_dir
-        .as_deref()
-        .and_then(|dir| std::path::absolute(dir).ok())
-        .and_then(|dir| archive::blocks::path_for(&dir))
-        .and_then(|path| match archive::blocks::BlockFile::open(&path) {
-            Ok(file) => Some(Arc::new(file)),
-            Err(e) => {
-                tracing::info!("not keeping the slug's blocks at {}: {e}", path.display());
-                None
-            }
-        });
+    let blocks = last_blocks(cfg);
     let opts = PackOptions {
         mtime_clamp: Some(epoch),
         skip_root_git: true,
@@ -226,19 +214,8 @@ pub fn pack(
             .clone()
             .map(|b| b as Arc<dyn crate::pgzip::BlockCache>),
     };
-    let too_large = |e: &ArchiveError| matches!(e, ArchiveError::Write { source, .. } if source.kind() == io::ErrorKind::FileTooLarge);
     let summary = archive::pack_gzip(&ws.build, &mut writer, cfg.compression_level, &opts)
-        .map_err(|e| {
-            if too_large(&e) {
-                BuildError::SlugTooLarge {
-                    limit: cfg.max_slug_size,
-                }
-            } else if let ArchiveError::Stopped(stop) = e {
-                BuildError::Stopped(stop)
-            } else {
-                BuildError::Pack(e)
-            }
-        })?;
+        .map_err(|e| pack_error(e, cfg))?;
     for skipped in &summary.skipped {
         log::warn(format!(
             "left out of the slug (not a file, directory or link): {}",
@@ -258,22 +235,60 @@ pub fn pack(
     file.sync_all().map_err(out_err)?;
     drop(opts);
     if let Some(blocks) = blocks {
-        let (reused, total) = blocks.reuse();
-        if reused > 0 {
-            log::info(format!(
-                "Reused {reused} of {total} compressed blocks of the last slug"
-            ));
-        }
-        match Arc::try_unwrap(blocks) {
-            Ok(file) => {
-                if let Err(e) = file.commit() {
-                    tracing::info!("not keeping the slug's blocks: {e}");
-                }
-            }
-            Err(_) => tracing::warn!("the slug's blocks are still in use: not kept"),
-        }
+        keep_blocks(blocks);
     }
     Ok((bytes, sha256))
+}
+
+/// The last slug's compressed blocks, kept beside a persistent cache dir
+/// (for reuse, and to be replaced by this slug's); `None` without one, or
+/// when they cannot be opened (the slug is then compressed afresh).
+fn last_blocks(cfg: &BuildConfig) -> Option<Arc<archive::blocks::BlockFile>> {
+    cfg.cache_dir
+        .as_deref()
+        .and_then(|dir| std::path::absolute(dir).ok())
+        .and_then(|dir| archive::blocks::path_for(&dir))
+        .and_then(|path| match archive::blocks::BlockFile::open(&path) {
+            Ok(file) => Some(Arc::new(file)),
+            Err(e) => {
+                tracing::info!("not keeping the slug's blocks at {}: {e}", path.display());
+                None
+            }
+        })
+}
+
+/// Why packing failed, as the build reports it: the size limit and a stop
+/// have exit codes of their own.
+fn pack_error(e: ArchiveError, cfg: &BuildConfig) -> BuildError {
+    let too_large = |e: &ArchiveError| matches!(e, ArchiveError::Write { source, .. } if source.kind() == io::ErrorKind::FileTooLarge);
+    if too_large(&e) {
+        BuildError::SlugTooLarge {
+            limit: cfg.max_slug_size,
+        }
+    } else if let ArchiveError::Stopped(stop) = e {
+        BuildError::Stopped(stop)
+    } else {
+        BuildError::Pack(e)
+    }
+}
+
+/// Say how many of the last slug's blocks were reused, and keep this
+/// slug's in their place (a failure only costs the next build time).
+fn keep_blocks(blocks: Arc<archive::blocks::BlockFile>) {
+    let (reused, total) = blocks.reuse();
+    if reused > 0 {
+        log::info(format!(
+            "Reused {reused} of {total} compressed blocks of the last slug"
+        ));
+    }
+    match Arc::try_unwrap(blocks) {
+        Ok(file) => {
+            if let Err(e) = file.commit() {
+                tracing::info!("not keeping the slug's blocks: {e}");
+            }
+        }
+        Err(_) => tracing::warn!("the slug's blocks are still in use: not kept"),
+    }
 }
 
 fn root_io(context: &str) -> impl FnOnce(RootError) -> BuildError + '_ {

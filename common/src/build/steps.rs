@@ -61,22 +61,7 @@ pub fn run_buildpacks(
     rec: &Recorder,
 ) -> Result<Ran, BuildError> {
     let sandbox = runner.sandbox();
-    // git refuses to clone a repository owned by another user (an
-    // operator's file:// buildpack) unless told it is safe; git's local
-    // transport drops `-c` options, so it goes into the build's own HOME.
-    RootDir::open_existing(&ws.home)
-        .and_then(|mut home| {
-            home.set_owner(owner);
-            home.write_file(
-                &[OsStr::new(".gitconfig")],
-                b"[safe]\n\tdirectory = *\n",
-                0o644,
-            )
-        })
-        .map_err(|e| BuildError::Io {
-            context: "writing the build's .gitconfig".into(),
-            source: e.into_io(),
-        })?;
+    trust_operator_repositories(ws, owner)?;
     let mut fetcher = Fetcher::new(
         runner,
         env.clone(),
@@ -88,42 +73,14 @@ pub fn run_buildpacks(
     fetcher.allow_local = cfg.allow_local_buildpacks;
 
     let build_inner = sandbox.inner().build.clone();
-    let mut report_index = Vec::new();
-    let (buildpacks, detected) = match choose_buildpacks(cfg, &ws.build)? {
+    let (buildpacks, report_index, detected) = match choose_buildpacks(cfg, &ws.build)? {
         Some(specs) => {
-            if specs.len() > 1 {
-                log::header("Fetching buildpacks");
-            }
-            let mut bps = Vec::new();
-            for (spec, origin) in &specs {
-                let index = rec.add_buildpack(spec);
-                report_index.push(index);
-                let bp = fetcher.fetch(spec, *origin)?;
-                let commit = resolved_commit(runner, &bp, &env);
-                rec.update_buildpack(index, |r| {
-                    r.commit = commit;
-                    r.digest = bp.digest.clone();
-                });
-                bps.push(bp);
-            }
-            (bps, None)
+            let (bps, report_index) = fetch_named(&specs, &mut fetcher, runner, &env, rec)?;
+            (bps, report_index, None)
         }
         None => {
-            let installed_dir = match (&cfg.buildpacks_dir, bundled) {
-                (Some(dir), _) => dir.clone(),
-                (None, Some(dir)) => dir.to_path_buf(),
-                (None, None) => {
-                    return Err(BuildError::NoBuildpack {
-                        tried: "none installed".into(),
-                    })
-                }
-            };
-            let (bp, name, took) =
-                detect_installed(&installed_dir, runner, &mut fetcher, &env, &build_inner)?;
-            let index = rec.add_buildpack(&bp.spec);
-            report_index.push(index);
-            rec.update_buildpack(index, |r| r.steps.detect = Some(took));
-            (vec![bp], Some(name))
+            let (bp, name, index) = detect_installed_for(cfg, bundled, &mut fetcher, &env, rec)?;
+            (vec![bp], vec![index], Some(name))
         }
     };
 
@@ -151,6 +108,81 @@ pub fn run_buildpacks(
         report_index,
         env,
     })
+}
+
+/// git refuses to clone a repository owned by another user (an
+/// operator's file:// buildpack) unless told it is safe; git's local
+/// transport drops `-c` options, so it goes into the build's own HOME.
+fn trust_operator_repositories(ws: &Workspace, owner: Owner) -> Result<(), BuildError> {
+    RootDir::open_existing(&ws.home)
+        .and_then(|mut home| {
+            home.set_owner(owner);
+            home.write_file(
+                &[OsStr::new(".gitconfig")],
+                b"[safe]\n\tdirectory = *\n",
+                0o644,
+            )
+        })
+        .map_err(|e| BuildError::Io {
+            context: "writing the build's .gitconfig".into(),
+            source: e.into_io(),
+        })
+}
+
+/// Fetch the buildpacks named for this build, in order, each recorded in
+/// the report (with the commit it resolved to); returns them with their
+/// report indexes.
+fn fetch_named(
+    specs: &[(String, Origin)],
+    fetcher: &mut Fetcher<'_>,
+    runner: &StepRunner,
+    env: &Env,
+    rec: &Recorder,
+) -> Result<(Vec<Buildpack>, Vec<usize>), BuildError> {
+    if specs.len() > 1 {
+        log::header("Fetching buildpacks");
+    }
+    let mut bps = Vec::new();
+    let mut report_index = Vec::new();
+    for (spec, origin) in specs {
+        let index = rec.add_buildpack(spec);
+        report_index.push(index);
+        let bp = fetcher.fetch(spec, *origin)?;
+        let commit = resolved_commit(runner, &bp, env);
+        rec.update_buildpack(index, |r| {
+            r.commit = commit;
+            r.digest = bp.digest.clone();
+        });
+        bps.push(bp);
+    }
+    Ok((bps, report_index))
+}
+
+/// With no buildpack named: the first of the installed ones (the
+/// operator's directory, else the bundled ones) whose `bin/detect`
+/// accepts the app. Returns it, the name it gave, and its report index.
+fn detect_installed_for(
+    cfg: &BuildConfig,
+    bundled: Option<&Path>,
+    fetcher: &mut Fetcher<'_>,
+    env: &Env,
+    rec: &Recorder,
+) -> Result<(Buildpack, String, usize), BuildError> {
+    let installed_dir = match (&cfg.buildpacks_dir, bundled) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(dir)) => dir.to_path_buf(),
+        (None, None) => {
+            return Err(BuildError::NoBuildpack {
+                tried: "none installed".into(),
+            })
+        }
+    };
+    let runner = fetcher.runner;
+    let build_inner = runner.sandbox().inner().build.clone();
+    let (bp, name, took) = detect_installed(&installed_dir, runner, fetcher, env, &build_inner)?;
+    let index = rec.add_buildpack(&bp.spec);
+    rec.update_buildpack(index, |r| r.steps.detect = Some(took));
+    Ok((bp, name, index))
 }
 
 /// Run `bin/release` of every buildpack, in order, and merge what they

@@ -155,6 +155,39 @@ pub struct Workspace {
     cleanup: CleanupId,
 }
 
+/// Whether the workspace at `root` lives in memory (a tmpfs mounted on
+/// it, sized by the disk limit) or on disk, and the log line that says
+/// so. Memory asked for but not possible is an error (`root` is removed);
+/// merely preferred, the workspace stays on disk and the line says why.
+fn choose_medium(cfg: &BuildConfig, root: &Path) -> Result<(bool, String), BuildError> {
+    Ok(match memory_workspace(cfg) {
+        Ok(true) => {
+            mount_tmpfs(root, cfg.sandbox.limits.disk).inspect_err(|_| {
+                let _ = std::fs::remove_dir(root);
+            })?;
+            let size = match cfg.sandbox.limits.disk {
+                0 => "unsized".to_string(),
+                n => format!("at most {}", crate::sandbox::limits::human(n)),
+            };
+            (
+                true,
+                format!("Workspace: memory (tmpfs, {size}; the cache stays on disk)"),
+            )
+        }
+        Ok(false) => (false, format!("Workspace: disk ({})", root.display())),
+        Err(why) if cfg.workspace == WorkspaceMode::Memory => {
+            let _ = std::fs::remove_dir(root);
+            return Err(BuildError::Sandbox(
+                crate::sandbox::SandboxError::Misconfigured(format!("--workspace memory: {why}")),
+            ));
+        }
+        Err(why) => (
+            false,
+            format!("Workspace: disk ({}; not in memory: {why})", root.display()),
+        ),
+    })
+}
+
 impl Workspace {
     pub fn create(cfg: &BuildConfig, cancel: &Arc<Cancel>) -> Result<Self, BuildError> {
         let mut builder = tempfile::Builder::new();
@@ -165,34 +198,7 @@ impl Workspace {
         }
         .map_err(io_ctx("creating the build workspace"))?;
         let root = dir.keep();
-        let (in_memory, description) = match memory_workspace(cfg) {
-            Ok(true) => {
-                mount_tmpfs(&root, cfg.sandbox.limits.disk).inspect_err(|_| {
-                    let _ = std::fs::remove_dir(&root);
-                })?;
-                let size = match cfg.sandbox.limits.disk {
-                    0 => "unsized".to_string(),
-                    n => format!("at most {}", crate::sandbox::limits::human(n)),
-                };
-                (
-                    true,
-                    format!("Workspace: memory (tmpfs, {size}; the cache stays on disk)"),
-                )
-            }
-            Ok(false) => (false, format!("Workspace: disk ({})", root.display())),
-            Err(why) if cfg.workspace == WorkspaceMode::Memory => {
-                let _ = std::fs::remove_dir(&root);
-                return Err(BuildError::Sandbox(
-                    crate::sandbox::SandboxError::Misconfigured(format!(
-                        "--workspace memory: {why}"
-                    )),
-                ));
-            }
-            Err(why) => (
-                false,
-                format!("Workspace: disk ({}; not in memory: {why})", root.display()),
-            ),
-        };
+        let (in_memory, description) = choose_medium(cfg, &root)?;
         let cleanup = {
             let root = root.clone();
             cancel.on_emergency(move || {
@@ -228,20 +234,27 @@ impl Workspace {
             std::fs::create_dir(dir).map_err(io_ctx(format!("creating {}", dir.display())))?;
             set_mode(dir, 0o700)?;
         }
+        ws.open_cache(cfg, cancel)?;
+        Ok(ws)
+    }
+
+    /// The cache: the operator's persistent dir (created if need be, and
+    /// locked against concurrent builds), else a fresh private one.
+    fn open_cache(&mut self, cfg: &BuildConfig, cancel: &Arc<Cancel>) -> Result<(), BuildError> {
         match &cfg.cache_dir {
             Some(c) => {
                 std::fs::create_dir_all(c)
                     .map_err(io_ctx(format!("creating cache dir {}", c.display())))?;
-                ws.cache = std::path::absolute(c)
+                self.cache = std::path::absolute(c)
                     .map_err(io_ctx(format!("resolving cache dir {}", c.display())))?;
-                ws._cache_lock = Some(lock_cache(&ws.cache, cancel)?);
+                self._cache_lock = Some(lock_cache(&self.cache, cancel)?);
             }
             None => {
-                std::fs::create_dir(&ws.cache).map_err(io_ctx("creating a cache dir"))?;
-                set_mode(&ws.cache, 0o700)?;
+                std::fs::create_dir(&self.cache).map_err(io_ctx("creating a cache dir"))?;
+                set_mode(&self.cache, 0o700)?;
             }
         }
-        Ok(ws)
+        Ok(())
     }
 
     /// Whether the workspace is a tmpfs.

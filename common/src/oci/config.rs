@@ -93,7 +93,42 @@ pub fn build(base: &Image, base_name: Option<&str>, app: &App) -> Result<Built, 
     let mut config: ImageConfiguration = base.config.clone();
     config.set_created(Some(created.clone()));
     config.set_author(None);
+    stack_slug_layer(&mut config, app, &created)?;
+    let run = config.config().clone().unwrap_or_default();
+    config.set_config(Some(run_config(run, base, base_name, app)?));
 
+    let config_bytes = canonical_json(&config)?;
+    let config_digest = sha256_digest(&config_bytes);
+    let base_layers: Vec<Descriptor> = base
+        .manifest
+        .layers()
+        .iter()
+        .map(|d| {
+            let mut d = d.clone();
+            d.set_media_type(oci_layer_type(d.media_type()));
+            d
+        })
+        .collect();
+    let mut layers = base_layers.clone();
+    layers.push(app.layer.clone());
+    let manifest = manifest(base, base_name, layers, &config_bytes, &config_digest)?;
+    let manifest_bytes = canonical_json(&manifest)?;
+    Ok(Built {
+        manifest_digest: sha256_digest(&manifest_bytes),
+        manifest: manifest_bytes,
+        config: config_bytes,
+        config_digest,
+        base_layers,
+    })
+}
+
+/// The slug layer on top of the run image's, with a history entry when
+/// the run image keeps a history.
+fn stack_slug_layer(
+    config: &mut ImageConfiguration,
+    app: &App,
+    created: &str,
+) -> Result<(), OciError> {
     let mut diff_ids = config.rootfs().diff_ids().clone();
     diff_ids.push(app.diff_id.clone());
     let mut rootfs = config.rootfs().clone();
@@ -104,7 +139,7 @@ pub fn build(base: &Image, base_name: Option<&str>, app: &App) -> Result<Built, 
         let mut history: Vec<History> = history;
         history.push(
             HistoryBuilder::default()
-                .created(created.clone())
+                .created(created.to_string())
                 .created_by(format!(
                     "slugbuilder: slug sha256:{} at /app",
                     app.slug_sha256
@@ -114,8 +149,18 @@ pub fn build(base: &Image, base_name: Option<&str>, app: &App) -> Result<Built, 
         );
         config.set_history(Some(history));
     }
+    Ok(())
+}
 
-    let mut c: Config = config.config().clone().unwrap_or_default();
+/// How the app image runs: as the owner of `/app`, `start web` in `/app`,
+/// with the run image's env plus the slug's config vars it does not set,
+/// and labels saying what it holds.
+fn run_config(
+    mut c: Config,
+    base: &Image,
+    base_name: Option<&str>,
+    app: &App,
+) -> Result<Config, OciError> {
     c.set_user(Some(format!("{}:{}", app.owner.0, app.owner.1)));
     c.set_cmd(Some(vec!["start".into(), "web".into()]));
     c.set_working_dir(Some("/app".into()));
@@ -130,10 +175,20 @@ pub fn build(base: &Image, base_name: Option<&str>, app: &App) -> Result<Built, 
         }
     }
     c.set_env(Some(env));
-    let mut labels: HashMap<String, String> = c
-        .labels()
-        .clone()
-        .unwrap_or_default()
+    let labels = labels(c.labels().clone().unwrap_or_default(), base, base_name, app)?;
+    c.set_labels(Some(labels));
+    Ok(c)
+}
+
+/// The run image's labels, less any of ours it carries (it may itself be
+/// an app image), plus ours for this app and base.
+fn labels(
+    inherited: HashMap<String, String>,
+    base: &Image,
+    base_name: Option<&str>,
+    app: &App,
+) -> Result<HashMap<String, String>, OciError> {
+    let mut labels: HashMap<String, String> = inherited
         .into_iter()
         .filter(|(k, _)| !k.starts_with(OUR_PREFIX))
         .collect();
@@ -163,30 +218,24 @@ pub fn build(base: &Image, base_name: Option<&str>, app: &App) -> Result<Built, 
     if let Some(name) = base_name {
         labels.insert(LABEL_BASE_NAME.into(), name.to_string());
     }
-    c.set_labels(Some(labels));
-    config.set_config(Some(c));
+    Ok(labels)
+}
 
-    let config_bytes = canonical_json(&config)?;
-    let config_digest = sha256_digest(&config_bytes);
-
-    let base_layers: Vec<Descriptor> = base
-        .manifest
-        .layers()
-        .iter()
-        .map(|d| {
-            let mut d = d.clone();
-            d.set_media_type(oci_layer_type(d.media_type()));
-            d
-        })
-        .collect();
-    let mut layers = base_layers.clone();
-    layers.push(app.layer.clone());
+/// The OCI manifest of `layers` with this config, annotated with the
+/// base's digest and name.
+fn manifest(
+    base: &Image,
+    base_name: Option<&str>,
+    layers: Vec<Descriptor>,
+    config_bytes: &[u8],
+    config_digest: &str,
+) -> Result<ImageManifest, OciError> {
     let mut annotations = HashMap::new();
     annotations.insert(LABEL_BASE_DIGEST.to_string(), base.digest.clone());
     if let Some(name) = base_name {
         annotations.insert(LABEL_BASE_NAME.to_string(), name.to_string());
     }
-    let manifest: ImageManifest = ImageManifestBuilder::default()
+    ImageManifestBuilder::default()
         .schema_version(2u32)
         .media_type(MediaType::ImageManifest)
         .config(Descriptor::new(
@@ -199,64 +248,30 @@ pub fn build(base: &Image, base_name: Option<&str>, app: &App) -> Result<Built, 
         .layers(layers)
         .annotations(annotations)
         .build()
-        .map_err(bad)?;
-    let manifest_bytes = canonical_json(&manifest)?;
-    Ok(Built {
-        manifest_digest: sha256_digest(&manifest_bytes),
-        manifest: manifest_bytes,
-        config: config_bytes,
-        config_digest,
-        base_layers,
-    })
+        .map_err(bad)
+}
+
+/// Why an image cannot be rebased: it was not made by [`build`].
+fn not_ours(shown: &str, why: &str) -> OciError {
+    OciError::NotOurs(format!(
+        "{shown} was not published by slugbuilder ({why}); only such images can be rebased"
+    ))
 }
 
 /// What an app image made by [`build`] holds of its app: for a rebase.
 pub fn app_of(image: &Image, shown: &str) -> Result<App, OciError> {
-    let not_ours = |why: &str| {
-        OciError::NotOurs(format!(
-            "{shown} was not published by slugbuilder ({why}); only such images can be rebased"
-        ))
-    };
+    let not_ours = |why: &str| not_ours(shown, why);
     let labels = image
         .config
         .config()
         .as_ref()
         .and_then(|c| c.labels().clone())
         .unwrap_or_default();
-    let layer = image
-        .manifest
-        .layers()
-        .last()
-        .cloned()
-        .ok_or_else(|| not_ours("it has no layers"))?;
-    let diff_id = image
-        .config
-        .rootfs()
-        .diff_ids()
-        .last()
-        .cloned()
-        .ok_or_else(|| not_ours("it has no layers"))?;
-    if labels.get(LABEL_SLUG_LAYER) != Some(&diff_id) {
-        return Err(not_ours(&format!(
-            "its last layer is not the one its {LABEL_SLUG_LAYER} label names"
-        )));
-    }
-    let json_label = |name: &str| -> Result<Option<serde_json::Value>, OciError> {
-        labels
-            .get(name)
-            .map(|v| {
-                serde_json::from_str(v).map_err(|_| not_ours(&format!("label {name} is not JSON")))
-            })
-            .transpose()
-    };
-    let config_vars: BTreeMap<String, String> = match json_label(LABEL_CONFIG_VARS)? {
-        Some(v) => serde_json::from_value(v).map_err(|_| not_ours("bad config-vars label"))?,
-        None => BTreeMap::new(),
-    };
-    let buildpacks: Vec<String> = match json_label(LABEL_BUILDPACKS)? {
-        Some(v) => serde_json::from_value(v).map_err(|_| not_ours("bad buildpacks label"))?,
-        None => Vec::new(),
-    };
+    let (layer, diff_id) = slug_layer(image, &labels, shown)?;
+    let config_vars: BTreeMap<String, String> =
+        json_label(&labels, LABEL_CONFIG_VARS, "bad config-vars label", shown)?;
+    let buildpacks: Vec<String> =
+        json_label(&labels, LABEL_BUILDPACKS, "bad buildpacks label", shown)?;
     let process_types = labels
         .iter()
         .filter_map(|(k, v)| {
@@ -291,6 +306,51 @@ pub fn app_of(image: &Image, shown: &str) -> Result<App, OciError> {
         epoch,
         owner,
     })
+}
+
+/// The image's last layer (descriptor and diff_id), which must be the one
+/// its slug-layer label names: that is what marks an image as ours.
+fn slug_layer(
+    image: &Image,
+    labels: &HashMap<String, String>,
+    shown: &str,
+) -> Result<(Descriptor, String), OciError> {
+    let layer = image
+        .manifest
+        .layers()
+        .last()
+        .cloned()
+        .ok_or_else(|| not_ours(shown, "it has no layers"))?;
+    let diff_id = image
+        .config
+        .rootfs()
+        .diff_ids()
+        .last()
+        .cloned()
+        .ok_or_else(|| not_ours(shown, "it has no layers"))?;
+    if labels.get(LABEL_SLUG_LAYER) != Some(&diff_id) {
+        return Err(not_ours(
+            shown,
+            &format!("its last layer is not the one its {LABEL_SLUG_LAYER} label names"),
+        ));
+    }
+    Ok((layer, diff_id))
+}
+
+/// A label of ours holding JSON, decoded; empty when the label is absent.
+/// `bad_shape` is the reason given when it is JSON of another shape.
+fn json_label<T: serde::de::DeserializeOwned + Default>(
+    labels: &HashMap<String, String>,
+    name: &str,
+    bad_shape: &str,
+    shown: &str,
+) -> Result<T, OciError> {
+    let Some(text) = labels.get(name) else {
+        return Ok(T::default());
+    };
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|_| not_ours(shown, &format!("label {name} is not JSON")))?;
+    serde_json::from_value(value).map_err(|_| not_ours(shown, bad_shape))
 }
 
 /// Unix seconds as `YYYY-MM-DDTHH:MM:SSZ` (UTC).

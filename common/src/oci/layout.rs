@@ -324,73 +324,7 @@ pub fn write_archive(layout: &LayoutDir, dest: &Path, mtime: u64) -> Result<(), 
         .suffix(".partial")
         .tempfile_in(dir)
         .map_err(io_err(ctx()))?;
-    {
-        let mut builder =
-            tar::Builder::new(io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut()));
-        let header = |size: u64, kind: tar::EntryType, mode: u32| {
-            let mut h = tar::Header::new_ustar();
-            h.set_entry_type(kind);
-            h.set_size(size);
-            h.set_mode(mode);
-            h.set_mtime(mtime);
-            h.set_uid(0);
-            h.set_gid(0);
-            h
-        };
-        for dir_name in ["blobs/", "blobs/sha256/"] {
-            builder
-                .append_data(
-                    &mut header(0, tar::EntryType::Directory, 0o755),
-                    dir_name,
-                    io::empty(),
-                )
-                .map_err(io_err(ctx()))?;
-        }
-        let mut blobs: Vec<PathBuf> = std::fs::read_dir(layout.dir.join("blobs/sha256"))
-            .map_err(io_err(ctx()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| !n.starts_with('.'))
-            })
-            .collect();
-        blobs.sort();
-        for path in blobs {
-            let file = File::open(&path).map_err(io_err(ctx()))?;
-            let size = file.metadata().map_err(io_err(ctx()))?.len();
-            let name = format!(
-                "blobs/sha256/{}",
-                path.file_name().unwrap_or_default().to_string_lossy()
-            );
-            builder
-                .append_data(
-                    &mut header(size, tar::EntryType::Regular, 0o644),
-                    name,
-                    file,
-                )
-                .map_err(io_err(ctx()))?;
-        }
-        for name in ["oci-layout", "index.json"] {
-            let file = File::open(layout.dir.join(name)).map_err(io_err(ctx()))?;
-            let size = file.metadata().map_err(io_err(ctx()))?.len();
-            builder
-                .append_data(
-                    &mut header(size, tar::EntryType::Regular, 0o644),
-                    name,
-                    file,
-                )
-                .map_err(io_err(ctx()))?;
-        }
-        let out = builder.into_inner().map_err(io_err(ctx()))?;
-        out.into_inner()
-            .map_err(|e| OciError::Io {
-                context: ctx(),
-                source: e.into_error(),
-            })?
-            .sync_all()
-            .map_err(io_err(ctx()))?;
-    }
+    write_layout_tar(layout, tmp.as_file_mut(), mtime).map_err(io_err(ctx()))?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))
         .map_err(io_err(ctx()))?;
@@ -399,6 +333,64 @@ pub fn write_archive(layout: &LayoutDir, dest: &Path, mtime: u64) -> Result<(), 
         source: e.error,
     })?;
     Ok(())
+}
+
+/// The layout as a tar into `out`, synced: its two blob directories, the
+/// blobs in name order, then `oci-layout` and `index.json`.
+fn write_layout_tar(layout: &LayoutDir, out: &mut File, mtime: u64) -> io::Result<()> {
+    let mut builder = tar::Builder::new(io::BufWriter::with_capacity(1 << 20, out));
+    let header = |size: u64, kind: tar::EntryType, mode: u32| {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(kind);
+        h.set_size(size);
+        h.set_mode(mode);
+        h.set_mtime(mtime);
+        h.set_uid(0);
+        h.set_gid(0);
+        h
+    };
+    for dir_name in ["blobs/", "blobs/sha256/"] {
+        builder.append_data(
+            &mut header(0, tar::EntryType::Directory, 0o755),
+            dir_name,
+            io::empty(),
+        )?;
+    }
+    let blobs = blob_paths(&layout.dir.join("blobs/sha256"))?;
+    let names = blobs.iter().map(|path| {
+        let name = format!(
+            "blobs/sha256/{}",
+            path.file_name().unwrap_or_default().to_string_lossy()
+        );
+        (path.clone(), name)
+    });
+    let meta = ["oci-layout", "index.json"].map(|name| (layout.dir.join(name), name.to_string()));
+    for (path, name) in names.chain(meta) {
+        let file = File::open(&path)?;
+        let size = file.metadata()?.len();
+        builder.append_data(
+            &mut header(size, tar::EntryType::Regular, 0o644),
+            name,
+            file,
+        )?;
+    }
+    let out = builder.into_inner()?;
+    out.into_inner().map_err(|e| e.into_error())?.sync_all()
+}
+
+/// The blobs of a layout's `blobs/sha256`, in name order; temporary files
+/// (dot files) left out.
+fn blob_paths(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut blobs: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| !n.starts_with('.'))
+        })
+        .collect();
+    blobs.sort();
+    Ok(blobs)
 }
 
 /// A digest computed while copying, compared at the end.

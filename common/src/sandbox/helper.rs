@@ -799,8 +799,20 @@ fn mount_point_for(src: &Path, target: &Path) -> Result<(), SetupError> {
 
 const NONE: Option<&str> = None;
 
+/// Build the sandbox's root at `root` from `ops`, in their order, then
+/// make it the root. The order of the system calls is part of the
+/// sandbox's promise: keep it.
 fn build_root(root: &Path, ops: &[MountOp], shm_size: u64) -> Result<(), SetupError> {
-    // Nothing we mount may propagate back to the host.
+    mount_new_root(root)?;
+    for op in ops {
+        apply(root, op, shm_size)?;
+    }
+    pivot_into(root)
+}
+
+/// An empty tmpfs at `root`, after making every mount private so that
+/// nothing we mount propagates back to the host.
+fn mount_new_root(root: &Path) -> Result<(), SetupError> {
     ctx(
         || "making / private".into(),
         mount(NONE, "/", NONE, MsFlags::MS_REC | MsFlags::MS_PRIVATE, NONE),
@@ -816,85 +828,100 @@ fn build_root(root: &Path, ops: &[MountOp], shm_size: u64) -> Result<(), SetupEr
             Some("mode=0755,size=4m"),
         ),
     )?;
-    for op in ops {
-        match op {
-            MountOp::ReadOnly { src, dst } | MountOp::ReadWrite { src, dst } => {
-                let target = inside(root, dst);
-                mount_point_for(src, &target)?;
-                let read_only = matches!(op, MountOp::ReadOnly { .. });
-                let bound = bind(src, &target, dst, read_only);
-                // /sys is a convenience (CPU counts and the like), not
-                // something a build needs: where it cannot be shown
-                // read-only (a user namespace inside a container refuses
-                // it), the sandbox goes without it.
-                if dst == Path::new("/sys") {
-                    if bound.is_err() {
-                        let _ = umount2(&target, MntFlags::MNT_DETACH);
-                    }
-                } else {
-                    bound?;
-                }
+    Ok(())
+}
+
+/// One entry of the new root.
+fn apply(root: &Path, op: &MountOp, shm_size: u64) -> Result<(), SetupError> {
+    match op {
+        MountOp::ReadOnly { src, dst } => bind_host_path(root, src, dst, true),
+        MountOp::ReadWrite { src, dst } => bind_host_path(root, src, dst, false),
+        MountOp::Dir { dst } => mkdir_p(&inside(root, dst)),
+        MountOp::Symlink { target, dst } => {
+            let link = inside(root, dst);
+            if let Some(parent) = link.parent() {
+                mkdir_p(parent)?;
             }
-            MountOp::Dir { dst } => mkdir_p(&inside(root, dst))?,
-            MountOp::Symlink { target, dst } => {
-                let link = inside(root, dst);
-                if let Some(parent) = link.parent() {
-                    mkdir_p(parent)?;
-                }
-                std::os::unix::fs::symlink(target, &link).map_err(|e| {
-                    (
-                        format!("symlink {dst:?}"),
-                        Errno::from_raw(e.raw_os_error().unwrap_or(nix::libc::EIO)),
-                    )
-                })?;
-            }
-            MountOp::Tmpfs { dst } => {
-                let target = inside(root, dst);
-                mkdir_p(&target)?;
-                ctx(
-                    || format!("tmpfs on {dst:?}"),
-                    mount(
-                        Some("tmpfs"),
-                        &target,
-                        Some("tmpfs"),
-                        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-                        Some("mode=1777"),
-                    ),
-                )?;
-            }
-            MountOp::Proc { dst } => {
-                let target = inside(root, dst);
-                mkdir_p(&target)?;
-                let fresh = mount(
-                    Some("proc"),
-                    &target,
-                    Some("proc"),
-                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-                    NONE,
-                );
-                match fresh {
-                    Ok(()) => mask_proc(root)?,
-                    // Inside a container /proc has masked paths, and a user
-                    // namespace may not mount a procfs that would unmask
-                    // them: show the container's own /proc instead (with
-                    // its masks). The PID namespace still ends every
-                    // process of the step; only `ps` shows the container's.
-                    Err(Errno::EPERM) => ctx(
-                        || "mounting /proc (and binding the container's)".into(),
-                        mount(
-                            Some("/proc"),
-                            &target,
-                            NONE,
-                            MsFlags::MS_BIND | MsFlags::MS_REC,
-                            NONE,
-                        ),
-                    )?,
-                    Err(e) => return Err(("mounting /proc".into(), e)),
-                }
-            }
-            MountOp::Dev { dst } => build_dev(&inside(root, dst), shm_size)?,
+            std::os::unix::fs::symlink(target, &link).map_err(|e| {
+                (
+                    format!("symlink {dst:?}"),
+                    Errno::from_raw(e.raw_os_error().unwrap_or(nix::libc::EIO)),
+                )
+            })
         }
+        MountOp::Tmpfs { dst } => {
+            let target = inside(root, dst);
+            mkdir_p(&target)?;
+            ctx(
+                || format!("tmpfs on {dst:?}"),
+                mount(
+                    Some("tmpfs"),
+                    &target,
+                    Some("tmpfs"),
+                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                    Some("mode=1777"),
+                ),
+            )
+        }
+        MountOp::Proc { dst } => mount_proc(root, dst),
+        MountOp::Dev { dst } => build_dev(&inside(root, dst), shm_size),
     }
+}
+
+/// A host path shown at `dst`. /sys is a convenience (CPU counts and the
+/// like), not something a build needs: where it cannot be shown read-only
+/// (a user namespace inside a container refuses it), the sandbox goes
+/// without it.
+fn bind_host_path(root: &Path, src: &Path, dst: &Path, read_only: bool) -> Result<(), SetupError> {
+    let target = inside(root, dst);
+    mount_point_for(src, &target)?;
+    let bound = bind(src, &target, dst, read_only);
+    if dst == Path::new("/sys") {
+        if bound.is_err() {
+            let _ = umount2(&target, MntFlags::MNT_DETACH);
+        }
+        Ok(())
+    } else {
+        bound
+    }
+}
+
+/// A /proc of the sandbox's PID namespace (masked), or the container's
+/// own where a fresh one is refused.
+fn mount_proc(root: &Path, dst: &Path) -> Result<(), SetupError> {
+    let target = inside(root, dst);
+    mkdir_p(&target)?;
+    let fresh = mount(
+        Some("proc"),
+        &target,
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        NONE,
+    );
+    match fresh {
+        Ok(()) => mask_proc(root),
+        // Inside a container /proc has masked paths, and a user
+        // namespace may not mount a procfs that would unmask
+        // them: show the container's own /proc instead (with
+        // its masks). The PID namespace still ends every
+        // process of the step; only `ps` shows the container's.
+        Err(Errno::EPERM) => ctx(
+            || "mounting /proc (and binding the container's)".into(),
+            mount(
+                Some("/proc"),
+                &target,
+                NONE,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                NONE,
+            ),
+        ),
+        Err(e) => Err(("mounting /proc".into(), e)),
+    }
+}
+
+/// Make `root` the root, leave the old one behind, and make the top of
+/// the new one read-only: nothing may be created there.
+fn pivot_into(root: &Path) -> Result<(), SetupError> {
     ctx(|| format!("entering {root:?}"), nix::unistd::chdir(root))?;
     ctx(|| "pivot_root".into(), nix::unistd::pivot_root(".", "."))?;
     ctx(
@@ -902,7 +929,6 @@ fn build_root(root: &Path, ops: &[MountOp], shm_size: u64) -> Result<(), SetupEr
         umount2(".", MntFlags::MNT_DETACH),
     )?;
     ctx(|| "chdir /".into(), nix::unistd::chdir("/"))?;
-    // Nothing may be created at the top of the new root.
     ctx(
         || "making the new root read-only".into(),
         mount(

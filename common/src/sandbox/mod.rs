@@ -212,32 +212,7 @@ impl Sandbox {
         scratch: &Path,
     ) -> Result<Self, SandboxError> {
         let root = nix::unistd::geteuid().is_root();
-        let mut warnings = Vec::new();
-        let (user, lease) = choose_user(cfg, root, &mut warnings);
-        let new_root = scratch.join("root");
-        std::fs::create_dir_all(&new_root).map_err(|source| SandboxError::Io {
-            context: format!("creating {new_root:?}"),
-            source,
-        })?;
-        let mut sandbox = Sandbox {
-            mode: Mode::Subreaper {
-                why: "not tried".into(),
-            },
-            helper: cfg.helper.clone(),
-            user,
-            _lease: lease,
-            inner: host.clone(),
-            host,
-            new_root,
-            base: Vec::new(),
-            network_mode: Network::Host,
-            network: None,
-            cgroup: None,
-            limits: cfg.limits,
-            workspace_tmpfs: None,
-            workspace_description: String::new(),
-            warnings,
-        };
+        let mut sandbox = Self::untried(cfg, host, scratch, root)?;
         // An operator's path that does not exist is a mistake to report,
         // not a kernel that refuses namespaces.
         for path in &cfg.read_only {
@@ -255,17 +230,16 @@ impl Sandbox {
             (_, None) => Some("no sandbox helper".to_string()),
             _ => None,
         };
-        let wanted = if root {
-            Mode::Namespaces
-        } else {
-            Mode::UserNamespaces
-        };
         if let Some(why) = why_not {
             sandbox.mode = Mode::Subreaper { why };
             sandbox.warn_about_fallback(app_dir);
             return Ok(sandbox);
         }
-        sandbox.mode = wanted;
+        sandbox.mode = if root {
+            Mode::Namespaces
+        } else {
+            Mode::UserNamespaces
+        };
         sandbox.inner = Places {
             build: inside::BUILD.into(),
             cache: inside::CACHE.into(),
@@ -275,22 +249,7 @@ impl Sandbox {
             app: app_dir.to_path_buf(),
             buildpacks: inside::BUILDPACKS.into(),
         };
-        let mut network_refused = None;
-        let network = match (cfg.network, &cfg.helper) {
-            (Network::Host, _) | (_, None) => None,
-            (mode, Some(helper)) => match BuildNetwork::create(helper, mode) {
-                Ok(net) => Some(net),
-                // Without slirp4netns: the operator's to fix, never a
-                // silent move to the host's network.
-                Err(net::NetError::Unusable(why)) => return Err(SandboxError::Misconfigured(why)),
-                // The kernel refused a network namespace: like any refused
-                // namespace, the fallback (below).
-                Err(net::NetError::Refused(why)) => {
-                    network_refused = Some(why);
-                    None
-                }
-            },
-        };
+        let (network, network_refused) = choose_network(cfg)?;
         sandbox.network_mode = if network.is_some() {
             cfg.network
         } else {
@@ -298,26 +257,76 @@ impl Sandbox {
         };
         sandbox.network = network;
         sandbox.base = sandbox.base_mounts(cfg, scratch)?;
+        sandbox.settle_mode(cfg, network_refused, app_dir)?;
+        sandbox.warn_about_fallback(app_dir);
+        Ok(sandbox)
+    }
+
+    /// The sandbox before anything is tried: its user chosen, its root's
+    /// directory made, no namespaces, no network, no cgroup.
+    fn untried(
+        cfg: &SandboxConfig,
+        host: Places,
+        scratch: &Path,
+        root: bool,
+    ) -> Result<Self, SandboxError> {
+        let mut warnings = Vec::new();
+        let (user, lease) = choose_user(cfg, root, &mut warnings);
+        let new_root = scratch.join("root");
+        std::fs::create_dir_all(&new_root).map_err(|source| SandboxError::Io {
+            context: format!("creating {new_root:?}"),
+            source,
+        })?;
+        Ok(Sandbox {
+            mode: Mode::Subreaper {
+                why: "not tried".into(),
+            },
+            helper: cfg.helper.clone(),
+            user,
+            _lease: lease,
+            inner: host.clone(),
+            host,
+            new_root,
+            base: Vec::new(),
+            network_mode: Network::Host,
+            network: None,
+            cgroup: None,
+            limits: cfg.limits,
+            workspace_tmpfs: None,
+            workspace_description: String::new(),
+            warnings,
+        })
+    }
+
+    /// Whether the namespaces are used after all. A refused network
+    /// namespace, or a probe the kernel refuses, falls back to running
+    /// steps as plain children (an error when the sandbox is required);
+    /// anything else the probe finds is the operator's to fix.
+    fn settle_mode(
+        &mut self,
+        cfg: &SandboxConfig,
+        network_refused: Option<String>,
+        app_dir: &Path,
+    ) -> Result<(), SandboxError> {
         if let Some(why) = network_refused {
-            sandbox.mode = Mode::Subreaper { why };
-        } else if let Err((why, refused)) = sandbox.probe() {
+            self.mode = Mode::Subreaper { why };
+        } else if let Err((why, refused)) = self.probe() {
             if !refused {
                 return Err(SandboxError::Misconfigured(why));
             }
-            sandbox.mode = Mode::Subreaper { why };
+            self.mode = Mode::Subreaper { why };
         }
-        if let Mode::Subreaper { why } = &sandbox.mode {
+        if let Mode::Subreaper { why } = &self.mode {
             if cfg.policy == Policy::Require {
                 return Err(SandboxError::Unavailable(why.clone()));
             }
-            sandbox.inner = sandbox.host.clone();
-            sandbox.inner.app = app_dir.to_path_buf();
-            sandbox.base.clear();
-            sandbox.network = None;
-            sandbox.network_mode = Network::Host;
+            self.inner = self.host.clone();
+            self.inner.app = app_dir.to_path_buf();
+            self.base.clear();
+            self.network = None;
+            self.network_mode = Network::Host;
         }
-        sandbox.warn_about_fallback(app_dir);
-        Ok(sandbox)
+        Ok(())
     }
 
     /// The build's cgroup, as root; `None` (with a warning) where the host
@@ -501,35 +510,13 @@ impl Sandbox {
         format!("{mode}; {network}; {limits}; {context}")
     }
 
-    /// The mounts every step gets.
+    /// The mounts every step gets, in the order they are made.
     fn base_mounts(
         &self,
         cfg: &SandboxConfig,
         scratch: &Path,
     ) -> Result<Vec<MountOp>, SandboxError> {
-        let io = |context: String| move |source| SandboxError::Io { context, source };
-        let mut ops = Vec::new();
-        let mut bound: Vec<PathBuf> = Vec::new();
-        for dir in SYSTEM_DIRS {
-            let path = Path::new(dir);
-            match std::fs::symlink_metadata(path) {
-                Ok(m) if m.file_type().is_symlink() => {
-                    let target = std::fs::read_link(path).map_err(io(format!("reading {dir}")))?;
-                    ops.push(MountOp::Symlink {
-                        target,
-                        dst: path.into(),
-                    });
-                }
-                Ok(m) if m.is_dir() => {
-                    ops.push(MountOp::ReadOnly {
-                        src: path.into(),
-                        dst: path.into(),
-                    });
-                    bound.push(path.into());
-                }
-                _ => {}
-            }
-        }
+        let (mut ops, bound) = system_dirs()?;
         // The operator's extra paths come after the build's own mounts
         // (below): one under /tmp would otherwise be hidden by the private
         // /tmp mounted over it.
@@ -539,38 +526,80 @@ impl Sandbox {
             .filter(|extra| !bound.iter().any(|b| extra.starts_with(b)))
             .cloned()
             .collect();
-        // DNS: resolv.conf is often a link into /run (systemd-resolved).
-        // In the build's own network the host's resolvers may be out of
-        // reach (on its loopback): slirp4netns's forwarder stands in.
-        if let Ok(resolv) = std::fs::canonicalize("/etc/resolv.conf") {
-            let ours = self.network.as_ref().and_then(BuildNetwork::resolv_conf);
-            let src = match ours {
-                Some(content) => {
-                    let path = scratch.join("resolv.conf");
-                    std::fs::write(&path, content).map_err(io(format!("writing {path:?}")))?;
-                    path
-                }
-                None => resolv.clone(),
-            };
-            if src != resolv || !bound.iter().any(|b| resolv.starts_with(b)) {
-                ops.push(MountOp::ReadOnly { src, dst: resolv });
-            }
-        }
+        ops.extend(self.resolv_conf(scratch, &bound)?);
         if bound.iter().any(|b| b == Path::new("/etc")) {
-            for (file, content) in self.identity_files()? {
-                let src = scratch.join(file.trim_start_matches("/etc/"));
-                std::fs::write(&src, content).map_err(io(format!("writing {src:?}")))?;
-                ops.push(MountOp::ReadOnly {
-                    src,
-                    dst: PathBuf::from(file),
-                });
-            }
+            ops.extend(self.identity_mounts(scratch)?);
         }
+        ops.extend(self.build_dirs());
+        ops.extend(extras.into_iter().map(|extra| MountOp::ReadOnly {
+            src: extra.clone(),
+            dst: extra,
+        }));
+        ops.extend([
+            MountOp::Proc {
+                dst: "/proc".into(),
+            },
+            MountOp::Dev { dst: "/dev".into() },
+        ]);
+        Ok(ops)
+    }
+
+    /// DNS: resolv.conf is often a link into /run (systemd-resolved).
+    /// In the build's own network the host's resolvers may be out of
+    /// reach (on its loopback): slirp4netns's forwarder stands in.
+    /// `None` when the host's file is already shown by a bound directory.
+    fn resolv_conf(
+        &self,
+        scratch: &Path,
+        bound: &[PathBuf],
+    ) -> Result<Option<MountOp>, SandboxError> {
+        let Ok(resolv) = std::fs::canonicalize("/etc/resolv.conf") else {
+            return Ok(None);
+        };
+        let ours = self.network.as_ref().and_then(BuildNetwork::resolv_conf);
+        let src = match ours {
+            Some(content) => {
+                let path = scratch.join("resolv.conf");
+                std::fs::write(&path, content).map_err(|source| SandboxError::Io {
+                    context: format!("writing {path:?}"),
+                    source,
+                })?;
+                path
+            }
+            None => resolv.clone(),
+        };
+        Ok(
+            (src != resolv || !bound.iter().any(|b| resolv.starts_with(b)))
+                .then_some(MountOp::ReadOnly { src, dst: resolv }),
+        )
+    }
+
+    /// The sandbox's `/etc/passwd` and `/etc/group` (see
+    /// [`Self::identity_files`]), written to `scratch` and shown over the
+    /// host's.
+    fn identity_mounts(&self, scratch: &Path) -> Result<Vec<MountOp>, SandboxError> {
+        let mut ops = Vec::new();
+        for (file, content) in self.identity_files()? {
+            let src = scratch.join(file.trim_start_matches("/etc/"));
+            std::fs::write(&src, content).map_err(|source| SandboxError::Io {
+                context: format!("writing {src:?}"),
+                source,
+            })?;
+            ops.push(MountOp::ReadOnly {
+                src,
+                dst: PathBuf::from(file),
+            });
+        }
+        Ok(ops)
+    }
+
+    /// The build's own directories: writable, except the config vars.
+    fn build_dirs(&self) -> [MountOp; 9] {
         let rw = |src: &Path, dst: &Path| MountOp::ReadWrite {
             src: src.into(),
             dst: dst.into(),
         };
-        ops.extend([
+        [
             MountOp::Dir { dst: "/var".into() },
             rw(&self.host.tmp, &self.inner.tmp),
             rw(&self.host.tmp, Path::new("/var/tmp")),
@@ -583,18 +612,7 @@ impl Sandbox {
             rw(&self.host.home, &self.inner.home),
             rw(&self.host.buildpacks, &self.inner.buildpacks),
             rw(&self.host.app, &self.inner.app),
-        ]);
-        ops.extend(extras.into_iter().map(|extra| MountOp::ReadOnly {
-            src: extra.clone(),
-            dst: extra,
-        }));
-        ops.extend([
-            MountOp::Proc {
-                dst: "/proc".into(),
-            },
-            MountOp::Dev { dst: "/dev".into() },
-        ]);
-        Ok(ops)
+        ]
     }
 
     /// `/etc/passwd` and `/etc/group` as the sandbox shows them: the host's,
@@ -824,6 +842,57 @@ impl Sandbox {
             }
         }
     }
+}
+
+/// The build's own network, when it has one: `None` for the host's (asked
+/// for, or no helper), and the kernel's reason when it refused a network
+/// namespace (the caller falls back).
+fn choose_network(
+    cfg: &SandboxConfig,
+) -> Result<(Option<BuildNetwork>, Option<String>), SandboxError> {
+    Ok(match (cfg.network, &cfg.helper) {
+        (Network::Host, _) | (_, None) => (None, None),
+        (mode, Some(helper)) => match BuildNetwork::create(helper, mode) {
+            Ok(net) => (Some(net), None),
+            // Without slirp4netns: the operator's to fix, never a
+            // silent move to the host's network.
+            Err(net::NetError::Unusable(why)) => return Err(SandboxError::Misconfigured(why)),
+            // The kernel refused a network namespace: like any refused
+            // namespace, the fallback.
+            Err(net::NetError::Refused(why)) => (None, Some(why)),
+        },
+    })
+}
+
+/// The host's system directories, shown read-only (a link as the same
+/// link); returns the mounts and the directories bound.
+fn system_dirs() -> Result<(Vec<MountOp>, Vec<PathBuf>), SandboxError> {
+    let mut ops = Vec::new();
+    let mut bound: Vec<PathBuf> = Vec::new();
+    for dir in SYSTEM_DIRS {
+        let path = Path::new(dir);
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let target = std::fs::read_link(path).map_err(|source| SandboxError::Io {
+                    context: format!("reading {dir}"),
+                    source,
+                })?;
+                ops.push(MountOp::Symlink {
+                    target,
+                    dst: path.into(),
+                });
+            }
+            Ok(m) if m.is_dir() => {
+                ops.push(MountOp::ReadOnly {
+                    src: path.into(),
+                    dst: path.into(),
+                });
+                bound.push(path.into());
+            }
+            _ => {}
+        }
+    }
+    Ok((ops, bound))
 }
 
 impl Drop for Sandbox {
