@@ -4,12 +4,12 @@
 //! (`tests/seeds.rs`), so they compile and their corpora run on stable in
 //! every test run. Each function panics when its property does not hold.
 
-use common::buildpack::{parse_list_file, Source};
-use common::procfile::{is_valid_process_type, Procfile};
-use common::release::Release;
-use common::runtime::parse_env_file;
-use common::slugignore::Slugignore;
 use e2e::hostile::Scene;
+use slug_build::buildpack::{parse_list_file, Source};
+use slug_build::slugignore::Slugignore;
+use slug_run::runtime::parse_env_file;
+use slug_shared::procfile::{is_valid_process_type, Procfile};
+use slug_shared::release::Release;
 
 /// A target's body: panics when its property does not hold for the input.
 pub type Target = fn(&[u8]);
@@ -87,9 +87,9 @@ fn double_quoted(value: &str) -> String {
 /// PAX extended header records: the strict parser never panics, and what
 /// it accepts, encoded again, parses to the same records.
 pub fn pax(data: &[u8]) {
-    if let Ok(records) = common::archive::parse_pax(data) {
+    if let Ok(records) = slug_shared::archive::parse_pax(data) {
         let again = e2e::hostile::pax_records(&records);
-        assert_eq!(common::archive::parse_pax(&again).unwrap(), records);
+        assert_eq!(slug_shared::archive::parse_pax(&again).unwrap(), records);
     }
 }
 
@@ -145,17 +145,17 @@ pub fn slugignore(data: &[u8]) {
 /// change or appear (the victim-tree oracle of the hostile tests).
 pub fn unpack(data: &[u8]) {
     let scene = Scene::new();
-    let limits = common::archive::Limits {
+    let limits = slug_shared::archive::Limits {
         max_bytes: 1 << 20,
         max_entries: 1000,
         ..Default::default()
     };
-    let opts = common::archive::UnpackOptions {
+    let opts = slug_shared::archive::UnpackOptions {
         limits,
         ..Default::default()
     };
     let input = std::io::Cursor::new(data.to_vec());
-    let _ = common::archive::unpack_slug(input, &scene.app(), &opts);
+    let _ = slug_shared::archive::unpack_slug(input, &scene.app(), &opts);
     scene.assert_untouched("fuzzed archive");
 }
 

@@ -1,5 +1,5 @@
 //! The image features of slugbuilder: `--image REF` after a build, and the
-//! `image` and `rebase` subcommands. The work is done by `common::oci`;
+//! `image` and `rebase` subcommands. The work is done by `slug_image`;
 //! this module turns flags into checked settings, orders the steps (the
 //! registries are reached and the run image resolved before any buildpack
 //! runs; the slug is delivered only once the image is published) and
@@ -12,11 +12,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use common::build::{self, BuildConfig, BuildError, SlugOutput};
-use common::cancel::Cancel;
-use common::log;
-use common::oci::{self, auth::Credentials, ImageRef, OciError, Published, SlugInput};
-use common::report::{ImageReport, Recorder};
+use slug_build::report::{ImageReport, Recorder};
+use slug_build::{self as build, BuildConfig, BuildError, SlugOutput};
+use slug_image::{self as oci, auth::Credentials, ImageRef, OciError, Published, SlugInput};
+use slug_shared::cancel::Cancel;
+use slug_shared::log;
 
 /// Where the run image is and how to reach registries: shared by the
 /// build's `--image` and the subcommands.
@@ -44,7 +44,7 @@ pub struct RegistryArgs {
     #[arg(
         long,
         env = "SLUGBUILDER_MAX_LAYER_BYTES",
-        default_value_t = common::archive::DEFAULT_MAX_BYTES,
+        default_value_t = slug_shared::archive::DEFAULT_MAX_BYTES,
         value_name = "BYTES"
     )]
     pub max_layer_bytes: u64,
@@ -141,11 +141,11 @@ pub struct ImageCmd {
     compression_level: u32,
 
     /// Refuse a slug that unpacks to more than this many bytes.
-    #[arg(long, default_value_t = common::archive::DEFAULT_MAX_BYTES, value_name = "BYTES")]
+    #[arg(long, default_value_t = slug_shared::archive::DEFAULT_MAX_BYTES, value_name = "BYTES")]
     max_unpacked_bytes: u64,
 
     /// Refuse a slug with more entries than this.
-    #[arg(long, default_value_t = common::archive::Limits::default().max_entries, value_name = "N")]
+    #[arg(long, default_value_t = slug_shared::archive::Limits::default().max_entries, value_name = "N")]
     max_entries: u64,
 
     #[command(flatten)]
@@ -165,13 +165,13 @@ pub struct RebaseCmd {
     common: CommonArgs,
 }
 
-/// Checked settings for `common::oci`. Credentials are read here, once,
+/// Checked settings for `slug_image`. Credentials are read here, once,
 /// before any buildpack code runs; they stay in this process's memory.
 fn settings(
     registry: &RegistryArgs,
     work_dir: Option<&Path>,
     compression_level: u32,
-    limits: common::archive::Limits,
+    limits: slug_shared::archive::Limits,
 ) -> anyhow::Result<oci::Settings> {
     let run_image = registry.run_image.as_deref().ok_or_else(|| {
         OciError::Reference(oci::BadReference {
@@ -338,7 +338,7 @@ pub fn run_command(cmd: Command) -> anyhow::Result<()> {
     crate::guard(Arc::clone(&cancel)).context("installing signal handling")?;
     let published = match cmd {
         Command::Image(c) => {
-            let limits = common::archive::Limits {
+            let limits = slug_shared::archive::Limits {
                 max_bytes: c.max_unpacked_bytes,
                 max_entries: c.max_entries,
                 ..Default::default()

@@ -3,7 +3,7 @@
 //!
 //! `git archive HEAD | slugbuilder > slug.tgz`. The slug goes to stdout (or
 //! `-o FILE`); the build log goes to stderr. The work is done by
-//! `common::build`; this binary turns flags into a checked [`BuildConfig`],
+//! `slug_build`; this binary turns flags into a checked [`BuildConfig`],
 //! sets up logging and signals, and maps failures to exit codes.
 
 mod image;
@@ -16,13 +16,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{ArgAction, Parser};
-use common::build::{self, BuildConfig, BuildError, Bundled, SlugOutput, SourceInput};
-use common::cancel::{Cancel, Stop};
-use common::exit::{Binary, Exit};
-use common::http::SecretUrl;
-use common::report::Recorder;
-use common::sandbox::{Network, Policy, SandboxConfig, UidRange};
 use nix::sys::signal::Signal;
+use slug_build::report::Recorder;
+use slug_build::sandbox::{Network, Policy, SandboxConfig, UidRange};
+use slug_build::{self as build, BuildConfig, BuildError, Bundled, SlugOutput, SourceInput};
+use slug_shared::cancel::{Cancel, Stop};
+use slug_shared::exit::{Binary, Exit};
+use slug_shared::http::SecretUrl;
 
 /// The bundled buildpacks, packed at compile time by build.rs.
 static BUNDLED_BUILDPACKS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/buildpacks.tar"));
@@ -51,7 +51,7 @@ static BUNDLED_BUILDPACKS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/bui
     about,
     long_about,
     args_conflicts_with_subcommands = true,
-    after_help = common::exit::help(Binary::Slugbuilder)
+    after_help = slug_shared::exit::help(Binary::Slugbuilder)
 )]
 struct Args {
     #[command(subcommand)]
@@ -192,11 +192,11 @@ struct Args {
     /// When slugbuilder runs as root, each build runs its buildpacks as a
     /// uid of its own from this range (FIRST-LAST; gid = uid). Set aside a
     /// range no user or container of the host uses.
-    #[arg(long, env = "SLUGBUILDER_BUILD_UID_RANGE", value_name = "FIRST-LAST", default_value_t = common::sandbox::uids::DEFAULT_RANGE)]
+    #[arg(long, env = "SLUGBUILDER_BUILD_UID_RANGE", value_name = "FIRST-LAST", default_value_t = slug_build::sandbox::uids::DEFAULT_RANGE)]
     build_uid_range: UidRange,
 
     /// Where the uid leases of running builds are kept (root-owned).
-    #[arg(long, env = "SLUGBUILDER_UID_LOCK_DIR", value_name = "DIR", default_value = common::sandbox::uids::DEFAULT_LOCK_DIR)]
+    #[arg(long, env = "SLUGBUILDER_UID_LOCK_DIR", value_name = "DIR", default_value = slug_build::sandbox::uids::DEFAULT_LOCK_DIR)]
     uid_lock_dir: PathBuf,
 
     /// How buildpack steps are confined: `auto` (namespaces when the kernel
@@ -240,21 +240,21 @@ struct Args {
         value_name = "MODE",
         default_value = "auto"
     )]
-    workspace: common::build::WorkspaceMode,
+    workspace: slug_build::WorkspaceMode,
 
     /// Memory of the whole build (every step and what it starts, tmpfs
     /// included), in bytes or with K/M/G; 0 for none. Enforced with a cgroup
     /// (v1 or v2) when slugbuilder is root.
-    #[arg(long, env = "SLUGBUILDER_MEMORY", value_name = "BYTES", default_value = "2G", value_parser = common::sandbox::limits::parse_size)]
+    #[arg(long, env = "SLUGBUILDER_MEMORY", value_name = "BYTES", default_value = "2G", value_parser = slug_build::sandbox::limits::parse_size)]
     memory: u64,
 
     /// Processes (and threads) of the whole build at once; 0 for none.
-    #[arg(long, env = "SLUGBUILDER_PIDS_LIMIT", value_name = "N", default_value_t = common::sandbox::limits::DEFAULT_PIDS)]
+    #[arg(long, env = "SLUGBUILDER_PIDS_LIMIT", value_name = "N", default_value_t = slug_build::sandbox::limits::DEFAULT_PIDS)]
     pids_limit: u64,
 
     /// Disk of the build: build dir, cache, home, tmp and /dev/shm together,
     /// in bytes or with K/M/G; 0 for none.
-    #[arg(long, env = "SLUGBUILDER_DISK_LIMIT", value_name = "BYTES", default_value = "8G", value_parser = common::sandbox::limits::parse_size)]
+    #[arg(long, env = "SLUGBUILDER_DISK_LIMIT", value_name = "BYTES", default_value = "8G", value_parser = slug_build::sandbox::limits::parse_size)]
     disk_limit: u64,
 
     /// Accept a source tar that ends without its end-of-archive marker
@@ -273,11 +273,11 @@ struct Args {
 
     /// Refuse a source archive that unpacks to more than this many bytes,
     /// and a slug that would (apparent sizes, as slugrunner counts them).
-    #[arg(long, default_value_t = common::archive::DEFAULT_MAX_BYTES, value_name = "BYTES")]
+    #[arg(long, default_value_t = slug_shared::archive::DEFAULT_MAX_BYTES, value_name = "BYTES")]
     max_unpacked_bytes: u64,
 
     /// Refuse a source archive or a slug with more entries than this.
-    #[arg(long, default_value_t = common::archive::Limits::default().max_entries, value_name = "N")]
+    #[arg(long, default_value_t = slug_shared::archive::Limits::default().max_entries, value_name = "N")]
     max_entries: u64,
 
     /// More diagnostics on stderr (-v, -vv). SLUG_LOG=<filter> also works.
@@ -294,22 +294,22 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
 fn main() -> ExitCode {
     // A sandbox helper (this same binary, started for one buildpack step)
     // does its job and nothing else; before any thread exists.
-    if let Some(code) = common::sandbox::dispatch() {
+    if let Some(code) = slug_build::sandbox::dispatch() {
         return code;
     }
     // A buildpack tarball is fetched by this binary too, as a sandboxed
     // step with the build user's rights.
-    if let Some(code) = common::buildpack::dispatch_fetch() {
+    if let Some(code) = slug_build::buildpack::dispatch_fetch() {
         return code;
     }
     // Nothing our caller left open (a deploy lock, a root-only file)
     // reaches a child of ours.
-    common::isolate::cloexec_inherited_fds();
+    slug_shared::isolate::cloexec_inherited_fds();
     let args = Args::parse();
     // An in-memory workspace is a tmpfs in a mount namespace of our own,
     // which must be entered while this process has one thread.
-    if args.workspace != common::build::WorkspaceMode::Disk && nix::unistd::geteuid().is_root() {
-        common::build::enter_private_mount_namespace();
+    if args.workspace != slug_build::WorkspaceMode::Disk && nix::unistd::geteuid().is_root() {
+        slug_build::enter_private_mount_namespace();
     }
     init_logging(
         args.command
@@ -319,7 +319,7 @@ fn main() -> ExitCode {
     // Config vars given as -e KEY=VALUE are visible to every user in
     // /proc/PID/cmdline: hide them now that they are parsed.
     if !args.env_vars.is_empty() {
-        if let Err(e) = common::cmdline::hide_env_values() {
+        if let Err(e) = slug_shared::cmdline::hide_env_values() {
             tracing::warn!("cannot hide -e values from /proc/self/cmdline: {e}");
         }
     }
@@ -329,8 +329,8 @@ fn main() -> ExitCode {
     let (exit, error) = match &outcome {
         Ok(()) => (Exit::Ok, None),
         Err(err) => {
-            let line = common::log::error_line(err.as_ref());
-            common::log::line(format_args!("slugbuilder: {line}"));
+            let line = slug_shared::log::error_line(err.as_ref());
+            slug_shared::log::line(format_args!("slugbuilder: {line}"));
             let exit = exit_for(err);
             // The report also carries the failed step's last lines (the log
             // has them above the error line already).
@@ -347,7 +347,7 @@ fn main() -> ExitCode {
     };
     if let Some(path) = report_path {
         if let Err(e) = recorder.finish(exit.code(), error).write(&path) {
-            common::log::line(format_args!(
+            slug_shared::log::line(format_args!(
                 "slugbuilder: writing the build report {}: {e}",
                 path.display()
             ));
@@ -359,13 +359,13 @@ fn main() -> ExitCode {
     exit.into()
 }
 
-/// The documented exit code for a failure (the table is `common::exit`):
+/// The documented exit code for a failure (the table is `slug_shared::exit`):
 /// the build's and the image's errors know theirs, anything else is
 /// internal.
 fn exit_for(err: &anyhow::Error) -> Exit {
     match (
         err.downcast_ref::<BuildError>(),
-        err.downcast_ref::<common::oci::OciError>(),
+        err.downcast_ref::<slug_image::OciError>(),
     ) {
         (Some(e), _) => e.exit(),
         (None, Some(e)) => e.exit(),
@@ -376,11 +376,11 @@ fn exit_for(err: &anyhow::Error) -> Exit {
 fn init_logging(verbose: u8) {
     let default = match verbose {
         0 if std::env::var_os("TRACE").is_some() || std::env::var_os("DEBUG").is_some() => "debug",
-        n => common::logging::level_for(n),
+        n => slug_shared::logging::level_for(n),
     };
     // The one redaction rule of both binaries (the HTTP library's own
     // records included).
-    common::logging::init(default, "SLUG_LOG");
+    slug_shared::logging::init(default, "SLUG_LOG");
 }
 
 fn run(args: Args, recorder: &Recorder) -> anyhow::Result<()> {
@@ -417,7 +417,7 @@ fn run(args: Args, recorder: &Recorder) -> anyhow::Result<()> {
     let mut cache_dir = args.cache_dir.filter(|d| !d.as_os_str().is_empty());
     if let (Some(_), Some(dir)) = (&cache_url, &cache_dir) {
         // The builder image sets CACHE_PATH; a CACHE_URL replaces it.
-        common::log::info(format!(
+        slug_shared::log::info(format!(
             "CACHE_URL is set: the cache dir {} is not used",
             dir.display()
         ));
@@ -496,13 +496,13 @@ fn run(args: Args, recorder: &Recorder) -> anyhow::Result<()> {
             lock_dir: args.uid_lock_dir,
             read_only: args.sandbox_ro,
             network: args.network,
-            limits: common::sandbox::Limits {
+            limits: slug_build::sandbox::Limits {
                 memory: args.memory,
                 pids: args.pids_limit,
                 disk: args.disk_limit,
             },
         },
-        limits: common::archive::Limits {
+        limits: slug_shared::archive::Limits {
             max_bytes: args.max_unpacked_bytes,
             max_entries: args.max_entries,
             ..Default::default()
@@ -529,8 +529,11 @@ fn build_user(spec: Option<&str>) -> anyhow::Result<Option<(u32, u32)>> {
     if !nix::unistd::Uid::effective().is_root() {
         return Ok(None);
     }
-    let user = common::user::parse_user_spec(spec).map_err(|e| {
-        BuildError::BadInput(format!("--build-user: {}", common::log::error_line(&e)))
+    let user = slug_shared::user::parse_user_spec(spec).map_err(|e| {
+        BuildError::BadInput(format!(
+            "--build-user: {}",
+            slug_shared::log::error_line(&e)
+        ))
     })?;
     Ok(Some((user.uid, user.gid)))
 }
@@ -575,10 +578,10 @@ fn guard(cancel: Arc<Cancel>) -> std::io::Result<()> {
                     _ = tokio::time::sleep_until(deadline) => Stop::TimedOut,
                 };
                 match stop {
-                    Stop::Interrupted(sig) => common::log::line(format_args!(
+                    Stop::Interrupted(sig) => slug_shared::log::line(format_args!(
                         "slugbuilder: received {sig}, stopping the build"
                     )),
-                    Stop::TimedOut => common::log::line(format_args!(
+                    Stop::TimedOut => slug_shared::log::line(format_args!(
                         "slugbuilder: the build's time limit is reached, stopping it"
                     )),
                 }
@@ -590,10 +593,12 @@ fn guard(cancel: Arc<Cancel>) -> std::io::Result<()> {
                     _ = tokio::time::sleep(STOP_GRACE) => None,
                 };
                 match again {
-                    Some(sig) => {
-                        common::log::line(format_args!("slugbuilder: {sig} again, exiting now"))
+                    Some(sig) => slug_shared::log::line(format_args!(
+                        "slugbuilder: {sig} again, exiting now"
+                    )),
+                    None => {
+                        slug_shared::log::line(format_args!("slugbuilder: {}; exiting now", stop))
                     }
-                    None => common::log::line(format_args!("slugbuilder: {}; exiting now", stop)),
                 }
                 cancel.emergency();
                 std::process::exit(stop.exit().code().into());
@@ -618,7 +623,7 @@ mod tests {
         Args::command().debug_assert();
     }
 
-    /// Registry credentials: the auth files `common::oci::auth` looks for.
+    /// Registry credentials: the auth files `slug_image::auth` looks for.
     const AUTH: [&str; 5] = [
         "REGISTRY_AUTH_FILE",
         "XDG_RUNTIME_DIR",
@@ -632,7 +637,7 @@ mod tests {
         let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/cli.md"))
             .expect("docs/cli.md");
         // Read by slugbuilder itself, not through clap: BUILDPACKS, TAR_URL,
-        // TRACE and DEBUG in this file, SLUG_LOG by common::logging, TMPDIR
+        // TRACE and DEBUG in this file, SLUG_LOG by slug_shared::logging, TMPDIR
         // by std::env::temp_dir (the default --work-dir).
         let builder: Vec<&str> = [
             "BUILDPACKS",

@@ -31,7 +31,7 @@ use clap::{ArgAction, Parser, Subcommand};
     name = "slugrunner",
     version,
     max_term_width = 100,
-    after_help = common::exit::help(common::exit::Binary::Slugrunner)
+    after_help = slug_shared::exit::help(slug_shared::exit::Binary::Slugrunner)
 )]
 pub struct Args {
     /// Slug to unpack into the app dir: a .tgz or .tar file, or `-` for
@@ -101,11 +101,11 @@ pub struct Args {
     pub download_timeout: Duration,
 
     /// Refuse a slug that unpacks to more than this many bytes.
-    #[arg(long, default_value_t = common::archive::DEFAULT_MAX_BYTES, value_name = "BYTES")]
+    #[arg(long, default_value_t = slug_shared::archive::DEFAULT_MAX_BYTES, value_name = "BYTES")]
     pub max_unpacked_bytes: u64,
 
     /// Refuse a slug with more entries than this.
-    #[arg(long, default_value_t = common::archive::Limits::default().max_entries, value_name = "N")]
+    #[arg(long, default_value_t = slug_shared::archive::Limits::default().max_entries, value_name = "N")]
     pub max_entries: u64,
 
     /// More log output on stderr (-v info, -vv debug, -vvv trace).
@@ -173,7 +173,7 @@ mod tests {
         let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/cli.md"))
             .expect("docs/cli.md");
         // Read by slugrunner itself, not through clap: SLUG_LOG by
-        // common::logging, PORT and DYNO by common::runtime::dyno_env.
+        // slug_shared::logging, PORT and DYNO by slug_run::runtime::dyno_env.
         let problems = super::cli_docs::check(
             &doc,
             &Args::command(),
@@ -184,7 +184,7 @@ mod tests {
 
     #[test]
     fn help_ends_with_the_exit_code_table() {
-        use common::exit::{Binary, Exit};
+        use slug_shared::exit::{Binary, Exit};
         // Words only: clap wraps long lines to the terminal.
         let words = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
         let help = words(&Args::command().render_long_help().to_string());

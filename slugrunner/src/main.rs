@@ -14,20 +14,21 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use common::archive::{Limits, UnpackOptions};
-use common::cancel::{Cancel, SignalGuard, Stop};
-use common::exit::Exit;
-use common::http::HttpOptions;
-use common::runtime::{self, EnvSources, Launch, ProcessSpec, RuntimeError, SlugSource};
-use common::supervise::{self, SuperviseError, SuperviseOptions};
-use common::user::{self, AppExecError, UserError};
+use slug_run::exec_as::{self, AppExecError};
+use slug_run::runtime::{self, EnvSources, Launch, ProcessSpec, RuntimeError, SlugSource};
+use slug_run::supervise::{self, SuperviseError, SuperviseOptions};
+use slug_shared::archive::{Limits, UnpackOptions};
+use slug_shared::cancel::{Cancel, SignalGuard, Stop};
+use slug_shared::exit::Exit;
+use slug_shared::http::HttpOptions;
+use slug_shared::user::{self, UserError};
 
 use cli::{Args, Cmd};
 
 fn main() -> ExitCode {
     // The supervisor starts the app through this binary, which drops to the
     // app user and execs it.
-    if let Some(code) = user::dispatch_exec_as() {
+    if let Some(code) = exec_as::dispatch_exec_as() {
         return code;
     }
     // Blocked before any thread exists, so that every thread inherits the
@@ -36,16 +37,16 @@ fn main() -> ExitCode {
     // them just before its execve, which would keep the mask).
     // As PID 1 a signal without a handler would be dropped instead.
     if let Err(e) = supervise::blocked_signals().thread_block() {
-        common::log::line(format_args!("slugrunner: cannot block signals: {e}"));
+        slug_shared::log::line(format_args!("slugrunner: cannot block signals: {e}"));
         return Exit::Internal.into();
     }
     match run() {
         Ok(code) => code,
         Err(err) => {
             let _last = LAST_WORD.lock();
-            common::log::line(format_args!(
+            slug_shared::log::line(format_args!(
                 "slugrunner: {}",
-                common::log::error_line(err.as_ref())
+                slug_shared::log::error_line(err.as_ref())
             ));
             exit_for(&err).into()
         }
@@ -73,7 +74,7 @@ fn stopped(stop: Stop) -> ! {
         Stop::Interrupted(sig) => (128 + sig as i32, format!("stopped by {sig}")),
         Stop::TimedOut => (Exit::Download.code().into(), stop.to_string()),
     };
-    common::log::line(format_args!("slugrunner: {why} while {phase}"));
+    slug_shared::log::line(format_args!("slugrunner: {why} while {phase}"));
     std::process::exit(code)
 }
 
@@ -86,7 +87,7 @@ fn check_signals(cancel: &Cancel) {
 
 fn run() -> anyhow::Result<ExitCode> {
     let args = Args::parse();
-    common::logging::init(common::logging::level_for(args.verbose), "SLUG_LOG");
+    slug_shared::logging::init(slug_shared::logging::level_for(args.verbose), "SLUG_LOG");
 
     // SIGTERM, SIGINT and SIGHUP stop every phase before the app runs
     // within a second: the work in progress notices the cancel; should it
@@ -186,7 +187,7 @@ fn install(args: &Args, owner: Option<(u32, u32)>, cancel: &Arc<Cancel>) -> anyh
 fn what_to_launch(
     command: &Cmd,
     app_dir: &std::path::Path,
-    release: &common::release::Release,
+    release: &slug_shared::release::Release,
 ) -> anyhow::Result<(Launch, String)> {
     Ok(match command {
         Cmd::Start { process_type } => {
@@ -247,7 +248,7 @@ fn supervised(
 fn exec_directly(spec: &ProcessSpec, users: &Users, keep_terminal: bool) -> anyhow::Error {
     let fresh = users.changes_user() && users.current.is_root();
     if fresh && !keep_terminal {
-        if let Err(e) = common::isolate::new_session() {
+        if let Err(e) = slug_shared::isolate::new_session() {
             // Only a process group leader cannot (a job of an
             // interactive shell): the seccomp filter still refuses
             // TIOCSTI; --init gives the app a session of its own.
@@ -256,14 +257,14 @@ fn exec_directly(spec: &ProcessSpec, users: &Users, keep_terminal: bool) -> anyh
     }
     let env: Vec<_> = spec.env.clone().into_iter().collect();
     let arg0 = spec.arg0();
-    let app = user::AppExec {
+    let app = exec_as::AppExec {
         program: &spec.program,
         argv0: &arg0,
         args: &spec.args,
         env: &env,
         cwd: &spec.cwd,
     };
-    user::exec_app(&users.run_user, fresh, &app).into()
+    exec_as::exec_app(&users.run_user, fresh, &app).into()
 }
 
 /// How long the work in progress has to notice a stop signal before the
@@ -292,7 +293,7 @@ fn slug_source(args: &Args) -> SlugSource {
     }
 }
 
-/// The documented exit code for a failure (see `common::exit`).
+/// The documented exit code for a failure (see `slug_shared::exit`).
 fn exit_for(err: &anyhow::Error) -> Exit {
     for cause in err.chain() {
         if let Some(e) = cause.downcast_ref::<RuntimeError>() {

@@ -132,12 +132,20 @@ fn newest_source(name: &str) -> (SystemTime, PathBuf) {
     }
     let root = repo_root();
     let mut newest = (SystemTime::UNIX_EPOCH, root.join(name));
+    // What each binary is built from: its own crate, the library crates it
+    // links (slugrunner links neither the build nor the image side), and
+    // for slugbuilder the buildpacks it embeds.
     let own: &[&str] = match name {
-        "slugbuilder" => &["slugbuilder/build.rs", "buildpacks"],
-        _ => &[],
+        "slugbuilder" => &[
+            "common/shared",
+            "common/build",
+            "common/image",
+            "slugbuilder/build.rs",
+            "buildpacks",
+        ],
+        _ => &["common/shared", "common/run"],
     };
-    for part in ["common/Cargo.toml", "common/src"]
-        .into_iter()
+    for part in std::iter::empty()
         .chain(
             [format!("{name}/Cargo.toml"), format!("{name}/src")]
                 .iter()
@@ -149,6 +157,17 @@ fn newest_source(name: &str) -> (SystemTime, PathBuf) {
     }
     newest
 }
+
+/// Every directory of the product's Rust sources (the library crates, then
+/// the binaries): what the tests that read the code itself walk.
+pub const SOURCE_DIRS: &[&str] = &[
+    "common/shared/src",
+    "common/build/src",
+    "common/run/src",
+    "common/image/src",
+    "slugbuilder/src",
+    "slugrunner/src",
+];
 
 #[cfg(test)]
 mod tests {

@@ -1,20 +1,20 @@
 //! The manuals against the repository and the code: every relative link
 //! points to a file of the repository (and an anchor of it), and the exit
-//! codes in docs/cli.md and SECURITY.md are `common::exit`'s. The flags and
+//! codes in docs/cli.md and SECURITY.md are `slug_shared::exit`'s. The flags and
 //! variables of docs/cli.md are checked by the binaries' own unit tests,
 //! which alone reach their clap definitions.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use common::exit::{Binary, Exit};
 use e2e::repo_root;
+use slug_shared::exit::{Binary, Exit};
 
-/// The manuals: README.md, SECURITY.md, docs/*.md and the READMEs below
+/// The manuals: README.md, ARCHITECTURE.md, SECURITY.md, docs/*.md and the READMEs below
 /// the root.
 fn manuals() -> Vec<PathBuf> {
     let root = repo_root();
-    let mut files: Vec<PathBuf> = ["README.md", "SECURITY.md"]
+    let mut files: Vec<PathBuf> = ["README.md", "ARCHITECTURE.md", "SECURITY.md"]
         .iter()
         .map(|f| root.join(f))
         .collect();
@@ -158,7 +158,7 @@ fn exit_rows(doc: &str, heading: &str) -> BTreeSet<(u8, String, String)> {
     rows
 }
 
-/// docs/cli.md lists exactly the codes of `common::exit`'s table, per
+/// docs/cli.md lists exactly the codes of `slug_shared::exit`'s table, per
 /// binary, with their names and meanings: none missing, none extra, none
 /// reworded.
 #[test]
@@ -177,7 +177,7 @@ fn docs_cli_md_lists_each_binarys_exit_codes_from_the_one_table() {
             problems.push(format!("{heading}: missing or different: {row:?}"));
         }
         for row in documented.difference(&table) {
-            problems.push(format!("{heading}: not in common::exit: {row:?}"));
+            problems.push(format!("{heading}: not in slug_shared::exit: {row:?}"));
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));

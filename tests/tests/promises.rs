@@ -469,12 +469,12 @@ fn the_buildpacks_copies_of_the_shell_helpers_are_the_same() {
 /// and an entry goes once its function is short (the lead empties it
 /// after merging their work).
 const LONG_FUNCTIONS_BEING_SPLIT: &[(&str, &str)] = &[
-    ("common/src/archive/unpack.rs", "unpack_tar"),
-    ("common/src/archive/pack.rs", "append_file"),
-    ("common/src/oci/layer.rs", "run"),
-    ("common/src/oci/layer.rs", "entry"),
-    ("common/src/oci/layer.rs", "transform"),
-    ("common/src/http.rs", "exchange"),
+    ("common/shared/src/archive/unpack.rs", "unpack_tar"),
+    ("common/shared/src/archive/pack.rs", "append_file"),
+    ("common/image/src/layer.rs", "run"),
+    ("common/image/src/layer.rs", "entry"),
+    ("common/image/src/layer.rs", "transform"),
+    ("common/shared/src/http.rs", "exchange"),
     ("slugbuilder/src/main.rs", "run"),
 ];
 
@@ -488,7 +488,7 @@ const MAX_FUNCTION_LINES: usize = 80;
 fn functions_are_short_and_take_few_arguments() {
     let root = e2e::repo_root();
     let mut broken = Vec::new();
-    for crate_dir in ["common/src", "slugbuilder/src", "slugrunner/src"] {
+    for crate_dir in e2e::SOURCE_DIRS {
         for path in rust_files(&root.join(crate_dir)) {
             let rel = path
                 .strip_prefix(&root)
@@ -788,5 +788,39 @@ mod code_shape {
         j += 1;
         let hashes = chars[j..].iter().take_while(|&&c| c == '#').count();
         (chars.get(j + hashes) == Some(&'"')).then_some(hashes)
+    }
+}
+
+/// ARCHITECTURE.md's one direction: the binaries and sides depend on the
+/// shared ground, never on each other, and slugrunner links neither the
+/// build side (sandbox, buildpacks) nor the image side (OCI).
+#[test]
+fn the_crates_depend_one_way() {
+    let root = e2e::repo_root();
+    let deps = |manifest: &str| -> Vec<String> {
+        let text = std::fs::read_to_string(root.join(manifest)).expect(manifest);
+        let normal = text.split("[dev-dependencies]").next().unwrap_or_default();
+        ["slug-shared", "slug-build", "slug-run", "slug-image"]
+            .iter()
+            .filter(|name| normal.lines().any(|l| l.trim_start().starts_with(*name)))
+            .map(|name| name.to_string())
+            .collect()
+    };
+    let allowed: &[(&str, &[&str])] = &[
+        ("common/shared/Cargo.toml", &[]),
+        ("common/build/Cargo.toml", &["slug-shared"]),
+        ("common/run/Cargo.toml", &["slug-shared"]),
+        ("common/image/Cargo.toml", &["slug-shared"]),
+        ("slugrunner/Cargo.toml", &["slug-shared", "slug-run"]),
+    ];
+    for (manifest, may) in allowed {
+        let extra: Vec<String> = deps(manifest)
+            .into_iter()
+            .filter(|d| !may.contains(&d.as_str()))
+            .collect();
+        assert!(
+            extra.is_empty(),
+            "{manifest} depends on {extra:?}: see ARCHITECTURE.md"
+        );
     }
 }

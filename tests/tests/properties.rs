@@ -11,15 +11,15 @@ use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use common::archive::{self, Limits, PackOptions, UnpackOptions};
-use common::buildpack::{parse_list_file, Source};
-use common::pgzip::ParallelGzWriter;
-use common::procfile::Procfile;
-use common::runtime::parse_env_file;
-use common::slugignore::Slugignore;
 use e2e::hostile::{RawTar, Scene};
 use proptest::prelude::*;
 use proptest::test_runner::Config;
+use slug_build::buildpack::{parse_list_file, Source};
+use slug_build::slugignore::Slugignore;
+use slug_run::runtime::parse_env_file;
+use slug_shared::archive::{self, Limits, PackOptions, UnpackOptions};
+use slug_shared::pgzip::ParallelGzWriter;
+use slug_shared::procfile::Procfile;
 
 /// Cases per property: few enough that each stays within seconds in a
 /// debug build on two cores.
@@ -242,7 +242,7 @@ proptest! {
 fn compressible() -> impl Strategy<Value = Vec<u8>> {
     (
         proptest::collection::vec(any::<u8>(), 1..64),
-        0usize..(3 * common::pgzip::BLOCK_SIZE),
+        0usize..(3 * slug_shared::pgzip::BLOCK_SIZE),
         proptest::collection::vec((any::<usize>(), any::<u8>()), 0..32),
     )
         .prop_map(|(pattern, len, noise)| {
