@@ -9,18 +9,34 @@
 //! found. That downloads layers, so `USER 1000:1000` in the run image is
 //! the fast path (and what Kubernetes' `runAsNonRoot` needs anyway).
 
-use std::io::Read;
+use std::cell::RefCell;
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::rc::Rc;
 
 use oci_spec::image::Descriptor;
 
 use super::store::{copy_error, Image, Source, Verify};
 use super::OciError;
+use slug_shared::archive::{self, ArchiveError, Limits, TarEntry};
 use slug_shared::log;
 
 /// Largest `/etc/passwd` or `/etc/group` read.
 const MAX_DB_BYTES: u64 = 1 << 20;
-/// Largest extension header (long name, PAX) skipped in a layer.
-const MAX_EXTENSION: u64 = 1 << 20;
+
+/// What a run image's layer may make the scan do. Only the two files are
+/// read (each at most [`MAX_DB_BYTES`]) and nothing is kept per entry, so
+/// the number of entries and their bytes are not bounded here (the layer
+/// is what the image's digest says, and the download is under the
+/// deadline); what one entry may cost is: an extension header is at most
+/// 1 MiB, a path at most `PATH_MAX`, which no runtime could create anyway.
+const LAYER_LIMITS: Limits = Limits {
+    max_bytes: u64::MAX,
+    max_entries: u64::MAX,
+    max_path_len: 4096,
+    max_depth: 2048,
+    max_extension_header: 1 << 20,
+};
 
 /// The parts of `User`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,63 +190,102 @@ fn scan_layer(
 
 type Databases = (Option<Found>, Option<Found>);
 
+/// Why the scan of one layer stopped.
+enum ScanError {
+    Archive(ArchiveError),
+    Oci(OciError),
+}
+
+impl From<ArchiveError> for ScanError {
+    fn from(e: ArchiveError) -> Self {
+        ScanError::Archive(e)
+    }
+}
+
 fn scan_entries(reader: Box<dyn Read + '_>, digest: &str) -> Result<Databases, OciError> {
     let ctx = || format!("reading layer {digest}");
-    let mut archive = tar::Archive::new(reader);
+    let kept = Rc::new(RefCell::new(None));
+    let reader = Box::new(KeepError {
+        inner: reader,
+        kept: Rc::clone(&kept),
+    });
     let mut passwd = None;
     let mut group = None;
-    let entries = archive
-        .entries()
-        .map_err(|e| copy_error(e, ctx()))?
-        .raw(true);
-    for entry in entries {
-        let mut entry = entry.map_err(|e| copy_error(e, ctx()))?;
-        let kind = entry.header().entry_type();
-        let size = entry.header().entry_size().unwrap_or(0);
-        if matches!(
-            kind,
-            tar::EntryType::GNULongName
-                | tar::EntryType::GNULongLink
-                | tar::EntryType::XHeader
-                | tar::EntryType::XGlobalHeader
-        ) && size > MAX_EXTENSION
-        {
-            return Err(OciError::BadImage(format!(
-                "layer {digest}: an extension header of {size} bytes"
-            )));
-        }
-        let path = String::from_utf8_lossy(&entry.path_bytes()).to_string();
-        let path = path.trim_start_matches("./").trim_start_matches('/');
-        let slot = match path {
-            "etc/passwd" => &mut passwd,
-            "etc/group" => &mut group,
-            "etc/.wh.passwd" => {
+    let read = archive::scan_entries(reader, &LAYER_LIMITS, |entry| {
+        let slot = match entry.comps.join(std::ffi::OsStr::new("/")).as_bytes() {
+            b"etc/passwd" => &mut passwd,
+            b"etc/group" => &mut group,
+            b"etc/.wh.passwd" => {
                 passwd = Some(Found::Deleted);
-                continue;
+                return Ok(());
             }
-            "etc/.wh.group" => {
+            b"etc/.wh.group" => {
                 group = Some(Found::Deleted);
-                continue;
+                return Ok(());
             }
-            "etc/.wh..wh..opq" | ".wh.etc" => {
+            b"etc/.wh..wh..opq" | b".wh.etc" => {
                 // Lower layers' /etc is hidden: what this layer has (if any) decides.
                 passwd.get_or_insert(Found::Deleted);
                 group.get_or_insert(Found::Deleted);
-                continue;
+                return Ok(());
             }
-            _ => continue,
+            _ => return Ok(()),
         };
-        if !kind.is_file() || size > MAX_DB_BYTES {
-            continue;
+        // A link is never followed, and a larger file is not read.
+        if !entry.kind.is_file() || entry.size > MAX_DB_BYTES {
+            return Ok(());
         }
-        let mut text = String::new();
-        (&mut entry)
-            .take(MAX_DB_BYTES)
-            .read_to_string(&mut text)
-            .map_err(|e| copy_error(e, ctx()))?;
-        *slot = Some(Found::Content(text));
+        *slot = Some(Found::Content(read_database(entry, &ctx)?));
+        Ok(())
+    });
+    // The layer's own read errors (network, digest, gzip, a stop) as
+    // they were, before what the tar reader made of them.
+    if let Some(source) = kept.borrow_mut().take() {
+        return Err(copy_error(source, ctx()));
     }
-    Ok((passwd, group))
+    match read {
+        Ok(_) => Ok((passwd, group)),
+        Err(ScanError::Oci(e)) => Err(e),
+        Err(ScanError::Archive(ArchiveError::Stopped(stop))) => Err(OciError::Stopped(stop)),
+        Err(ScanError::Archive(e)) => Err(OciError::BadImage(format!(
+            "layer {digest}: {}",
+            log::error_line(&e)
+        ))),
+    }
+}
+
+/// The text of `/etc/passwd` or `/etc/group` (its size already checked).
+fn read_database(entry: &mut TarEntry<'_>, ctx: &dyn Fn() -> String) -> Result<String, ScanError> {
+    let mut text = String::new();
+    match entry.data.read_to_string(&mut text) {
+        Ok(_) => Ok(text),
+        Err(e) => Err(match entry.data.input_error(entry.path, e) {
+            Ok(input) => ScanError::Archive(input),
+            // Not UTF-8.
+            Err(e) => ScanError::Oci(copy_error(e, ctx())),
+        }),
+    }
+}
+
+/// A layer's reader that keeps the first error it returned (handing the
+/// tar reader a copy): network failures, digest mismatches and stops
+/// reach the user as what they are, not as a corrupt archive.
+struct KeepError<'r> {
+    inner: Box<dyn Read + 'r>,
+    kept: Rc<RefCell<Option<io::Error>>>,
+}
+
+impl Read for KeepError<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf).map_err(|e| {
+            if e.kind() == io::ErrorKind::Interrupted {
+                return e;
+            }
+            let copy = io::Error::new(e.kind(), e.to_string());
+            self.kept.borrow_mut().get_or_insert(e);
+            copy
+        })
+    }
 }
 
 #[cfg(test)]
@@ -239,6 +294,175 @@ mod tests {
 
     const PASSWD: &str = "root:x:0:0:root:/root:/bin/bash\nslug:x:1000:1001::/app:/bin/bash\n";
     const GROUP: &str = "root:x:0:\nslug:x:1001:\nstaff:x:50:\n";
+
+    /// One tar entry, header written by hand where the tar crate's builder
+    /// would refuse (a corrupt mode).
+    fn entry(out: &mut Vec<u8>, path: &str, kind: tar::EntryType, data: &[u8]) {
+        let mut h = tar::Header::new_gnu();
+        h.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
+        h.set_entry_type(kind);
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        if kind == tar::EntryType::Symlink {
+            h.set_link_name("../tmp/passwd").unwrap();
+        }
+        h.set_cksum();
+        append(out, &h, data);
+    }
+
+    fn append(out: &mut Vec<u8>, h: &tar::Header, data: &[u8]) {
+        out.extend_from_slice(h.as_bytes());
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+
+    fn end(mut out: Vec<u8>) -> Vec<u8> {
+        out.extend_from_slice(&[0; 1024]);
+        out
+    }
+
+    fn scan(layer: Vec<u8>) -> Result<Databases, OciError> {
+        scan_entries(Box::new(io::Cursor::new(layer)), "sha256:test")
+    }
+
+    fn content(s: &str) -> Option<Found> {
+        Some(Found::Content(s.into()))
+    }
+
+    #[test]
+    fn finds_the_databases_however_named() {
+        let mut t = Vec::new();
+        entry(&mut t, "./etc/", tar::EntryType::Directory, b"");
+        entry(
+            &mut t,
+            "./etc//passwd",
+            tar::EntryType::Regular,
+            PASSWD.as_bytes(),
+        );
+        entry(
+            &mut t,
+            "/etc/group",
+            tar::EntryType::Regular,
+            GROUP.as_bytes(),
+        );
+        assert_eq!(scan(end(t)).unwrap(), (content(PASSWD), content(GROUP)));
+    }
+
+    #[test]
+    fn whiteouts_and_opaque_directories_delete() {
+        let mut t = Vec::new();
+        entry(&mut t, "etc/.wh.passwd", tar::EntryType::Regular, b"");
+        entry(
+            &mut t,
+            "etc/group",
+            tar::EntryType::Regular,
+            GROUP.as_bytes(),
+        );
+        assert_eq!(
+            scan(end(t)).unwrap(),
+            (Some(Found::Deleted), content(GROUP))
+        );
+        let mut t = Vec::new();
+        entry(&mut t, "etc/.wh..wh..opq", tar::EntryType::Regular, b"");
+        entry(
+            &mut t,
+            "etc/group",
+            tar::EntryType::Regular,
+            GROUP.as_bytes(),
+        );
+        assert_eq!(
+            scan(end(t)).unwrap(),
+            (Some(Found::Deleted), content(GROUP))
+        );
+    }
+
+    /// Devices and FIFOs are common in run images: skipped, not refused;
+    /// empty layers and layers without the end marker exist too.
+    #[test]
+    fn real_layers_are_not_refused() {
+        let mut t = Vec::new();
+        entry(&mut t, "dev/null", tar::EntryType::Char, b"");
+        entry(&mut t, "run/initctl", tar::EntryType::Fifo, b"");
+        entry(
+            &mut t,
+            "etc/passwd",
+            tar::EntryType::Regular,
+            PASSWD.as_bytes(),
+        );
+        assert_eq!(scan(t).unwrap(), (content(PASSWD), None));
+        assert_eq!(scan(Vec::new()).unwrap(), (None, None));
+        assert_eq!(scan(end(Vec::new())).unwrap(), (None, None));
+    }
+
+    /// A link is not followed, a huge file not read: the layer says
+    /// nothing about that file (as before the one reader).
+    #[test]
+    fn links_and_huge_files_are_not_read() {
+        let mut t = Vec::new();
+        entry(&mut t, "etc/passwd", tar::EntryType::Symlink, b"");
+        let huge = vec![b'x'; MAX_DB_BYTES as usize + 1];
+        entry(&mut t, "etc/group", tar::EntryType::Regular, &huge);
+        assert_eq!(scan(end(t)).unwrap(), (None, None));
+    }
+
+    /// Stricter than the old loop: a corrupt mode anywhere in the layer is
+    /// one clear error naming the layer (the old loop ignored modes).
+    #[test]
+    fn a_corrupt_mode_is_one_clear_error() {
+        let mut h = tar::Header::new_gnu();
+        h.set_path("usr/bin/x").unwrap();
+        h.set_size(0);
+        h.as_old_mut().mode = *b"zzzzzzz\0";
+        h.set_cksum();
+        let mut t = Vec::new();
+        append(&mut t, &h, b"");
+        let err = scan(end(t)).unwrap_err();
+        let OciError::BadImage(msg) = &err else {
+            panic!("{err:?}")
+        };
+        assert!(
+            msg.starts_with("layer sha256:test: corrupt archive:"),
+            "{msg}"
+        );
+        assert!(msg.contains("unreadable mode"), "{msg}");
+    }
+
+    #[test]
+    fn a_huge_extension_header_is_refused() {
+        let mut h = tar::Header::new_ustar();
+        h.set_path("././@PaxHeader").unwrap();
+        h.set_entry_type(tar::EntryType::XHeader);
+        h.set_size((1 << 20) + 1);
+        h.set_cksum();
+        let mut t = h.as_bytes().to_vec();
+        t.resize(512 + (1 << 20) + 512, b'0');
+        let err = scan(end(t)).unwrap_err();
+        assert!(
+            matches!(&err, OciError::BadImage(m) if m.contains("extension header")),
+            "{err:?}"
+        );
+    }
+
+    /// The layer's own read error stays an I/O error (not "corrupt"), as
+    /// does a database that is not UTF-8.
+    #[test]
+    fn input_errors_stay_what_they_were() {
+        struct Failing;
+        impl Read for Failing {
+            fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+                Err(io::Error::new(io::ErrorKind::ConnectionReset, "reset"))
+            }
+        }
+        let err = scan_entries(Box::new(Failing), "sha256:test").unwrap_err();
+        assert!(
+            matches!(&err, OciError::Io { source, .. } if source.kind() == io::ErrorKind::ConnectionReset),
+            "{err:?}"
+        );
+        let mut t = Vec::new();
+        entry(&mut t, "etc/passwd", tar::EntryType::Regular, b"\xff\xfe");
+        let err = scan(end(t)).unwrap_err();
+        assert!(matches!(&err, OciError::Io { .. }), "{err:?}");
+    }
 
     #[test]
     fn names_and_numbers() {

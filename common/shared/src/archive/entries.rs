@@ -72,10 +72,50 @@ pub struct TarSummary {
 /// Read every entry of the tar stream `reader`, handing each to `visit`.
 /// An archive without its end-of-archive marker is an error unless
 /// `allow_truncated`.
-pub fn read_entries<E: From<ArchiveError>>(
-    reader: Box<dyn Read>,
+pub fn read_entries<'r, E: From<ArchiveError>>(
+    reader: Box<dyn Read + 'r>,
     limits: &Limits,
     allow_truncated: bool,
+    visit: impl FnMut(&mut TarEntry<'_>) -> Result<(), E>,
+) -> Result<TarSummary, E> {
+    let rules = Rules {
+        allow_truncated,
+        look_only: false,
+    };
+    walk_archive(reader, limits, rules, visit)
+}
+
+/// Read every entry of the tar stream `reader` for a caller that only
+/// looks for a few files and creates nothing (a run image's layer): every
+/// rule above holds, except that devices, FIFOs and sparse files are
+/// skipped rather than refused (a runtime creates them; nothing here
+/// does), an absolute name is taken from the image's root (as runtimes
+/// do), and an archive with no entries, or without its end-of-archive
+/// marker, is accepted (image layers may be empty, and the caller checks
+/// the layer's digest, not the marker, to know it got all of it).
+pub fn scan_entries<'r, E: From<ArchiveError>>(
+    reader: Box<dyn Read + 'r>,
+    limits: &Limits,
+    visit: impl FnMut(&mut TarEntry<'_>) -> Result<(), E>,
+) -> Result<TarSummary, E> {
+    let rules = Rules {
+        allow_truncated: true,
+        look_only: true,
+    };
+    walk_archive(reader, limits, rules, visit)
+}
+
+/// How strict the reader is beyond the limits (see [`scan_entries`]).
+#[derive(Clone, Copy)]
+struct Rules {
+    allow_truncated: bool,
+    look_only: bool,
+}
+
+fn walk_archive<'r, E: From<ArchiveError>>(
+    reader: Box<dyn Read + 'r>,
+    limits: &Limits,
+    rules: Rules,
     mut visit: impl FnMut(&mut TarEntry<'_>) -> Result<(), E>,
 ) -> Result<TarSummary, E> {
     let consumed = Rc::new(Cell::new(0u64));
@@ -107,7 +147,14 @@ pub fn read_entries<E: From<ArchiveError>>(
             continue;
         }
         let ext = mem::take(&mut walk.pending);
-        let path = ext.path(&header);
+        if rules.look_only && !creatable(&ext, &header) {
+            continue;
+        }
+        let mut path = ext.path(&header);
+        if rules.look_only {
+            let names = path.iter().position(|&b| b != b'/').unwrap_or(path.len());
+            path.drain(..names);
+        }
         let comps = walk.checked_path(&ext, &path, size)?;
         let link = walk.link(&ext, &header, &path)?;
         let (mode, mtime) = walk.metadata(&ext, &header, &path, size)?;
@@ -122,7 +169,7 @@ pub fn read_entries<E: From<ArchiveError>>(
             data: EntryData::new(&mut entry, size),
         })?;
     }
-    Ok(walk.finish(consumed.get(), allow_truncated)?)
+    Ok(walk.finish(consumed.get(), rules)?)
 }
 
 /// The reader's state between entries.
@@ -279,8 +326,8 @@ impl Walk<'_> {
     }
 
     /// The checks once the tar reader has stopped.
-    fn finish(self, consumed: u64, allow_truncated: bool) -> Result<TarSummary, ArchiveError> {
-        if !self.seen_any {
+    fn finish(self, consumed: u64, rules: Rules) -> Result<TarSummary, ArchiveError> {
+        if !self.seen_any && !rules.look_only {
             return Err(ArchiveError::NotTar("no entries found".into()));
         }
         let p = &self.pending;
@@ -292,7 +339,7 @@ impl Walk<'_> {
         // The tar reader stops at the first zero block, or at the end of the
         // input: input that ends right after the last entry never had its
         // end-of-archive marker (the writer died between two files).
-        if consumed <= self.last_end && !allow_truncated {
+        if consumed <= self.last_end && !rules.allow_truncated {
             return Err(ArchiveError::Truncated {
                 entries: self.summary.entries,
             });
@@ -432,14 +479,32 @@ fn strip_nul(mut v: Vec<u8>) -> Vec<u8> {
     v
 }
 
+/// Whether an entry is one the reader hands out (a directory, a regular
+/// file or a link, not sparse); anything else a strict read refuses.
+fn creatable(ext: &Pending, header: &Header) -> bool {
+    let sparse = ext
+        .pax
+        .as_ref()
+        .is_some_and(|p| p.iter().any(|(k, _)| k.starts_with("GNU.sparse.")));
+    !sparse
+        && matches!(
+            header.entry_type(),
+            EntryType::Directory
+                | EntryType::Regular
+                | EntryType::Continuous
+                | EntryType::Symlink
+                | EntryType::Link
+        )
+}
+
 /// Counts the bytes the tar reader took, to tell a missing end-of-archive
 /// marker.
-struct Counting {
-    inner: Box<dyn Read>,
+struct Counting<'r> {
+    inner: Box<dyn Read + 'r>,
     count: Rc<Cell<u64>>,
 }
 
-impl Read for Counting {
+impl Read for Counting<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.count.set(self.count.get() + n as u64);

@@ -22,7 +22,7 @@ use std::io;
 use std::path::PathBuf;
 
 pub use entries::parse_pax;
-pub use entries::{read_entries, EntryData, TarEntry, TarSummary};
+pub use entries::{read_entries, scan_entries, EntryData, TarEntry, TarSummary};
 pub use pack::{pack_gzip, pack_tar, PackOptions, PackSummary};
 pub use unpack::{decompressed, unpack, unpack_slug, UnpackOptions, UnpackSummary};
 
