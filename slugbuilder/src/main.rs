@@ -383,78 +383,127 @@ fn init_logging(verbose: u8) {
     slug_shared::logging::init(default, "SLUG_LOG");
 }
 
-fn run(args: Args, recorder: &Recorder) -> anyhow::Result<()> {
-    use std::io::IsTerminal;
-    if let Some(command) = args.command {
+fn run(mut args: Args, recorder: &Recorder) -> anyhow::Result<()> {
+    if let Some(command) = args.command.take() {
         return image::run_command(command);
     }
-    // Deis's name for the source URL.
-    let source_url = args
-        .source_url
-        .or_else(|| std::env::var("TAR_URL").ok())
-        .filter(|u| !u.is_empty());
-    if args.source.is_none() && source_url.is_none() && std::io::stdin().is_terminal() {
+    let source_url = source_url(args.source_url.take());
+    refuse_unusable_streams(&args, source_url.is_some())?;
+    let cache = cache_location(args.cache_url.take(), args.cache_dir.take());
+    let cancel = Cancel::new(Duration::from_secs(args.timeout));
+    guard(Arc::clone(&cancel)).context("installing signal handling")?;
+    if let Some(path) = args.report.clone() {
+        report_on_emergency(&cancel, recorder, path);
+    }
+    let publish = args.publish.clone();
+    let cfg = build_config(args, source_url, cache, recorder)?;
+    tracing::debug!(?cfg, "build configuration");
+    match &publish.image {
+        Some(image) => image::build_and_publish(cfg, &publish, image, cancel, recorder)?,
+        None => {
+            build::build(&cfg, cancel, recorder)?;
+        }
+    }
+    Ok(())
+}
+
+/// The source URL: --source-url or SOURCE_URL, else Deis's name for it;
+/// an empty one is none.
+fn source_url(flag: Option<String>) -> Option<String> {
+    flag.or_else(|| std::env::var("TAR_URL").ok())
+        .filter(|u| !u.is_empty())
+}
+
+/// Refuse, before any work, a build that would wait on a terminal for its
+/// source, write slug bytes to a terminal, or put the app nowhere fixed.
+fn refuse_unusable_streams(args: &Args, has_source_url: bool) -> Result<(), BuildError> {
+    use std::io::IsTerminal;
+    if args.source.is_none() && !has_source_url && std::io::stdin().is_terminal() {
         return Err(BuildError::BadInput(
             "no source: pipe a tar to stdin (git archive HEAD | slugbuilder) or use --source"
                 .into(),
-        )
-        .into());
+        ));
     }
     if args.output.is_none() && args.put_url.is_none() && std::io::stdout().is_terminal() {
         return Err(BuildError::BadInput(
             "refusing to write a slug to a terminal: redirect stdout or use -o FILE".into(),
-        )
-        .into());
+        ));
     }
     if !args.app_dir.is_absolute() {
         return Err(BuildError::BadInput(format!(
             "--app-dir {}: must be an absolute path",
             args.app_dir.display()
-        ))
-        .into());
+        )));
     }
-    let cache_url = args.cache_url.filter(|u| !u.is_empty());
-    let mut cache_dir = args.cache_dir.filter(|d| !d.as_os_str().is_empty());
-    if let (Some(_), Some(dir)) = (&cache_url, &cache_dir) {
+    Ok(())
+}
+
+/// Where the build cache lives: at a URL or in a directory (empty values
+/// are unset).
+struct CacheLocation {
+    url: Option<String>,
+    dir: Option<PathBuf>,
+}
+
+/// A CACHE_URL wins over a cache dir, and says so.
+fn cache_location(url: Option<String>, dir: Option<PathBuf>) -> CacheLocation {
+    let url = url.filter(|u| !u.is_empty());
+    let mut dir = dir.filter(|d| !d.as_os_str().is_empty());
+    if let (Some(_), Some(d)) = (&url, &dir) {
         // The builder image sets CACHE_PATH; a CACHE_URL replaces it.
         slug_shared::log::info(format!(
             "CACHE_URL is set: the cache dir {} is not used",
-            dir.display()
+            d.display()
         ));
-        cache_dir = None;
+        dir = None;
     }
-    let cancel = Cancel::new(Duration::from_secs(args.timeout));
-    guard(Arc::clone(&cancel)).context("installing signal handling")?;
-    if let Some(path) = args.report.clone() {
-        // A build that must end at once (a second signal, a step that will
-        // not die) still leaves its report.
-        let recorder = recorder.clone();
-        let stop_cancel = Arc::clone(&cancel);
-        cancel.on_emergency(move || {
-            let exit = stop_cancel.stopped().map_or(Exit::Internal, Stop::exit);
-            let error = stop_cancel.stopped().map(|s| s.to_string());
-            let _ = recorder.finish(exit.code(), error).write(&path);
-        });
-    }
+    CacheLocation { url, dir }
+}
 
-    let cfg = BuildConfig {
-        source: match args.source {
-            None if source_url.is_some() => {
-                SourceInput::Url(SecretUrl::new(source_url.unwrap_or_default()))
-            }
-            None => SourceInput::Stdin,
-            Some(p) if p.as_os_str() == "-" => SourceInput::Stdin,
-            Some(p) if p.is_dir() => SourceInput::Dir(p),
-            Some(p) => SourceInput::File(p),
+/// A build that must end at once (a second signal, a step that will not
+/// die) still leaves its report at `path`.
+fn report_on_emergency(cancel: &Arc<Cancel>, recorder: &Recorder, path: PathBuf) {
+    let recorder = recorder.clone();
+    let stop_cancel = Arc::clone(cancel);
+    cancel.on_emergency(move || {
+        let exit = stop_cancel.stopped().map_or(Exit::Internal, Stop::exit);
+        let error = stop_cancel.stopped().map(|s| s.to_string());
+        let _ = recorder.finish(exit.code(), error).write(&path);
+    });
+}
+
+/// The checked settings of the build, from its flags (already refused if
+/// unusable) and the environment slugbuilder passes on.
+fn build_config(
+    args: Args,
+    source_url: Option<String>,
+    cache: CacheLocation,
+    recorder: &Recorder,
+) -> anyhow::Result<BuildConfig> {
+    let source = source_input(args.source, source_url);
+    let output = slug_output(args.output, args.put_url.is_some());
+    // Before the build user is checked: a report written after that
+    // failure carries the id.
+    let request_id = request_id(args.request_id, recorder);
+    let sandbox = SandboxConfig {
+        policy: args.sandbox,
+        helper: Some(PathBuf::from("/proc/self/exe")),
+        fixed_user: build_user(args.build_user.as_deref())?,
+        uid_range: args.build_uid_range,
+        lock_dir: args.uid_lock_dir,
+        read_only: args.sandbox_ro,
+        network: args.network,
+        limits: slug_build::sandbox::Limits {
+            memory: args.memory,
+            pids: args.pids_limit,
+            disk: args.disk_limit,
         },
-        output: match args.output {
-            Some(p) if p.as_os_str() != "-" => SlugOutput::File(p),
-            Some(_) => SlugOutput::Stdout,
-            None if args.put_url.is_some() => SlugOutput::Nowhere,
-            None => SlugOutput::Stdout,
-        },
+    };
+    Ok(BuildConfig {
+        source,
+        output,
         put_url: args.put_url.filter(|u| !u.is_empty()).map(SecretUrl::new),
-        cache_url: cache_url.map(SecretUrl::new),
+        cache_url: cache.url.map(SecretUrl::new),
         cache_put_url: args
             .cache_put_url
             .filter(|u| !u.is_empty())
@@ -464,44 +513,20 @@ fn run(args: Args, recorder: &Recorder) -> anyhow::Result<()> {
         buildpacks_dir: args.buildpacks_dir,
         bundled: Some(Bundled(BUNDLED_BUILDPACKS)),
         allow_local_buildpacks: args.allow_local_buildpacks,
-        cache_dir,
+        cache_dir: cache.dir,
         env_dir: args.env_dir,
         env_vars: args.env_vars,
-        pass_env: args
-            .pass_env
-            .iter()
-            .filter_map(|name| std::env::var_os(name).map(|v| (OsString::from(name), v)))
-            .collect(),
+        pass_env: passed_env(&args.pass_env),
         stack: args.stack,
         source_version: args.source_version.filter(|s| !s.is_empty()),
-        request_id: match args.request_id {
-            Some(id) => id,
-            None => {
-                let id = build::new_request_id();
-                recorder.update(|r| r.request_id.clone_from(&id));
-                id
-            }
-        },
+        request_id,
         app_dir: args.app_dir,
         path: std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
         source_date_epoch: args.source_date_epoch,
         compression_level: args.compression_level,
         tmp_dir: args.work_dir,
         workspace: args.workspace,
-        sandbox: SandboxConfig {
-            policy: args.sandbox,
-            helper: Some(PathBuf::from("/proc/self/exe")),
-            fixed_user: build_user(args.build_user.as_deref())?,
-            uid_range: args.build_uid_range,
-            lock_dir: args.uid_lock_dir,
-            read_only: args.sandbox_ro,
-            network: args.network,
-            limits: slug_build::sandbox::Limits {
-                memory: args.memory,
-                pids: args.pids_limit,
-                disk: args.disk_limit,
-            },
-        },
+        sandbox,
         limits: slug_shared::archive::Limits {
             max_bytes: args.max_unpacked_bytes,
             max_entries: args.max_entries,
@@ -510,15 +535,51 @@ fn run(args: Args, recorder: &Recorder) -> anyhow::Result<()> {
         allow_truncated_source: args.allow_truncated_source,
         slug_size_warning: args.slug_size_warning,
         max_slug_size: args.max_slug_size,
-    };
-    tracing::debug!(?cfg, "build configuration");
-    match &args.publish.image {
-        Some(image) => image::build_and_publish(cfg, &args.publish, image, cancel, recorder)?,
+    })
+}
+
+/// Where the app's source comes from: --source (`-` is stdin, a directory
+/// or a tar file), else the source URL, else stdin.
+fn source_input(source: Option<PathBuf>, url: Option<String>) -> SourceInput {
+    match (source, url) {
+        (None, Some(url)) => SourceInput::Url(SecretUrl::new(url)),
+        (None, None) => SourceInput::Stdin,
+        (Some(p), _) if p.as_os_str() == "-" => SourceInput::Stdin,
+        (Some(p), _) if p.is_dir() => SourceInput::Dir(p),
+        (Some(p), _) => SourceInput::File(p),
+    }
+}
+
+/// Where the slug goes: -o FILE (`-` is stdout); without -o, nowhere when
+/// it is uploaded, else stdout.
+fn slug_output(output: Option<PathBuf>, uploaded: bool) -> SlugOutput {
+    match output {
+        Some(p) if p.as_os_str() != "-" => SlugOutput::File(p),
+        Some(_) => SlugOutput::Stdout,
+        None if uploaded => SlugOutput::Nowhere,
+        None => SlugOutput::Stdout,
+    }
+}
+
+/// The request id given, or a new one, which the report then carries.
+fn request_id(given: Option<String>, recorder: &Recorder) -> String {
+    match given {
+        Some(id) => id,
         None => {
-            build::build(&cfg, cancel, recorder)?;
+            let id = build::new_request_id();
+            recorder.update(|r| r.request_id.clone_from(&id));
+            id
         }
     }
-    Ok(())
+}
+
+/// The variables of slugbuilder's own environment named by --pass-env
+/// (those that are set).
+fn passed_env(names: &[String]) -> Vec<(OsString, OsString)> {
+    names
+        .iter()
+        .filter_map(|name| std::env::var_os(name).map(|v| (OsString::from(name), v)))
+        .collect()
 }
 
 /// The operator's fixed build user, if named (only meaningful as root).

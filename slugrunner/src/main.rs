@@ -1,8 +1,10 @@
 //! slugrunner: run a process of a Heroku-style slug as a dyno would.
 //!
-//! Thin wiring of `common`: CLI and logging here; slug install, dyno
-//! environment, privileges and supervision live in `common::{runtime, user,
-//! supervise, fetch}`.
+//! Thin wiring of the run side: CLI, logging and the choice of exit code
+//! here; slug install and the dyno environment (`slug_run::runtime`),
+//! supervision (`slug_run::supervise`) and the app's start
+//! (`slug_run::exec_as`) live in `common/run`, on the shared ground
+//! (`slug_shared`).
 
 mod cli;
 

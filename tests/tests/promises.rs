@@ -464,20 +464,6 @@ fn the_buildpacks_copies_of_the_shell_helpers_are_the_same() {
     assert_same_copies("lib/common.sh", &["nodejs", "python", "rust"]);
 }
 
-/// Functions other helpers are shortening right now (issue 26, item 3),
-/// by file and name. This list must only shrink: nothing is added to it,
-/// and an entry goes once its function is short (the lead empties it
-/// after merging their work).
-const LONG_FUNCTIONS_BEING_SPLIT: &[(&str, &str)] = &[
-    ("common/shared/src/archive/unpack.rs", "unpack_tar"),
-    ("common/shared/src/archive/pack.rs", "append_file"),
-    ("common/image/src/layer.rs", "run"),
-    ("common/image/src/layer.rs", "entry"),
-    ("common/image/src/layer.rs", "transform"),
-    ("common/shared/src/http.rs", "exchange"),
-    ("slugbuilder/src/main.rs", "run"),
-];
-
 /// Longest function (in lines, signature to closing brace) the code keeps.
 const MAX_FUNCTION_LINES: usize = 80;
 
@@ -496,12 +482,11 @@ fn functions_are_short_and_take_few_arguments() {
                 .to_string_lossy()
                 .into_owned();
             let text = std::fs::read_to_string(&path).unwrap();
-            let allowed = |name: &str| LONG_FUNCTIONS_BEING_SPLIT.contains(&(rel.as_str(), name));
             for f in code_shape::functions(&text) {
-                if f.lines > MAX_FUNCTION_LINES && !allowed(&f.name) {
+                if f.lines > MAX_FUNCTION_LINES {
                     broken.push(format!("{rel}:{} {} is {} lines", f.line, f.name, f.lines));
                 }
-                if f.allows_too_many_arguments && !allowed(&f.name) {
+                if f.allows_too_many_arguments {
                     broken.push(format!(
                         "{rel}:{} {} allows too_many_arguments",
                         f.line, f.name

@@ -695,9 +695,10 @@ mod tests {
         assert!(entries.iter().all(|e| e.1 == 7 && e.2 == 8));
     }
 
-    #[test]
-    fn hostile_slugs_are_refused_with_a_reason() {
-        let cases: Vec<(&str, Vec<u8>)> = vec![
+    /// Slugs that must not become a layer, each with a word of the reason
+    /// it is refused for.
+    fn hostile_slugs() -> Vec<(&'static str, Vec<u8>)> {
+        vec![
             (
                 "escapes",
                 tar_of(&[("../etc/passwd", EntryType::Regular, b"x", "")]),
@@ -746,45 +747,54 @@ mod tests {
                 ".wh.",
                 tar_of(&[("x/.wh.config", EntryType::Regular, b"", "")]),
             ),
-            ("truncated", {
-                let mut t = tar_of(&[("a", EntryType::Regular, b"data", "")]);
-                t.truncate(1024);
-                t
-            }),
-            ("truncated", {
-                let mut t = tar_of(&[("a", EntryType::Regular, &[7u8; 2000], "")]);
-                t.truncate(1024);
-                t
-            }),
-            ("extension header", {
-                let mut t = Vec::new();
-                raw(
-                    &mut t,
-                    b"././@LongLink",
-                    EntryType::GNULongName,
-                    &vec![b'a'; 2 << 20],
-                    b"",
-                    0o644,
-                );
-                t.extend_from_slice(&[0u8; 1024]);
-                t
-            }),
-            ("PAX size", {
-                let mut t = Vec::new();
-                raw(
-                    &mut t,
-                    b"pax",
-                    EntryType::XHeader,
-                    b"12 size=999\n",
-                    b"",
-                    0o644,
-                );
-                raw(&mut t, b"a", EntryType::Regular, b"data", b"", 0o644);
-                t.extend_from_slice(&[0u8; 1024]);
-                t
-            }),
-        ];
-        for (want, tar) in cases {
+            ("truncated", cut_after_two_blocks(b"data")),
+            ("truncated", cut_after_two_blocks(&[7u8; 2000])),
+            ("extension header", long_name_of_two_mib()),
+            ("PAX size", pax_size_past_the_data()),
+        ]
+    }
+
+    /// A one-file tar cut after its header and first data block.
+    fn cut_after_two_blocks(data: &[u8]) -> Vec<u8> {
+        let mut t = tar_of(&[("a", EntryType::Regular, data, "")]);
+        t.truncate(1024);
+        t
+    }
+
+    /// A GNU long-name entry far larger than any name.
+    fn long_name_of_two_mib() -> Vec<u8> {
+        let mut t = Vec::new();
+        raw(
+            &mut t,
+            b"././@LongLink",
+            EntryType::GNULongName,
+            &vec![b'a'; 2 << 20],
+            b"",
+            0o644,
+        );
+        t.extend_from_slice(&[0u8; 1024]);
+        t
+    }
+
+    /// A PAX header claiming a size the entry's data does not have.
+    fn pax_size_past_the_data() -> Vec<u8> {
+        let mut t = Vec::new();
+        raw(
+            &mut t,
+            b"pax",
+            EntryType::XHeader,
+            b"12 size=999\n",
+            b"",
+            0o644,
+        );
+        raw(&mut t, b"a", EntryType::Regular, b"data", b"", 0o644);
+        t.extend_from_slice(&[0u8; 1024]);
+        t
+    }
+
+    #[test]
+    fn hostile_slugs_are_refused_with_a_reason() {
+        for (want, tar) in hostile_slugs() {
             for bytes in [gz(&tar), tar.clone()] {
                 let err = layer(&bytes, (1000, 1000)).unwrap_err();
                 assert!(matches!(err, OciError::BadSlug(_)), "{want}: {err:?}");

@@ -362,26 +362,47 @@ fn exchange(
             url: shown,
         });
     }
-    let started = Instant::now();
-    let timed_out = |bytes| HttpError::TimedOut {
-        what: opts.what,
-        url: shown.clone(),
-        limit: opts
-            .deadline
-            .map_or(Duration::ZERO, |d| d.saturating_duration_since(started)),
-        bytes,
-    };
-    let interrupted = |reason: String, attempts| HttpError::Transport {
-        what: opts.what,
-        url: shown.clone(),
-        reason,
-        attempts,
+    let request = Request {
+        url,
+        shown,
+        opts,
+        started: Instant::now(),
     };
     let policy = Retry {
         attempts: opts.attempts,
         backoff: opts.backoff,
     };
     let outcome = policy.run(opts.cancel.as_deref(), opts.deadline, |attempt| {
+        let answer = request.send(method, attempt)?;
+        request.judge(answer, attempt)
+    });
+    match outcome {
+        Ok((response, attempts)) => Ok((response, request.shown, attempts)),
+        Err(GaveUp::Failed(error) | GaveUp::OutOfTime(Some(error))) => Err(error),
+        Err(GaveUp::OutOfTime(None)) => Err(request.timed_out()),
+        Err(GaveUp::Stopped { stop, attempts }) => {
+            Err(request.interrupted(stop.to_string(), attempts))
+        }
+    }
+}
+
+/// What the server said to one attempt, or why it said nothing.
+type Answer = Result<ureq::http::Response<ureq::Body>, ureq::Error>;
+
+/// One [`exchange`] with a URL, across its attempts.
+struct Request<'a> {
+    url: &'a str,
+    /// The URL as messages show it.
+    shown: String,
+    opts: &'a HttpOptions,
+    started: Instant,
+}
+
+impl Request<'_> {
+    /// Send one attempt on an agent whose time limits end by the deadline;
+    /// a PUT sends the file from its first byte, with its length.
+    fn send(&self, method: Method<'_>, attempt: u32) -> Result<Answer, Failed<HttpError>> {
+        let opts = self.opts;
         let remaining = opts
             .deadline
             .map(|d| d.saturating_duration_since(Instant::now()));
@@ -393,46 +414,67 @@ fn exchange(
             per_read: cap(opts.read_timeout),
             per_write: cap(opts.read_timeout),
         });
-        let outcome = match method {
-            Method::Get => agent.get(url).call(),
+        let answer = match method {
+            Method::Get => agent.get(self.url).call(),
             Method::Put { file, len } => {
-                let body = file
-                    .try_clone()
-                    .and_then(|mut f| f.seek(SeekFrom::Start(0)).map(|_| f))
-                    .map_err(|e| {
-                        Failed::Final(interrupted(
-                            format!("reading the file to upload: {e}"),
-                            attempt,
-                        ))
-                    })?;
-                let rules = Rules {
-                    cancel: opts.cancel.clone(),
-                    deadline: opts.deadline,
-                    ..Rules::default()
-                };
+                let body = self.upload_body(file, len, attempt)?;
                 agent
-                    .put(url)
+                    .put(self.url)
                     .header("Content-Length", len.to_string())
                     .header("Content-Type", "application/octet-stream")
-                    .send(ureq::SendBody::from_owned_reader(Guarded::new(
-                        UploadFile {
-                            file: body,
-                            left: len,
-                        },
-                        rules,
-                    )))
+                    .send(ureq::SendBody::from_owned_reader(body))
             }
         };
-        match outcome {
+        Ok(answer)
+    }
+
+    /// The file of one PUT attempt, rewound, and cut short when the build
+    /// stops or the deadline passes.
+    fn upload_body(
+        &self,
+        file: &File,
+        len: u64,
+        attempt: u32,
+    ) -> Result<Guarded<UploadFile>, Failed<HttpError>> {
+        let body = file
+            .try_clone()
+            .and_then(|mut f| f.seek(SeekFrom::Start(0)).map(|_| f))
+            .map_err(|e| {
+                Failed::Final(self.interrupted(format!("reading the file to upload: {e}"), attempt))
+            })?;
+        let rules = Rules {
+            cancel: self.opts.cancel.clone(),
+            deadline: self.opts.deadline,
+            ..Rules::default()
+        };
+        Ok(Guarded::new(
+            UploadFile {
+                file: body,
+                left: len,
+            },
+            rules,
+        ))
+    }
+
+    /// A 2xx answer is the response; other answers and transport failures
+    /// are judged worth another attempt or not. Past the deadline it is a
+    /// time-out, and once the build stops, an interruption.
+    fn judge(
+        &self,
+        answer: Answer,
+        attempt: u32,
+    ) -> Result<ureq::http::Response<ureq::Body>, Failed<HttpError>> {
+        let opts = self.opts;
+        match answer {
             Ok(response) if response.status().is_success() => {
-                tracing::debug!(url = %shown, attempt, "answered {}", response.status());
+                tracing::debug!(url = %self.shown, attempt, "answered {}", response.status());
                 Ok(response)
             }
             Ok(response) => {
                 let status = response.status().as_u16();
                 let error = HttpError::Status {
                     what: opts.what,
-                    url: shown.clone(),
+                    url: self.shown.clone(),
                     status,
                     attempts: attempt,
                 };
@@ -444,17 +486,17 @@ fn exchange(
             }
             Err(e) if opts.deadline.is_some_and(|d| Instant::now() >= d) => {
                 tracing::debug!("{e}");
-                Err(Failed::Final(timed_out(0)))
+                Err(Failed::Final(self.timed_out()))
             }
             Err(e) => {
                 if let Some(stop) = opts.cancel.as_ref().and_then(|c| c.stopped()) {
-                    return Err(Failed::Final(interrupted(stop.to_string(), attempt)));
+                    return Err(Failed::Final(self.interrupted(stop.to_string(), attempt)));
                 }
                 let error = HttpError::Transport {
                     what: opts.what,
-                    url: shown.clone(),
+                    url: self.shown.clone(),
                     // ureq's messages can quote the URL: keep only ours.
-                    reason: e.to_string().replace(url, &shown),
+                    reason: e.to_string().replace(self.url, &self.shown),
                     attempts: attempt,
                 };
                 Err(if transient_error(&e) {
@@ -464,12 +506,27 @@ fn exchange(
                 })
             }
         }
-    });
-    match outcome {
-        Ok((response, attempts)) => Ok((response, shown, attempts)),
-        Err(GaveUp::Failed(error) | GaveUp::OutOfTime(Some(error))) => Err(error),
-        Err(GaveUp::OutOfTime(None)) => Err(timed_out(0)),
-        Err(GaveUp::Stopped { stop, attempts }) => Err(interrupted(stop.to_string(), attempts)),
+    }
+
+    /// The deadline passed before an answer came (so no body bytes).
+    fn timed_out(&self) -> HttpError {
+        HttpError::TimedOut {
+            what: self.opts.what,
+            url: self.shown.clone(),
+            limit: self.opts.deadline.map_or(Duration::ZERO, |d| {
+                d.saturating_duration_since(self.started)
+            }),
+            bytes: 0,
+        }
+    }
+
+    fn interrupted(&self, reason: String, attempts: u32) -> HttpError {
+        HttpError::Transport {
+            what: self.opts.what,
+            url: self.shown.clone(),
+            reason,
+            attempts,
+        }
     }
 }
 

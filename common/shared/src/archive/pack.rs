@@ -260,29 +260,10 @@ impl<W: Write> Packer<'_, W> {
         } else {
             0o644
         };
-        if st.st_nlink > 1 {
-            let key = (st.st_dev, st.st_ino);
-            if let Some(first) = self.hardlinks.get(&key) {
-                let mut h = self.header(st, EntryType::Link, mode);
-                let first = first.clone();
-                self.builder
-                    .append_link(&mut h, archive_path, &first)
-                    .map_err(Self::write_err(archive_path))?;
-                return Ok(());
-            }
+        if self.append_known_hardlink(st, mode, archive_path)? {
+            return Ok(());
         }
-        if let Some((uid, gid)) = self.opts.reader {
-            let readable = st.st_uid == uid
-                || st.st_mode & 0o004 != 0
-                || (st.st_gid == gid && st.st_mode & 0o040 != 0);
-            if !readable {
-                return Err(ArchiveError::NotReadable {
-                    path: e.path.to_path_buf(),
-                    uid: st.st_uid,
-                    mode: st.st_mode & 0o7777,
-                });
-            }
-        }
+        self.refuse_unreadable(e)?;
         // The apparent size counts, before anything is read: a sparse or
         // huge file fails here.
         let size = u64::try_from(st.st_size).unwrap_or(0);
@@ -292,6 +273,61 @@ impl<W: Write> Packer<'_, W> {
                 limit: self.opts.max_bytes,
             });
         }
+        self.append_contents(e, archive_path, mode, size)
+    }
+
+    /// Another name of a file already packed goes in as a hard link to
+    /// the first name. Whether it did.
+    fn append_known_hardlink(
+        &mut self,
+        st: &FileStat,
+        mode: u32,
+        archive_path: &Path,
+    ) -> Result<bool, ArchiveError> {
+        if st.st_nlink <= 1 {
+            return Ok(false);
+        }
+        let Some(first) = self.hardlinks.get(&(st.st_dev, st.st_ino)) else {
+            return Ok(false);
+        };
+        let mut h = self.header(st, EntryType::Link, mode);
+        let first = first.clone();
+        self.builder
+            .append_link(&mut h, archive_path, &first)
+            .map_err(Self::write_err(archive_path))?;
+        Ok(true)
+    }
+
+    /// When packing for a build user, a file that user could not read
+    /// itself (a hard link to a root-only file) is refused.
+    fn refuse_unreadable(&self, e: &Entry<'_>) -> Result<(), ArchiveError> {
+        let Some((uid, gid)) = self.opts.reader else {
+            return Ok(());
+        };
+        let st = e.stat;
+        let readable = st.st_uid == uid
+            || st.st_mode & 0o004 != 0
+            || (st.st_gid == gid && st.st_mode & 0o040 != 0);
+        if readable {
+            return Ok(());
+        }
+        Err(ArchiveError::NotReadable {
+            path: e.path.to_path_buf(),
+            uid: st.st_uid,
+            mode: st.st_mode & 0o7777,
+        })
+    }
+
+    /// The file's `size` bytes, read from the file that was seen (not
+    /// whatever replaced it), and remembered for its other names.
+    fn append_contents(
+        &mut self,
+        e: &Entry<'_>,
+        archive_path: &Path,
+        mode: u32,
+        size: u64,
+    ) -> Result<(), ArchiveError> {
+        let st = e.stat;
         let file = e.open().map_err(|w| match w {
             WalkError::Changed { path } => ArchiveError::Changed {
                 path,
@@ -320,23 +356,27 @@ impl<W: Write> Packer<'_, W> {
         };
         self.builder
             .append_data(&mut h, archive_path, &mut data)
-            .map_err(
-                |source| match source.get_ref().and_then(|r| r.downcast_ref::<Shrunk>()) {
-                    Some(_) => ArchiveError::Changed {
-                        path: e.path.to_path_buf(),
-                        reason: "it became shorter while it was read".into(),
-                    },
-                    None => match Cut::of(&source) {
-                        Some(Cut::Stopped(stop)) => ArchiveError::Stopped(stop),
-                        _ => ArchiveError::Write {
-                            path: archive_path.to_path_buf(),
-                            source,
-                        },
-                    },
-                },
-            )?;
+            .map_err(|source| contents_error(source, e.path, archive_path))?;
         self.summary.bytes += size;
         Ok(())
+    }
+}
+
+/// Why packing a file's contents failed: the file shrank while it was
+/// read, the build stopped, or writing the archive failed.
+fn contents_error(source: io::Error, path: &Path, archive_path: &Path) -> ArchiveError {
+    match source.get_ref().and_then(|r| r.downcast_ref::<Shrunk>()) {
+        Some(_) => ArchiveError::Changed {
+            path: path.to_path_buf(),
+            reason: "it became shorter while it was read".into(),
+        },
+        None => match Cut::of(&source) {
+            Some(Cut::Stopped(stop)) => ArchiveError::Stopped(stop),
+            _ => ArchiveError::Write {
+                path: archive_path.to_path_buf(),
+                source,
+            },
+        },
     }
 }
 
