@@ -1,4 +1,4 @@
-//! One build: source archive in, buildpacks run, slug out.
+//! The build side: one build, source archive in, buildpacks run, slug out.
 //!
 //! The sequence follows Heroku's: unpack the source into a private build
 //! directory, drop the root `.git`, apply `.slugignore`, choose buildpacks

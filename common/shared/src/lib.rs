@@ -1,10 +1,12 @@
 //! The shared ground of slugbuilder and slugrunner: what both sides stand
 //! on and neither owns. Archives and compression ([`archive`], [`pgzip`],
 //! [`digest`]), root-safe file access ([`rootdir`], [`tree`]), cancellation
-//! and deadlines ([`cancel`]), HTTP with its one retry policy ([`http`]),
-//! logging ([`log`], [`logging`]), exit codes ([`exit`]), users and
-//! privilege drops ([`user`]), the container-init checklist ([`isolate`]),
-//! and the slug's own files that both sides read ([`procfile`], [`release`]).
+//! and deadlines ([`cancel`]), HTTP ([`http`]) with the one retry policy
+//! and guarded reader of every transfer ([`transfer`]), logging ([`log`],
+//! [`logging`]), exit codes ([`exit`]), users and privilege drops
+//! ([`user`]), the container-init checklist ([`isolate`]), programs and
+//! processes ([`exe`], [`cmdline`], [`proctree`], [`lines`]), and the
+//! slug's own files that both sides read ([`procfile`], [`release`]).
 //!
 //! Nothing here depends on the build, run or image side.
 

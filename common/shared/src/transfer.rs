@@ -6,7 +6,7 @@
 //!
 //! Used by the HTTP client ([`crate::http`]: `SLUG_URL`, `SOURCE_URL`,
 //! buildpack tarballs, `PUT_URL`, the cache), the OCI registry client
-//! ([`slug_image::registry`]) and the slug packer ([`crate::archive`]).
+//! (`slug_image::registry`, on the image side) and the slug packer ([`crate::archive`]).
 
 use std::io::{self, Read};
 use std::sync::Arc;
