@@ -107,8 +107,8 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// The newest file binary `name` is built from: its crate's and common's
-/// sources and manifests, and for slugbuilder the bundled buildpacks it
+/// The newest file binary `name` is built from: its crate's and the
+/// library crates' sources and manifests, and for slugbuilder the bundled buildpacks it
 /// embeds (without the byte-code caches that running a Python helper
 /// leaves). Not the lock file: Cargo relinks a binary only when its own
 /// dependencies change.
@@ -132,28 +132,30 @@ fn newest_source(name: &str) -> (SystemTime, PathBuf) {
     }
     let root = repo_root();
     let mut newest = (SystemTime::UNIX_EPOCH, root.join(name));
-    // What each binary is built from: its own crate, the library crates it
-    // links (slugrunner links neither the build nor the image side), and
-    // for slugbuilder the buildpacks it embeds.
-    let own: &[&str] = match name {
-        "slugbuilder" => &[
-            "common/shared",
-            "common/build",
-            "common/image",
-            "slugbuilder/build.rs",
-            "buildpacks",
-        ],
-        _ => &["common/shared", "common/run"],
-    };
-    for part in std::iter::empty()
-        .chain(
-            [format!("{name}/Cargo.toml"), format!("{name}/src")]
-                .iter()
-                .map(String::as_str),
-        )
-        .chain(own.iter().copied())
-    {
-        walk(&root.join(part), &mut newest);
+    // What each binary is built from: its own crate, the library crates its
+    // manifest names (`slug-X` is `common/X`: slugrunner links neither the
+    // build nor the image side), and for slugbuilder the buildpacks it
+    // embeds.
+    let manifest = std::fs::read_to_string(root.join(name).join("Cargo.toml")).unwrap_or_default();
+    let mut parts: Vec<PathBuf> = vec![
+        root.join(name).join("Cargo.toml"),
+        root.join(name).join("src"),
+    ];
+    parts.extend(
+        manifest
+            .split("[dev-dependencies]")
+            .next()
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim_start().strip_prefix("slug-"))
+            .filter_map(|l| l.split(['.', ' ', '=']).next())
+            .map(|side| root.join("common").join(side)),
+    );
+    if name == "slugbuilder" {
+        parts.extend([root.join("slugbuilder/build.rs"), root.join("buildpacks")]);
+    }
+    for part in &parts {
+        walk(part, &mut newest);
     }
     newest
 }
